@@ -1,0 +1,82 @@
+# Two commands matter: `make run` and `make test`. Both install whatever is missing first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export LITESTAR_APP ?= app.web.app:create_app
+export HOST PORT
+
+# uv from PATH, or bootstrapped into .tools/ with the machine's own Python.
+UV = $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+RUN = $(UV) run --frozen --no-sync
+VENDOR := src/app/web/static/vendor
+
+.PHONY: help install run web worker scheduler migrate test test-embedded test-services lint bench assets clean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.tools/bin/uv:
+	@command -v uv >/dev/null 2>&1 || { echo "Installing uv into .tools/"; python3 -m venv .tools && .tools/bin/pip install --quiet uv; }
+
+.venv/.synced: pyproject.toml uv.lock | .tools/bin/uv
+	$(UV) sync --frozen
+	@touch $@
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+$(VENDOR)/.copied: node_modules/.package-lock.json
+	mkdir -p $(VENDOR)/swagger-ui
+	cp node_modules/htmx.org/dist/htmx.min.js $(VENDOR)/htmx.min.js
+	cp node_modules/htmx-ext-sse/dist/sse.min.js $(VENDOR)/htmx-ext-sse.js
+	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css \
+	   node_modules/swagger-ui-dist/swagger-ui-standalone-preset.js $(VENDOR)/swagger-ui/
+	@touch $@
+
+.env:
+	cp .env.example .env
+
+assets: $(VENDOR)/.copied ## Install the npm packages and copy their files into the static folder.
+
+install: .venv/.synced assets .env ## Install everything missing (uv, Python packages, npm packages).
+
+migrate: install ## Apply pending database migrations.
+	$(RUN) litestar database upgrade --no-prompt
+
+run: migrate ## Serve everything at http://$(HOST):$(PORT) (web + workers + schedules; three processes with REDIS_URL).
+	@if [ -n "$$REDIS_URL" ] || grep -qs '^REDIS_URL=.' .env; then \
+	  exec $(RUN) honcho start --procfile Procfile --port $(PORT); \
+	else \
+	  exec $(RUN) litestar run --host $(HOST) --port $(PORT); \
+	fi
+
+web: migrate ## Serve the web app alone (services mode: workers run elsewhere).
+	$(RUN) litestar run --host $(HOST) --port $(PORT)
+
+worker: install ## Run a Dramatiq worker (services mode).
+	$(RUN) dramatiq app.workers --processes $${WORKER_PROCESSES:-1} --threads $${WORKER_THREADS:-8}
+
+scheduler: install ## Run the periodiq scheduler (services mode).
+	$(RUN) periodiq app.workers
+
+lint: install ## ruff and mypy --strict on src/.
+	$(RUN) ruff check src tests bench
+	$(RUN) ruff format --check src tests bench
+	$(RUN) mypy
+
+test: lint ## Lint, then run every test in embedded mode and against Postgres and Redis.
+	$(MAKE) --no-print-directory test-embedded test-services
+
+test-embedded: install
+	env -u DATABASE_URL -u REDIS_URL TEST_MODE=embedded $(RUN) pytest
+
+test-services: install
+	TEST_MODE=services $(RUN) pytest
+
+bench: install ## Run the benchmarks and write docs/benchmarks.md.
+	$(RUN) python -m bench
+
+clean: ## Remove installed and generated files (keeps var/).
+	rm -rf .venv .tools node_modules $(VENDOR) .pytest_cache .mypy_cache .ruff_cache

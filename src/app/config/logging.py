@@ -1,0 +1,74 @@
+"""One structlog setup for every process: JSON lines in production, readable lines in development.
+
+Context (request id, user id, task id) is carried in structlog's contextvars and merged
+into every line; the standard library's loggers (dramatiq, granian, sqlalchemy) are
+rendered through the same processors so that a process writes one format only.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import sys
+from typing import Any
+
+import structlog
+from structlog.typing import Processor
+
+from app.config.settings import Settings
+
+
+def _pre_chain() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+
+
+def _render(settings: Settings) -> list[Processor]:
+    if settings.json_logs:
+        return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    return [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+
+
+def level(settings: Settings) -> int:
+    return logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+
+
+def structlog_processors(settings: Settings) -> list[Processor]:
+    """The processor chain of structlog loggers, ending in the renderer."""
+    return [*_pre_chain(), *_render(settings)]
+
+
+def stdlib_formatter(settings: Settings) -> dict[str, Any]:
+    """A logging.config formatter entry rendering standard-library records like structlog's."""
+    return {
+        "()": structlog.stdlib.ProcessorFormatter,
+        "foreign_pre_chain": [*_pre_chain(), structlog.stdlib.add_logger_name],
+        "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_render(settings)],
+    }
+
+
+def stdlib_logging_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"standard": stdlib_formatter(settings)},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "standard", "stream": "ext://sys.stderr"}
+        },
+        "root": {"handlers": ["stderr"], "level": level(settings)},
+    }
+
+
+def configure_logging(settings: Settings) -> None:
+    """Configure structlog and route the standard library's logging through it (workers, CLI)."""
+    structlog.configure(
+        processors=structlog_processors(settings),
+        wrapper_class=structlog.make_filtering_bound_logger(level(settings)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    logging.config.dictConfig(stdlib_logging_config(settings))

@@ -1,0 +1,147 @@
+"""The one typed settings object, read from the environment and an optional `.env`.
+
+Every field is documented in README.md ("Configuration"); keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+from dotenv import dotenv_values
+
+#: Secret keys that ship in examples and must never guard a real deployment.
+WELL_KNOWN_SECRETS = frozenset({"", "change-me", "changeme", "secret", "dev", "development", "insecure"})
+
+
+class ConfigurationError(RuntimeError):
+    """The environment describes a configuration the service refuses to start with."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    app_env: Literal["development", "production", "test"] = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_base_url: str = ""
+    var_dir: str = "var"
+    secret_key: str = ""
+
+    database_url: str = ""
+    database_pool_size: int = 10
+    database_max_overflow: int = 10
+    database_echo: bool = False
+
+    redis_url: str = ""
+
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    cors_origins: str = ""
+
+    worker_threads: int = 8
+    worker_poll_ms: int = 100
+    worker_heartbeat_seconds: float = 5.0
+    worker_stale_seconds: float = 20.0
+
+    diagnostics_enabled: bool | None = None
+
+    sse_heartbeat_seconds: float = 15.0
+    event_retention_hours: int = 72
+
+    @property
+    def services_mode(self) -> bool:
+        """True when the service talks to real servers (Postgres and/or Redis)."""
+        return bool(self.database_url or self.redis_url)
+
+    @property
+    def embedded_workers(self) -> bool:
+        """Without Redis the broker is in memory, so workers must live in the web process."""
+        return not self.redis_url
+
+    @property
+    def diagnostics_on(self) -> bool:
+        if self.diagnostics_enabled is None:
+            return self.app_env != "production"
+        return self.diagnostics_enabled
+
+    @property
+    def var_path(self) -> Path:
+        return Path(self.var_dir).resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL with the async driver filled in; a SQLite file under var/ when unset."""
+        url = self.database_url or f"sqlite:///{self.var_path / 'app.db'}"
+        for plain, driver in (
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format == "auto":
+            return self.app_env == "production"
+        return self.log_format == "json"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+def _environment(env_file: Path) -> dict[str, str]:
+    """The process environment over `.env` (the environment wins), keyed by field name."""
+    merged: dict[str, str] = {}
+    if env_file.is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ)
+    fields = set(Settings.__struct_fields__)
+    return {key.lower(): value for key, value in merged.items() if key.lower() in fields}
+
+
+def _embedded_secret(var_path: Path) -> str:
+    """A random key made once and kept under var/, so sessions survive restarts."""
+    path = var_path / "secret_key"
+    if not path.exists():
+        var_path.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def load_settings(env_file: Path = Path(".env")) -> Settings:
+    """Read and check the settings; raise ConfigurationError with a clear message."""
+    try:
+        settings = msgspec.convert(_environment(env_file), Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigurationError(f"Invalid configuration: {exc}") from exc
+    if settings.secret_key.strip().lower() in WELL_KNOWN_SECRETS:
+        if settings.services_mode:
+            raise ConfigurationError(
+                "SECRET_KEY is missing or a well-known value. With DATABASE_URL or REDIS_URL set the "
+                "service runs against real servers and needs its own secret: set SECRET_KEY to a long "
+                'random string, e.g. the output of: python3 -c "import secrets; print(secrets.token_urlsafe(48))"'
+            )
+        settings = msgspec.structs.replace(settings, secret_key=_embedded_secret(settings.var_path))
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return load_settings()

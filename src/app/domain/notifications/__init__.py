@@ -1,0 +1,1 @@
+"""What a user is told: the event log that feeds live pages (and, later, notifications)."""

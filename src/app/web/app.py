@@ -1,0 +1,182 @@
+"""The Litestar application factory: `litestar --app app.web.app:create_app` (LITESTAR_APP)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+from advanced_alchemy.extensions.litestar import (
+    AlembicAsyncConfig,
+    AsyncSessionConfig,
+    SQLAlchemyAsyncConfig,
+    SQLAlchemyPlugin,
+)
+from litestar import Litestar
+from litestar.config.compression import CompressionConfig
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.logging.config import LoggingConfig, StructLoggingConfig
+from litestar.middleware.logging import LoggingMiddlewareConfig
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.plugins.htmx import HTMXPlugin
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.plugins.problem_details import ProblemDetailsPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.structlog import StructlogConfig, StructlogPlugin
+from litestar.template.config import TemplateConfig
+from litestar_granian import GranianPlugin
+
+from app.config import Settings, get_settings
+from app.config.logging import level, stdlib_formatter, structlog_processors
+from app.domain.database import create_engine, session_factory
+from app.web.assets import StaticAssets, serve_static
+from app.web.channels import channels_plugin
+from app.web.diagnostics import DiagnosticsController
+from app.web.embedded_workers import EmbeddedWorkersPlugin
+from app.web.errors import exception_handlers, problem_details_config
+from app.web.events import EventsController
+from app.web.health import HealthController
+from app.web.pages import PagesController
+from app.web.request_id import RequestIdMiddleware
+from app.web.security import SecurityHeadersMiddleware
+
+TEMPLATES = Path(__file__).parent / "templates"
+API_VERSION = "1.0.0"
+QUIET_PATHS = ["/health", "/metrics", "/static"]
+
+
+class MetricsController(PrometheusController):
+    """Prometheus text at /metrics; not part of the API document."""
+
+    include_in_schema = False
+
+
+def migrations_path() -> str:
+    """`migrations/` at the repository root (the working directory in a container)."""
+    beside_source = Path(__file__).resolve().parents[3] / "migrations"
+    return str(beside_source if beside_source.is_dir() else Path("migrations").resolve())
+
+
+def alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
+    return SQLAlchemyAsyncConfig(
+        engine_instance=create_engine(settings),
+        session_config=AsyncSessionConfig(expire_on_commit=False),
+        before_send_handler="autocommit",
+        alembic_config=AlembicAsyncConfig(
+            script_location=migrations_path(),
+            version_table_name="alembic_version",
+            # SQLite reflects some portable types (GUID) as others, which type comparison
+            # would report as drift; Postgres, the production database, compares types too.
+            compare_type=not settings.is_sqlite,
+        ),
+    )
+
+
+def _openapi(assets: StaticAssets) -> OpenAPIConfig:
+    swagger = "vendor/swagger-ui/"
+    return OpenAPIConfig(
+        title="Jobs API",
+        version=API_VERSION,
+        description="Start background jobs, follow them live, and read notifications.",
+        path="/schema",
+        render_plugins=[
+            SwaggerRenderPlugin(
+                path="/",
+                js_url=assets.url(swagger + "swagger-ui-bundle.js"),
+                css_url=assets.url(swagger + "swagger-ui.css"),
+                standalone_preset_js_url=assets.url(swagger + "swagger-ui-standalone-preset.js"),
+                favicon="",
+            ),
+            JsonRenderPlugin(path="/openapi.json"),
+        ],
+        use_handler_docstrings=True,
+    )
+
+
+def _structlog(settings: Settings) -> StructlogPlugin:
+    return StructlogPlugin(
+        config=StructlogConfig(
+            structlog_logging_config=StructLoggingConfig(
+                processors=structlog_processors(settings),
+                logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+                wrapper_class=structlog.make_filtering_bound_logger(level(settings)),
+                standard_lib_logging_config=LoggingConfig(
+                    formatters={"standard": stdlib_formatter(settings)},
+                    root={"handlers": ["queue_listener"], "level": logging.getLevelName(level(settings))},
+                ),
+                log_exceptions="debug",
+                pretty_print_tty=False,
+            ),
+            middleware_logging_config=LoggingMiddlewareConfig(
+                exclude=QUIET_PATHS,
+                exclude_opt_key="skip_logging",
+                request_log_fields=["method", "path", "query"],
+                response_log_fields=["status_code"],
+            ),
+        )
+    )
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    # Imported here: it reads the settings and declares the broker for this process.
+    from app.workers import broker, heartbeats
+    from app.workers.embedded import EmbeddedWorkers
+
+    assets = StaticAssets()
+    channels = channels_plugin(settings)
+    alchemy = alchemy_config(settings)
+    sessions = session_factory(alchemy.get_engine())
+    embedded = [EmbeddedWorkersPlugin(EmbeddedWorkers(broker, settings), channels)] if settings.embedded_workers else []
+
+    def constant(value: Any) -> Provide:
+        return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+    return Litestar(
+        route_handlers=[
+            PagesController,
+            HealthController,
+            EventsController,
+            DiagnosticsController,
+            MetricsController,
+            serve_static,
+        ],
+        dependencies={
+            "settings": constant(settings),
+            "broker": constant(broker),
+            "heartbeats": constant(heartbeats),
+            "assets": constant(assets),
+            "channels": constant(channels),
+            "sessions": constant(sessions),
+        },
+        plugins=[
+            _structlog(settings),
+            SQLAlchemyPlugin(config=alchemy),
+            channels,
+            ProblemDetailsPlugin(problem_details_config()),
+            HTMXPlugin(),
+            GranianPlugin(),
+            *embedded,  # after `channels`: see EmbeddedWorkersPlugin
+        ],
+        middleware=[
+            RequestIdMiddleware(),
+            SecurityHeadersMiddleware(),
+            PrometheusConfig(app_name="app", prefix="app", group_path=True, exclude=QUIET_PATHS).middleware,
+        ],
+        exception_handlers=exception_handlers(),
+        compression_config=CompressionConfig(backend="gzip", gzip_compress_level=6, exclude=["/api/v1/events"]),
+        cors_config=CORSConfig(allow_origins=settings.cors_origin_list, allow_credentials=True)
+        if settings.cors_origin_list
+        else None,
+        openapi_config=_openapi(assets),
+        template_config=TemplateConfig(
+            directory=TEMPLATES,
+            engine=JinjaTemplateEngine,
+            engine_callback=lambda engine: engine.engine.globals.update(static_url=assets.url),
+        ),
+        debug=settings.app_env == "development" and settings.log_level.upper() == "DEBUG",
+    )

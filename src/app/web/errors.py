@@ -1,0 +1,137 @@
+"""Errors: problem details (RFC 9457) under /api, HTML error pages elsewhere.
+
+Every problem has `type`, `title`, `status` and `detail`; validation problems add
+`errors: [{field, message}]`. Unexpected exceptions become a 500 whose detail says
+nothing about internals (the log has the traceback and the request id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import structlog
+from advanced_alchemy.exceptions import (
+    DuplicateKeyError,
+    IntegrityError,
+    NotFoundError,
+)
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException
+from litestar.response import Template
+from litestar.types import ExceptionHandlersMap
+
+E = TypeVar("E", bound=Exception)
+
+log = structlog.get_logger(__name__)
+API_PREFIX = "/api"
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _field_errors(extra: Any) -> list[dict[str, str]]:
+    """Litestar's validation extras (`[{message, key, source}]`) as `[{field, message}]`."""
+    if not isinstance(extra, list):
+        return []
+    errors = []
+    for item in extra:
+        if isinstance(item, dict):
+            field = item.get("key") or item.get("source") or "body"
+            errors.append({"field": str(field), "message": str(item.get("message", "is invalid"))})
+    return errors
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str = "about:blank",
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ProblemDetailsException:
+    extra: dict[str, Any] = {"errors": errors} if errors else {}
+    return ProblemDetailsException(
+        status_code=status,
+        title=title or _title(status),
+        detail=detail,
+        type_=type_,
+        extra=extra or None,
+        headers=headers,
+    )
+
+
+def from_http_exception(exc: HTTPException) -> ProblemDetailsException:
+    if isinstance(exc, ProblemDetailsException):
+        return exc
+    status = exc.status_code
+    if isinstance(exc, ValidationException):
+        errors = _field_errors(exc.extra)
+        return problem(status, exc.detail or "The request is not valid.", title="Invalid request", errors=errors)
+    detail = exc.detail if exc.detail and exc.detail != _title(status) else _title(status)
+    return problem(status, detail, headers=exc.headers)
+
+
+def from_not_found(exc: NotFoundError) -> ProblemDetailsException:
+    return problem(404, "No such resource.")
+
+
+def from_conflict(exc: IntegrityError) -> ProblemDetailsException:
+    return problem(409, "The request conflicts with the current state of the resource.")
+
+
+def from_unexpected(exc: Exception) -> ProblemDetailsException:
+    log.error("request.unhandled_exception", exc_info=exc)
+    return problem(500, "An unexpected error occurred; it has been logged.")
+
+
+def _is_api(request: Request[Any, Any, Any]) -> bool:
+    return request.url.path.startswith(API_PREFIX)
+
+
+def render_problem(request: Request[Any, Any, Any], exc: ProblemDetailsException) -> Response[Any]:
+    """Problem JSON under /api; an HTML error page for pages."""
+    if _is_api(request) or "text/html" not in request.headers.get("accept", ""):
+        response = exc.to_response(request)
+        response.headers.update(exc.headers or {})
+        return response
+    status = exc.status_code
+    return Template(
+        template_name="error.html",
+        context={"status": status, "title": exc.title or _title(status), "detail": exc.detail},
+        status_code=status,
+        media_type=MediaType.HTML,
+        headers=exc.headers,
+    )
+
+
+def _handler(
+    convert: Callable[[E], ProblemDetailsException],
+) -> Callable[[Request[Any, Any, Any], E], Response[Any]]:
+    def handle(request: Request[Any, Any, Any], exc: E) -> Response[Any]:
+        return render_problem(request, convert(exc))
+
+    return handle
+
+
+def problem_details_config() -> ProblemDetailsConfig:
+    """For the ProblemDetailsPlugin: how a raised ProblemDetailsException is rendered."""
+    return ProblemDetailsConfig(exception_handler=render_problem)
+
+
+def exception_handlers() -> ExceptionHandlersMap:
+    """Every other exception, converted to a problem and rendered the same way."""
+    return {
+        HTTPException: _handler(from_http_exception),
+        NotFoundError: _handler(from_not_found),
+        DuplicateKeyError: _handler(from_conflict),
+        IntegrityError: _handler(from_conflict),
+        Exception: _handler(from_unexpected),
+    }

@@ -1,0 +1,133 @@
+"""GET /api/v1/events: the live stream of a reader's events as server-sent events.
+
+The table is the truth and channel messages are only wake-ups. The stream subscribes
+first, then replays from the table after Last-Event-ID, then for each wake-up (and on
+every heartbeat) reads the table again after the last id it sent. Ids are handed out
+in commit order (see app.domain.notifications.events), so reading "after the last id
+sent" can neither skip an event nor send one twice; a publish that was lost only
+makes its event wait for the next wake-up or heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Sequence
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, get
+from litestar.channels import ChannelsPlugin
+from litestar.di import NamedDependency
+from litestar.exceptions import ValidationException
+from litestar.params import HeaderParameter, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.domain.notifications.events import EventLog, EventRecord, channels_for_reader
+from app.web.metrics import SSE_CONNECTIONS
+
+#: How many events one read of the table sends at most; a longer backlog takes several reads.
+BATCH = 500
+
+
+def _message(record: EventRecord) -> ServerSentEventMessage:
+    return ServerSentEventMessage(id=record.id, event=record.type, data=msgspec.json.encode(record.data).decode())
+
+
+async def _read_after(
+    sessions: async_sessionmaker[AsyncSession], after_id: int, user_id: UUID | None
+) -> Sequence[EventRecord]:
+    async with sessions() as session:
+        return await EventLog(session).after(after_id, user_id=user_id, limit=BATCH)
+
+
+async def event_stream(
+    *,
+    channels: ChannelsPlugin,
+    sessions: async_sessionmaker[AsyncSession],
+    user_id: UUID | None,
+    last_id: int,
+    heartbeat: float,
+) -> AsyncGenerator[ServerSentEventMessage, None]:
+    SSE_CONNECTIONS.inc()
+    subscriber = await channels.subscribe(channels_for_reader(user_id))
+    wakeups = subscriber.iter_events()
+    next_wakeup: asyncio.Task[bytes] | None = None
+    try:
+        yield ServerSentEventMessage(comment="connected", data=None, retry=2000)
+        while True:
+            # Send everything after last_id, in as many reads as the backlog needs.
+            while batch := await _read_after(sessions, last_id, user_id):
+                for record in batch:
+                    yield _message(record)
+                    last_id = record.id
+                if len(batch) < BATCH:
+                    break
+            if next_wakeup is None:
+                next_wakeup = asyncio.ensure_future(anext(wakeups))
+            done, _ = await asyncio.wait({next_wakeup}, timeout=heartbeat)
+            if done:
+                next_wakeup.result()
+                next_wakeup = None
+            else:
+                yield ServerSentEventMessage(comment="keep-alive", data=None)
+    finally:
+        SSE_CONNECTIONS.dec()
+        if next_wakeup is not None:
+            next_wakeup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await next_wakeup
+        await channels.unsubscribe(subscriber)
+
+
+def _last_event_id(header: str | None, query: int | None) -> int:
+    raw = header if header is not None else query
+    if raw is None or raw == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationException(
+            detail="Last-Event-ID must be an event id (a whole number).",
+            extra=[{"key": "Last-Event-ID", "message": "must be a whole number"}],
+        ) from None
+    if value < 0:
+        raise ValidationException(
+            detail="Last-Event-ID must not be negative.", extra=[{"key": "Last-Event-ID", "message": "must be >= 0"}]
+        )
+    return value
+
+
+class EventsController(Controller):
+    path = "/api/v1/events"
+    tags = ["events"]
+
+    @get(
+        operation_id="streamEvents",
+        summary="Live events of the signed-in user",
+        description=(
+            "A text/event-stream. Each message has `id:` (the event id), `event:` and `data:` (JSON). "
+            "Reconnect with `Last-Event-ID` (or `?last_event_id=`) to receive every event after that id first."
+        ),
+        media_type="text/event-stream",
+    )
+    async def stream(
+        self,
+        channels: NamedDependency[ChannelsPlugin],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
+        settings: NamedDependency[Settings],
+        last_event_id_header: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
+        last_event_id: Annotated[int | None, QueryParameter(ge=0, required=False)] = None,
+    ) -> ServerSentEvent:
+        after = _last_event_id(last_event_id_header, last_event_id)
+        stream = event_stream(
+            channels=channels,
+            sessions=sessions,
+            user_id=None,
+            last_id=after,
+            heartbeat=settings.sse_heartbeat_seconds,
+        )
+        return ServerSentEvent(stream, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

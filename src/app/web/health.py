@@ -1,0 +1,81 @@
+"""/health/live and /health/ready, for load balancers, orchestrators and `make run`'s users."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio
+import dramatiq
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.workers.heartbeat import HeartbeatStore
+
+CHECK_TIMEOUT = 3.0
+
+
+async def _check_database(engine: AsyncEngine) -> str:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+    return "ok"
+
+
+async def _check_broker(broker: dramatiq.Broker) -> str:
+    client = getattr(broker, "client", None)  # the Redis broker's client; the in-memory broker has none
+    if client is not None:
+        await anyio.to_thread.run_sync(client.ping)
+    return "ok"
+
+
+async def _check_workers(heartbeats: HeartbeatStore) -> str:
+    alive = await anyio.to_thread.run_sync(heartbeats.alive)
+    if not alive:
+        raise RuntimeError("no worker has sent a heartbeat recently")
+    return "ok"
+
+
+async def _outcome(check: Any) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            return str(await check)
+    except TimeoutError:
+        return f"error: no answer within {CHECK_TIMEOUT:.0f} s"
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        return f"error: {exc}"
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["operations"]
+
+    @get("/live", operation_id="healthLive", summary="The process serves requests", opt={"skip_logging": True})
+    async def live(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get(
+        "/ready",
+        operation_id="healthReady",
+        summary="Database, broker and workers answer",
+        description="200 when all checks pass, 503 naming the ones that failed.",
+        opt={"skip_logging": True},
+    )
+    async def ready(
+        self,
+        db_engine: NamedDependency[AsyncEngine],
+        broker: NamedDependency[dramatiq.Broker],
+        heartbeats: NamedDependency[HeartbeatStore],
+    ) -> Response[dict[str, Any]]:
+        names = ("database", "broker", "workers")
+        results = await asyncio.gather(
+            _outcome(_check_database(db_engine)), _outcome(_check_broker(broker)), _outcome(_check_workers(heartbeats))
+        )
+        checks = dict(zip(names, results, strict=True))
+        healthy = all(result == "ok" for result in results)
+        return Response(
+            {"status": "ok" if healthy else "error", "checks": checks},
+            status_code=HTTP_200_OK if healthy else HTTP_503_SERVICE_UNAVAILABLE,
+        )

@@ -1,0 +1,22 @@
+"""The job side: the Dramatiq broker, its actors and schedules.
+
+`dramatiq app.workers` runs workers and `periodiq app.workers` the schedules in services
+mode; embedded, the web app starts both inside its own process (see `embedded`).
+Importing this module sets the global broker before any actor is declared.
+"""
+
+import dramatiq
+
+from app.config import get_settings
+from app.config.logging import configure_logging
+from app.workers.brokers import build_broker, heartbeat_store
+
+settings = get_settings()
+configure_logging(settings)
+heartbeats = heartbeat_store(settings)
+broker = build_broker(settings, heartbeats)
+dramatiq.set_broker(broker)
+
+from app.workers import actors  # noqa: E402  (actors bind to the broker set above)
+
+__all__ = ["actors", "broker", "heartbeats", "settings"]

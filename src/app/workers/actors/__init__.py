@@ -1,0 +1,5 @@
+"""Actors, one module per domain. Importing this package declares them all on the broker."""
+
+from app.workers.actors import diagnostics, maintenance
+
+__all__ = ["diagnostics", "maintenance"]

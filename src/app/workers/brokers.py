@@ -1,0 +1,50 @@
+"""The Dramatiq broker: Redis in services mode, in memory (StubBroker) in embedded mode."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
+from periodiq import PeriodiqMiddleware
+
+from app.config import Settings
+from app.workers.context import LogContext
+from app.workers.heartbeat import Heartbeat, HeartbeatStore, MemoryHeartbeats, RedisHeartbeats
+from app.workers.runtime import RuntimeLifecycle
+
+
+def heartbeat_store(settings: Settings) -> HeartbeatStore:
+    return MemoryHeartbeats() if settings.embedded_workers else RedisHeartbeats(settings.redis_url)
+
+
+def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Broker:
+    # RuntimeLifecycle must come after AsyncIO: its shutdown hook runs while the loop still runs.
+    extra: list[Middleware] = [
+        AsyncIO(),
+        CurrentMessage(),
+        LogContext(),
+        RuntimeLifecycle(),
+        PeriodiqMiddleware(skip_delay=60),
+        Heartbeat(heartbeats, interval=settings.worker_heartbeat_seconds, ttl=settings.worker_stale_seconds),
+    ]
+    broker: dramatiq.Broker = (
+        StubBroker() if settings.embedded_workers else RedisBroker(url=settings.redis_url, namespace="app")  # type: ignore[no-untyped-call]
+    )
+    for middleware in extra:
+        broker.add_middleware(middleware)
+    _default_worker_timeout(settings.worker_poll_ms)
+    return broker
+
+
+def _default_worker_timeout(milliseconds: int) -> None:
+    """Make WORKER_POLL_MS the poll timeout of every Worker, including the `dramatiq` CLI's.
+
+    An idle Redis consumer backs off up to the worker timeout between polls (1,000 ms by
+    default), which is how long an idle worker may take to notice a message. The CLI
+    has no flag for it and reads `dramatiq_worker_timeout` only at import, before this
+    module runs, so the keyword default itself is set here.
+    """
+    defaults = dramatiq.Worker.__init__.__kwdefaults__
+    if defaults is not None:
+        defaults["worker_timeout"] = milliseconds

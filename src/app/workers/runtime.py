@@ -1,0 +1,105 @@
+"""What async actors use: a database engine and an event publisher on the worker's event loop.
+
+They are made lazily on the AsyncIO middleware's loop (asyncpg connections belong to
+the loop that opened them) and closed before that loop stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import redis.asyncio
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.middleware import Middleware
+from litestar.channels.backends.redis import RedisChannelsPubSubBackend
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings, get_settings
+from app.domain.database import create_engine, session_factory
+from app.domain.notifications.events import EventPublisher
+
+
+class RedisPublisher:
+    """Publishes through the same Redis channels backend the web processes listen on."""
+
+    def __init__(self, url: str) -> None:
+        self._client = redis.asyncio.Redis.from_url(url)
+        self._backend = RedisChannelsPubSubBackend(redis=self._client)
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        await self._backend.publish(data, [channel])
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class LoopPublisher:
+    """Embedded mode: hands events to the web app's channels plugin on the web app's own loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: EventPublisher) -> None:
+        self._loop = loop
+        self._target = target
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        future = asyncio.run_coroutine_threadsafe(self._target.publish(channel, data), self._loop)
+        await asyncio.wrap_future(future)
+
+
+#: Set by the web app in embedded mode, before the embedded workers start.
+embedded_publisher: EventPublisher | None = None
+
+
+@dataclass
+class WorkerRuntime:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    publisher: EventPublisher
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session:
+            yield session
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+        if isinstance(self.publisher, RedisPublisher):
+            await self.publisher.close()
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def _build(settings: Settings) -> WorkerRuntime:
+    publisher: EventPublisher
+    if settings.embedded_workers:
+        if embedded_publisher is None:
+            raise RuntimeError("Embedded workers need the web app's publisher; start them through the web app.")
+        publisher = embedded_publisher
+    else:
+        publisher = RedisPublisher(settings.redis_url)
+    engine = create_engine(settings)
+    return WorkerRuntime(engine=engine, sessions=session_factory(engine), publisher=publisher)
+
+
+def runtime() -> WorkerRuntime:
+    """The runtime of this worker process; call from actor code only."""
+    global _runtime
+    if _runtime is None:
+        _runtime = _build(get_settings())
+    return _runtime
+
+
+class RuntimeLifecycle(Middleware):
+    """Closes the runtime's connections on the event loop before the AsyncIO middleware stops it."""
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        global _runtime
+        loop_thread = get_event_loop_thread()
+        if _runtime is not None and loop_thread is not None:
+            loop_thread.run_coroutine(_runtime.close())
+        _runtime = None

@@ -1,0 +1,42 @@
+"""Periodic jobs. `periodiq app.workers` runs them in services mode; embedded, `run_schedules`.
+
+periodiq's own scheduler needs SIGALRM and so the main thread of its own process; the
+in-process loop below uses periodiq's cron specs and message options instead, so the
+same actors and the same PeriodiqMiddleware serve both modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+import pendulum
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def periodic_actors(broker: dramatiq.Broker) -> list[dramatiq.Actor[Any, Any]]:
+    return [actor for actor in broker.actors.values() if "periodic" in actor.options]
+
+
+async def run_schedules(
+    broker: dramatiq.Broker, stop: asyncio.Event, clock: Callable[[], pendulum.DateTime] = pendulum.now
+) -> None:
+    """Send each periodic actor at the times its cron spec names, until `stop` is set."""
+    actors = periodic_actors(broker)
+    if not actors:
+        return
+    while not stop.is_set():
+        due_at = min(actor.options["periodic"].next_valid_date(clock()) for actor in actors)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, (due_at - clock()).total_seconds()))
+            return
+        except TimeoutError:
+            pass
+        for actor in actors:
+            if actor.options["periodic"].validate(due_at):
+                log.info("schedule.send", actor=actor.actor_name, scheduled_at=str(due_at))
+                actor.send_with_options(scheduled_at=str(due_at))

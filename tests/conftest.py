@@ -1,0 +1,157 @@
+"""Test set-up for both run modes.
+
+`TEST_MODE=embedded` (default): SQLite in a temporary var/ folder, in-memory broker,
+workers inside the web process. `TEST_MODE=services`: a fresh Postgres database for
+this run (dropped at the end), a dedicated Redis database, separate worker processes.
+The environment is set in `pytest_configure`, before any test module imports `app`,
+because `app.workers` reads the settings once at import.
+
+Under CI=true a Postgres or Redis that does not answer fails the run; elsewhere the
+services run stops with a message saying what to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import LiveServer, services_reachable, start_live_server
+
+MODE = os.environ.get("TEST_MODE", "embedded")
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_DATABASE_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+_state: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    var_dir = tempfile.mkdtemp(prefix="app-test-var-")
+    _state["var_dir"] = var_dir
+    os.environ.update(
+        {
+            "APP_ENV": "test",
+            "VAR_DIR": var_dir,
+            "LOG_LEVEL": "WARNING",
+            "SSE_HEARTBEAT_SECONDS": "1",
+            "WORKER_HEARTBEAT_SECONDS": "0.5",
+            "WORKER_THREADS": "4",
+            "LITESTAR_APP": "app.web.app:create_app",
+        }
+    )
+    if MODE == "services":
+        problem = services_reachable(ADMIN_DATABASE_URL, TEST_REDIS_URL)
+        if problem:
+            message = f"services mode needs Postgres and Redis: {problem}"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.exit(f"FAILED: {message}", returncode=1)
+            pytest.exit(f"Skipping the services-mode run ({message}); start them or run `make test-embedded`.", 0)
+        name = f"app_test_{uuid.uuid4().hex[:10]}"
+        _state["database"] = name
+        _run_admin_sql(f'CREATE DATABASE "{name}"')
+        base = ADMIN_DATABASE_URL.rsplit("/", 1)[0]
+        os.environ.update(
+            {
+                "DATABASE_URL": f"{base}/{name}",
+                "REDIS_URL": TEST_REDIS_URL,
+                "SECRET_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
+            }
+        )
+        _flush_redis()
+    else:
+        os.environ.update({"DATABASE_URL": "", "REDIS_URL": "", "SECRET_KEY": ""})
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if name := _state.get("database"):
+        _run_admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    if var_dir := _state.get("var_dir"):
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    other = "embedded" if MODE == "services" else "services"
+    reason = f"runs only in {other} mode (this run: TEST_MODE={MODE}; `make test` runs both)"
+    for item in items:
+        if other in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _run_admin_sql(sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(ADMIN_DATABASE_URL)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+def _flush_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+
+
+def create_database(prefix: str) -> str:
+    """A new empty database of this run's kind; returns its URL."""
+    if MODE == "services":
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        _run_admin_sql(f'CREATE DATABASE "{name}"')
+        return f"{ADMIN_DATABASE_URL.rsplit('/', 1)[0]}/{name}"
+    return f"sqlite:///{Path(_state['var_dir']) / f'{prefix}-{uuid.uuid4().hex[:8]}.db'}"
+
+
+def drop_database(url: str) -> None:
+    if MODE == "services":
+        _run_admin_sql(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def mode() -> str:
+    return MODE
+
+
+@pytest.fixture(scope="session")
+def migrated() -> None:
+    """The run's database, upgraded to the newest migration through the operators' CLI."""
+    import subprocess
+
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "litestar"), "database", "upgrade", "--no-prompt"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def live_server(migrated: None) -> Iterator[LiveServer]:
+    """The real service over HTTP: granian serving the app (and, in services mode, a dramatiq worker)."""
+    with start_live_server(ROOT, services=MODE == "services") as server:
+        yield server
+
+
+@pytest.fixture
+async def db_session() -> AsyncIterator[object]:
+    from app.config import get_settings
+    from app.domain.database import create_engine, session_factory
+
+    engine = create_engine(get_settings())
+    try:
+        async with session_factory(engine)() as session:
+            yield session
+    finally:
+        await engine.dispose()

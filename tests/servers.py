@@ -1,0 +1,129 @@
+"""Real processes for tests: the web server (granian via `litestar run`) and Dramatiq workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def services_reachable(database_url: str, redis_url: str) -> str | None:
+    """None when Postgres and Redis answer; otherwise what is wrong."""
+    import asyncpg
+    import redis
+
+    async def postgres() -> None:
+        connection = await asyncpg.connect(database_url, timeout=3)
+        await connection.close()
+
+    try:
+        asyncio.run(postgres())
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return f"Postgres at {database_url} does not answer ({exc})"
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=3).ping()
+    except Exception as exc:  # noqa: BLE001
+        return f"Redis at {redis_url} does not answer ({exc})"
+    return None
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=5)
+        return self.popen.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def spawn(name: str, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Process:
+    log = Path(tempfile.mkstemp(prefix=f"app-test-{name}-", suffix=".log")[1])
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Process(name=name, popen=popen, log=log)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    processes: list[Process] = field(default_factory=list)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.output()[-4000:]}" for p in self.processes)
+
+
+def wait_ready(server: LiveServer, timeout: float = 45) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        for process in server.processes:
+            if process.popen.poll() is not None:
+                raise RuntimeError(f"{process.name} exited early\n{server.logs()}")
+        try:
+            response = httpx.get(server.url + "/health/ready", timeout=2)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    raise RuntimeError(f"not ready after {timeout} s: {last}\n{server.logs()}")
+
+
+def start_worker(root: Path) -> Process:
+    return spawn("worker", [str(BIN / "dramatiq"), "app.workers", "--processes", "1", "--threads", "4"], root)
+
+
+@contextlib.contextmanager
+def start_live_server(root: Path, *, services: bool) -> Iterator[LiveServer]:
+    port = free_port()
+    server = LiveServer(url=f"http://127.0.0.1:{port}")
+    server.processes.append(
+        spawn("web", [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)], root)
+    )
+    if services:
+        server.processes.append(start_worker(root))
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        for process in server.processes:
+            process.stop()

@@ -1,0 +1,118 @@
+"""The live path end to end, over real HTTP: request -> job on a worker -> event row -> SSE client."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.servers import LiveServer
+from tests.sse import Event, collect, events
+
+ROUND_TRIP = "diagnostic.round_trip"
+TIMEOUT = httpx.Timeout(20.0)
+
+
+async def _round_trip(client: httpx.AsyncClient, request_id: str | None = None) -> str:
+    headers = {"x-request-id": request_id} if request_id else {}
+    response = await client.post("/api/v1/diagnostics/round-trip", headers=headers)
+    assert response.status_code == 202, response.text
+    return str(response.json()["token"])
+
+
+async def _wait_for(client: httpx.AsyncClient, token: str, after: int = 0) -> Event:
+    """Read the stream from `after` until the round trip carrying `token` arrives."""
+    async with client.stream("GET", f"/api/v1/events?last_event_id={after}") as response:
+        async for item in events(response):
+            if item.event == ROUND_TRIP and item.data["token"] == token:
+                return item
+    raise AssertionError("stream ended")
+
+
+async def test_a_job_sent_from_a_request_reaches_an_open_stream(live_server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT) as client:
+        # Start from the newest event so that only new ones come live.
+        start = await _latest_id(client)
+        request_id = uuid.uuid4().hex
+        listener = asyncio.create_task(collect(client, f"/api/v1/events?last_event_id={start}", 1, event=ROUND_TRIP))
+        await asyncio.sleep(0.3)  # the stream is open and subscribed
+        token = await _round_trip(client, request_id)
+        (received,) = await asyncio.wait_for(listener, 20)
+    assert received.data == {"token": token, "request_id": request_id}
+    assert received.id > start
+
+
+async def test_reconnect_with_last_event_id_misses_nothing(live_server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT) as client:
+        start = await _latest_id(client)
+        first = await _wait_for(client, await _round_trip(client), start)
+        # While "disconnected", three more events happen (worker threads may finish them in any order).
+        tokens = {await _round_trip(client) for _ in range(3)}
+        for token in tokens:
+            await _wait_for(client, token, first.id)
+        # Reconnect with the header, then with the query parameter: the same events, in id order, once each.
+        by_header = await collect(client, "/api/v1/events", 3, headers={"Last-Event-ID": str(first.id)})
+        by_query = await collect(client, f"/api/v1/events?last_event_id={first.id}", 3)
+    assert by_header == by_query
+    assert {e.data["token"] for e in by_header} == tokens
+    ids = [e.id for e in by_header]
+    assert ids == sorted(set(ids))
+    assert ids[0] > first.id
+
+
+async def _latest_id(client: httpx.AsyncClient) -> int:
+    """The id of the newest event, learned by making one."""
+    token = await _round_trip(client)
+    return (await _wait_for(client, token)).id
+
+
+def test_heartbeat_is_a_bare_comment_on_the_wire(live_server: LiveServer) -> None:
+    """SSE_HEARTBEAT_SECONDS=1 in tests: within ~2.5 s a comment line arrives with no data field."""
+    url = urlsplit(live_server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+        sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+        received = b""
+        deadline = time.monotonic() + 2.5
+        # ("connection: keep-alive" in the headers must not count: look after the blank line.)
+        while time.monotonic() < deadline and b": keep-alive" not in received.partition(b"\r\n\r\n")[2]:
+            received += sock.recv(65536)
+    body = received.partition(b"\r\n\r\n")[2]
+    assert b": keep-alive\r\n\r\n" in body
+    # Comment blocks carry no data line, so the browser fires no message for them.
+    for block in re.split(rb"\r\n\r\n", body):
+        if block.lstrip(b"0123456789abcdef\r\n").startswith(b":"):
+            assert b"data:" not in block, block
+
+
+async def _open_streams(client: httpx.AsyncClient) -> float:
+    text = (await client.get("/metrics")).text
+    match = re.search(r"^app_sse_connections(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.MULTILINE)
+    assert match, text
+    return float(match.group(1))
+
+
+async def test_a_client_that_goes_away_is_freed(live_server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT) as client:
+        before = await _open_streams(client)
+        async with client.stream("GET", "/api/v1/events") as response:
+            assert response.status_code == 200
+            await response.aiter_lines().__anext__()
+            assert await _open_streams(client) == before + 1
+        deadline = time.monotonic() + 10
+        while await _open_streams(client) != before:
+            assert time.monotonic() < deadline, "the stream was not freed after the client left"
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("value", ["soon", "-1"])
+async def test_a_bad_last_event_id_is_refused(live_server: LiveServer, value: str) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT) as client:
+        response = await client.get("/api/v1/events", headers={"Last-Event-ID": value})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")

@@ -1,0 +1,80 @@
+"""The job side: broker set-up, poll timeout, log context, schedules, housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import dramatiq
+import pendulum
+from dramatiq.brokers.stub import StubBroker
+from periodiq import PeriodiqMiddleware, cron
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import get_settings
+from app.domain.notifications.events import EventLog
+from app.domain.notifications.models import Event
+from app.workers import broker
+from app.workers.schedules import periodic_actors, run_schedules
+
+
+def test_the_broker_matches_the_run_mode(mode: str) -> None:
+    expected = "StubBroker" if mode == "embedded" else "RedisBroker"
+    assert type(broker).__name__ == expected
+    names = {type(m).__name__ for m in broker.middleware}
+    assert {"AsyncIO", "CurrentMessage", "LogContext", "Heartbeat", "PeriodiqMiddleware", "Retries"} <= names
+
+
+def test_every_worker_polls_with_the_configured_timeout() -> None:
+    """The dramatiq CLI builds its Worker without a timeout argument: the default must be ours."""
+    defaults = dramatiq.Worker.__init__.__kwdefaults__
+    assert defaults is not None
+    assert defaults["worker_timeout"] == get_settings().worker_poll_ms == 100
+
+
+def test_housekeeping_is_scheduled() -> None:
+    scheduled = {actor.actor_name: str(actor.options["periodic"]) for actor in periodic_actors(broker)}
+    assert scheduled == {"maintenance.purge_events": "@hourly"}
+
+
+async def test_the_in_process_schedule_sends_what_is_due() -> None:
+    stub = StubBroker()
+    stub.add_middleware(PeriodiqMiddleware())
+
+    @dramatiq.actor(broker=stub, periodic=cron("* * * * *"), actor_name="tick")
+    def tick() -> None: ...
+
+    @dramatiq.actor(broker=stub, periodic=cron("30 4 * * *"), actor_name="nightly")
+    def nightly() -> None: ...
+
+    start, started = pendulum.datetime(2026, 1, 1, 10, 0, 59, 700_000), time.monotonic()
+
+    def clock() -> pendulum.DateTime:  # 0.3 s before a minute starts, then real time
+        return start + timedelta(seconds=time.monotonic() - started)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_schedules(stub, stop, clock))
+    await asyncio.sleep(0.8)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    queue = stub.queues["default"]
+    sent = [dramatiq.Message.decode(queue.get_nowait()) for _ in range(queue.qsize())]
+    assert [(m.actor_name, m.options["scheduled_at"]) for m in sent] == [("tick", "2026-01-01 10:01:00+00:00")]
+
+
+async def test_purging_events_keeps_the_recent_ones(migrated: None, db_session: AsyncSession) -> None:
+    now = datetime.now(UTC)
+    async with db_session.begin():
+        db_session.add_all(
+            [
+                Event(type="test.old", payload={}, created_at=now - timedelta(hours=100)),
+                Event(type="test.new", payload={}, created_at=now - timedelta(hours=1)),
+            ]
+        )
+    async with db_session.begin():
+        deleted = await EventLog(db_session).purge(now - timedelta(hours=72))
+    assert deleted >= 1
+    remaining = {e.type for e in await EventLog(db_session).after(0, user_id=None, limit=10_000)}
+    assert "test.new" in remaining
+    assert "test.old" not in remaining
