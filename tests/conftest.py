@@ -127,6 +127,7 @@ def migrated() -> None:
     """The run's database, upgraded to the newest migration through the operators' CLI."""
     import subprocess
 
+    _state["migrated"] = "yes"
     result = subprocess.run(
         [str(Path(sys.executable).parent / "litestar"), "database", "upgrade", "--no-prompt"],
         cwd=ROOT,
@@ -142,6 +143,32 @@ def live_server(migrated: None) -> Iterator[LiveServer]:
     """The real service over HTTP: granian serving the app (and, in services mode, a dramatiq worker)."""
     with start_live_server(ROOT, services=MODE == "services") as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+async def isolated_tables() -> AsyncIterator[None]:
+    """Each test starts from empty tables (the schema stays; Redis keeps only transport state)."""
+    yield
+    if not _state.get("migrated"):
+        return
+    from sqlalchemy import text
+
+    from app.config import get_settings
+    from app.domain.database import create_engine
+    from app.domain.models import metadata
+
+    settings = get_settings()
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            if settings.is_sqlite:
+                for table in reversed(metadata.sorted_tables):
+                    await connection.execute(table.delete())
+            else:
+                names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
+                await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture
