@@ -49,6 +49,33 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     diagnostics_enabled: bool | None = None
 
+    access_token_minutes: int = 15
+    refresh_token_days: int = 30
+    session_days: int = 14
+    email_token_minutes: int = 60
+    verification_token_hours: int = 48
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
+    password_hash_threads: int = 4
+
+    login_failures_per_window: int = 5
+    login_window_seconds: int = 300
+    registrations_per_hour: int = 20
+    forgot_password_per_hour: int = 5
+
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = True
+    smtp_tls: bool = False
+    smtp_timeout_seconds: float = 10.0
+    mail_from: str = "Jobs <no-reply@localhost>"
+
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+
     sse_heartbeat_seconds: float = 15.0
     event_retention_hours: int = 72
 

@@ -2,8 +2,9 @@
 
 from advanced_alchemy.base import orm_registry
 
+from app.domain.accounts.models import EmailToken, RefreshToken, User
 from app.domain.notifications.models import Event
 
 metadata = orm_registry.metadata
 
-__all__ = ["Event", "metadata"]
+__all__ = ["EmailToken", "Event", "RefreshToken", "User", "metadata"]

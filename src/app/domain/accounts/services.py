@@ -1,0 +1,309 @@
+"""Account rules: registration, sign-in, profile, passwords, refresh tokens and email tokens.
+
+Services work inside the caller's session and only flush; the door (a request, a job,
+a CLI command) commits. Raw tokens are returned once and stored only as SHA-256 hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from uuid import UUID
+
+import msgspec
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.domain.accounts import rules
+from app.domain.accounts.errors import AlreadyTaken, InvalidCredentials, InvalidToken, UserNotFound
+from app.domain.accounts.models import EmailToken, RefreshToken, User
+from app.domain.accounts.passwords import Passwords
+from app.domain.accounts.schemas import ProfileChange, Registration, UserFlags
+from app.domain.clock import utcnow
+
+VERIFY = "verify"
+RESET = "reset"
+
+
+def token_hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class IssuedRefresh:
+    token: str
+    family_id: UUID
+
+
+class AccountService:
+    def __init__(self, session: AsyncSession, passwords: Passwords, settings: Settings) -> None:
+        self.session = session
+        self.passwords = passwords
+        self.settings = settings
+
+    # --- users -------------------------------------------------------------------------
+
+    async def get(self, user_id: UUID) -> User | None:
+        return await self.session.get(User, user_id)
+
+    async def require(self, user_id: UUID) -> User:
+        user = await self.get(user_id)
+        if user is None:
+            raise UserNotFound("No such user.")
+        return user
+
+    async def by_login(self, login: str) -> User | None:
+        """The user whose username or email is `login` (case-insensitive)."""
+        value = login.strip().lower()
+        user: User | None = await self.session.scalar(
+            select(User).where(or_(User.username == value, User.email == value))
+        )
+        return user
+
+    async def register(self, data: Registration, *, is_superuser: bool = False, is_verified: bool = False) -> User:
+        email, username = rules.normal_email(data.email), rules.normal_username(data.username)
+        rules.check(
+            email=rules.email_problem(email),
+            username=rules.username_problem(username),
+            password=rules.password_problem(data.password, username=username, email=email),
+            full_name=rules.full_name_problem(data.full_name),
+        )
+        await self._ensure_free(email=email, username=username)
+        user = User(
+            email=email,
+            username=username,
+            full_name=(data.full_name or "").strip() or None,
+            password_hash=await self.passwords.hash(data.password),
+            is_superuser=is_superuser,
+            is_verified=is_verified,
+        )
+        self.session.add(user)
+        try:
+            await self.session.flush()
+        except IntegrityError as exc:  # lost a race with a concurrent registration
+            raise AlreadyTaken("email or username") from exc
+        return user
+
+    async def _ensure_free(self, *, email: str, username: str) -> None:
+        taken = (
+            await self.session.execute(
+                select(User.email, User.username).where(or_(User.email == email, User.username == username))
+            )
+        ).first()
+        if taken is not None:
+            raise AlreadyTaken("email" if taken.email == email else "username")
+
+    async def authenticate(self, login: str, password: str) -> User:
+        """The active user with this username or email and password, or InvalidCredentials."""
+        user = await self.by_login(login)
+        ok, needs_rehash = await self.passwords.verify(user.password_hash if user else None, password)
+        if user is None or not ok or not user.is_active:
+            raise InvalidCredentials("Wrong username or password.")
+        if needs_rehash:
+            user.password_hash = await self.passwords.hash(password)
+            await self.session.flush()
+        return user
+
+    async def update_profile(self, user: User, change: ProfileChange) -> User:
+        if change.full_name is not msgspec.UNSET:
+            rules.check(full_name=rules.full_name_problem(change.full_name))
+            user.full_name = (change.full_name or "").strip() or None
+        if change.email_notifications is not msgspec.UNSET:
+            user.email_notifications = change.email_notifications
+        await self.session.flush()
+        return user
+
+    async def change_password(self, user: User, current: str, new: str) -> User:
+        """Set a new password after checking the current one; every other session and token ends."""
+        rules.check(new_password=rules.password_problem(new, username=user.username, email=user.email))
+        ok, _ = await self.passwords.verify(user.password_hash, current)
+        if not ok:
+            raise InvalidCredentials("The current password is wrong.")
+        await self._set_password(user, new)
+        return user
+
+    async def _set_password(self, user: User, new: str) -> None:
+        user.password_hash = await self.passwords.hash(new)
+        await self.revoke_everything(user)
+
+    async def revoke_everything(self, user: User) -> None:
+        """End every session, access token and refresh family of the user."""
+        user.credentials_version += 1
+        await self.session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        await self.session.flush()
+
+    async def find_or_create_external(self, email: str) -> User:
+        """The user an external identity provider vouches for (by verified email); made if new."""
+        email = rules.normal_email(email)
+        user = await self.session.scalar(select(User).where(User.email == email))
+        if user is not None:
+            if not user.is_verified:
+                user.is_verified = True
+                await self.session.flush()
+            return user
+        base = rules.normal_username(email.split("@", 1)[0])
+        base = "".join(c for c in base if c.isalnum() or c in "_.-")[:24] or "user"
+        username = base if len(base) >= 3 else f"{base}_user"
+        while await self.session.scalar(select(User.id).where(User.username == username)) is not None:
+            username = f"{base}_{secrets.token_hex(3)}"
+        user = User(email=email, username=username, is_verified=True)
+        self.session.add(user)
+        await self.session.flush()
+        return user
+
+    # --- administration ------------------------------------------------------------------
+
+    async def list_users(
+        self, *, text: str | None = None, active: bool | None = None, limit: int = 20, offset: int = 0
+    ) -> tuple[Sequence[User], int]:
+        query = select(User)
+        if text:
+            pattern = f"%{text.strip().lower()}%"
+            query = query.where(
+                or_(User.email.like(pattern), User.username.like(pattern), func.lower(User.full_name).like(pattern))
+            )
+        if active is not None:
+            query = query.where(User.is_active.is_(active))
+        total = await self.session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        users = await self.session.scalars(query.order_by(User.created_at.desc(), User.id).limit(limit).offset(offset))
+        return list(users), int(total)
+
+    async def set_flags(self, user: User, flags: UserFlags) -> User:
+        if flags.is_active is not msgspec.UNSET and flags.is_active != user.is_active:
+            user.is_active = flags.is_active
+            if not user.is_active:
+                await self.revoke_everything(user)
+        if flags.is_superuser is not msgspec.UNSET:
+            user.is_superuser = flags.is_superuser
+        await self.session.flush()
+        return user
+
+    # --- email tokens --------------------------------------------------------------------
+
+    async def email_token(self, user: User, purpose: str) -> str:
+        """A new single-use token; earlier unused tokens of the same purpose stop working."""
+        minutes = self.settings.email_token_minutes if purpose == RESET else self.settings.verification_token_hours * 60
+        now = utcnow()
+        await self.session.execute(
+            update(EmailToken)
+            .where(EmailToken.user_id == user.id, EmailToken.purpose == purpose, EmailToken.used_at.is_(None))
+            .values(used_at=now)
+        )
+        raw = new_token()
+        self.session.add(
+            EmailToken(
+                user_id=user.id,
+                purpose=purpose,
+                token_hash=token_hash(raw),
+                expires_at=now + timedelta(minutes=minutes),
+            )
+        )
+        await self.session.flush()
+        return raw
+
+    async def _use_email_token(self, raw: str, purpose: str) -> User:
+        now = utcnow()
+        # One UPDATE claims the token: two concurrent uses cannot both succeed.
+        user_id = await self.session.scalar(
+            update(EmailToken)
+            .where(
+                EmailToken.token_hash == token_hash(raw),
+                EmailToken.purpose == purpose,
+                EmailToken.used_at.is_(None),
+                EmailToken.expires_at > now,
+            )
+            .values(used_at=now)
+            .returning(EmailToken.user_id)
+        )
+        user = await self.get(user_id) if user_id is not None else None
+        if user is None or not user.is_active:
+            raise InvalidToken("This link is invalid, expired or already used.")
+        return user
+
+    async def verify_email(self, raw: str) -> User:
+        user = await self._use_email_token(raw, VERIFY)
+        user.is_verified = True
+        await self.session.flush()
+        return user
+
+    async def reset_token_for(self, email: str) -> tuple[User, str] | None:
+        """A reset token for the active user with this email, or None (the caller says nothing either way)."""
+        user = await self.session.scalar(select(User).where(User.email == rules.normal_email(email)))
+        if user is None or not user.is_active:
+            return None
+        return user, await self.email_token(user, RESET)
+
+    async def reset_password(self, raw: str, new: str) -> User:
+        user = await self._use_email_token(raw, RESET)
+        rules.check(password=rules.password_problem(new, username=user.username, email=user.email))
+        await self._set_password(user, new)
+        return user
+
+
+class RefreshTokens:
+    """Rotating refresh tokens with reuse detection, one family per sign-in."""
+
+    def __init__(self, session: AsyncSession, settings: Settings) -> None:
+        self.session = session
+        self.settings = settings
+
+    async def issue(self, user: User, family_id: UUID | None = None) -> IssuedRefresh:
+        raw = new_token()
+        family = family_id or uuid.uuid4()
+        self.session.add(
+            RefreshToken(
+                user_id=user.id,
+                family_id=family,
+                token_hash=token_hash(raw),
+                expires_at=utcnow() + timedelta(days=self.settings.refresh_token_days),
+            )
+        )
+        await self.session.flush()
+        return IssuedRefresh(token=raw, family_id=family)
+
+    async def rotate(self, raw: str) -> tuple[User, IssuedRefresh]:
+        """Retire `raw` and issue its successor. A retired token revokes its whole family."""
+        now = utcnow()
+        token = await self.session.scalar(
+            select(RefreshToken).where(RefreshToken.token_hash == token_hash(raw)).with_for_update()
+        )
+        if token is None or token.revoked_at is not None or token.expires_at <= now:
+            raise InvalidCredentials("This refresh token is not valid.")
+        if token.replaced_at is not None:
+            await self.revoke_family(token.family_id)
+            raise InvalidCredentials("This refresh token was already used; its session has been ended.")
+        user = await self.session.get(User, token.user_id)
+        if user is None or not user.is_active:
+            raise InvalidCredentials("This refresh token is not valid.")
+        token.replaced_at = now
+        return user, await self.issue(user, token.family_id)
+
+    async def revoke_family(self, family_id: UUID) -> None:
+        await self.session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        await self.session.flush()
+
+    async def family_of(self, raw: str, user: User) -> UUID | None:
+        family: UUID | None = await self.session.scalar(
+            select(RefreshToken.family_id).where(
+                RefreshToken.token_hash == token_hash(raw), RefreshToken.user_id == user.id
+            )
+        )
+        return family
