@@ -24,12 +24,14 @@ from pathlib import Path
 import pytest
 
 from tests.servers import LiveServer, services_reachable, start_live_server
+from tests.smtp import SmtpServer
 
 MODE = os.environ.get("TEST_MODE", "embedded")
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_DATABASE_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 _state: dict[str, str] = {}
+_servers: dict[str, SmtpServer] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,7 +46,18 @@ def pytest_configure(config: pytest.Config) -> None:
             "WORKER_HEARTBEAT_SECONDS": "0.5",
             "WORKER_THREADS": "4",
             "LITESTAR_APP": "app.web.app:create_app",
+            # Cheap password hashing and generous abuse limits; tests that need the limits set their own.
+            "ARGON2_TIME_COST": "1",
+            "ARGON2_MEMORY_KIB": "8192",
+            "ARGON2_PARALLELISM": "1",
+            "REGISTRATIONS_PER_HOUR": "100000",
+            "FORGOT_PASSWORD_PER_HOUR": "100000",
         }
+    )
+    smtp = SmtpServer().__enter__()
+    _servers["smtp"] = smtp
+    os.environ.update(
+        {"SMTP_HOST": smtp.host, "SMTP_PORT": str(smtp.port), "SMTP_STARTTLS": "false", "SMTP_TLS": "false"}
     )
     if MODE == "services":
         problem = services_reachable(ADMIN_DATABASE_URL, TEST_REDIS_URL)
@@ -70,6 +83,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if smtp := _servers.pop("smtp", None):
+        smtp.__exit__(None, None, None)
     if name := _state.get("database"):
         _run_admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     if var_dir := _state.get("var_dir"):
@@ -115,6 +130,12 @@ def create_database(prefix: str) -> str:
 def drop_database(url: str) -> None:
     if MODE == "services":
         _run_admin_sql(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def smtp() -> SmtpServer:
+    """The run's SMTP server (aiosmtpd): every email the service sends in tests arrives here."""
+    return _servers["smtp"]
 
 
 @pytest.fixture(scope="session")

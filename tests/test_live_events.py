@@ -12,11 +12,17 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.accounts import signed_in_headers
 from tests.servers import LiveServer
 from tests.sse import Event, collect, events
 
 ROUND_TRIP = "diagnostic.round_trip"
 TIMEOUT = httpx.Timeout(20.0)
+
+
+def _auth(live_server: LiveServer) -> dict[str, str]:
+    with httpx.Client(base_url=live_server.url, timeout=TIMEOUT) as client:
+        return signed_in_headers(client)
 
 
 async def _round_trip(client: httpx.AsyncClient, request_id: str | None = None) -> str:
@@ -27,8 +33,8 @@ async def _round_trip(client: httpx.AsyncClient, request_id: str | None = None) 
 
 
 async def _wait_for(client: httpx.AsyncClient, token: str, after: int = 0) -> Event:
-    """Read the stream from `after` until the round trip carrying `token` arrives."""
-    async with client.stream("GET", f"/api/v1/events?last_event_id={after}") as response:
+    """Read the stream from `after` until the round trip carrying `token` arrives (20 s at most)."""
+    async with asyncio.timeout(20), client.stream("GET", f"/api/v1/events?last_event_id={after}") as response:
         async for item in events(response):
             if item.event == ROUND_TRIP and item.data["token"] == token:
                 return item
@@ -36,7 +42,7 @@ async def _wait_for(client: httpx.AsyncClient, token: str, after: int = 0) -> Ev
 
 
 async def test_a_job_sent_from_a_request_reaches_an_open_stream(live_server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT) as client:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT, headers=_auth(live_server)) as client:
         # Start from the newest event so that only new ones come live.
         start = await _latest_id(client)
         request_id = uuid.uuid4().hex
@@ -49,7 +55,7 @@ async def test_a_job_sent_from_a_request_reaches_an_open_stream(live_server: Liv
 
 
 async def test_reconnect_with_last_event_id_misses_nothing(live_server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT) as client:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT, headers=_auth(live_server)) as client:
         start = await _latest_id(client)
         first = await _wait_for(client, await _round_trip(client), start)
         # While "disconnected", three more events happen (worker threads may finish them in any order).
@@ -76,7 +82,11 @@ def test_heartbeat_is_a_bare_comment_on_the_wire(live_server: LiveServer) -> Non
     """SSE_HEARTBEAT_SECONDS=1 in tests: within ~2.5 s a comment line arrives with no data field."""
     url = urlsplit(live_server.url)
     with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
-        sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+        authorization = _auth(live_server)["Authorization"].encode()
+        sock.sendall(
+            b"GET /api/v1/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n"
+            b"Authorization: " + authorization + b"\r\n\r\n"
+        )
         received = b""
         deadline = time.monotonic() + 2.5
         # ("connection: keep-alive" in the headers must not count: look after the blank line.)
@@ -97,22 +107,35 @@ async def _open_streams(client: httpx.AsyncClient) -> float:
     return float(match.group(1))
 
 
+async def _until_open_streams(client: httpx.AsyncClient, expected: float, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while (current := await _open_streams(client)) != expected:
+        assert time.monotonic() < deadline, f"{current} open streams, expected {expected}"
+        await asyncio.sleep(0.1)
+
+
 async def test_a_client_that_goes_away_is_freed(live_server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT) as client:
-        before = await _open_streams(client)
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT, headers=_auth(live_server)) as client:
+        # Streams of earlier tests end when the server next writes to them (a heartbeat): wait for that.
+        await _until_open_streams(client, 0)
         async with client.stream("GET", "/api/v1/events") as response:
             assert response.status_code == 200
-            await response.aiter_lines().__anext__()
-            assert await _open_streams(client) == before + 1
-        deadline = time.monotonic() + 10
-        while await _open_streams(client) != before:
-            assert time.monotonic() < deadline, "the stream was not freed after the client left"
-            await asyncio.sleep(0.1)
+            lines = response.aiter_lines()  # keep a reference: a dropped iterator closes the response
+            await anext(lines)
+            await _until_open_streams(client, 1)
+        await _until_open_streams(client, 0)
+
+
+async def test_the_stream_needs_a_signed_in_user(live_server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT) as client:
+        response = await client.get("/api/v1/events")
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("application/problem+json")
 
 
 @pytest.mark.parametrize("value", ["soon", "-1"])
 async def test_a_bad_last_event_id_is_refused(live_server: LiveServer, value: str) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT) as client:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT, headers=_auth(live_server)) as client:
         response = await client.get("/api/v1/events", headers={"Last-Event-ID": value})
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/problem+json")

@@ -10,12 +10,18 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.web.app import create_app
+from tests.accounts import signed_in_headers
 
 
 @pytest.fixture(scope="module")
 def client(migrated: None) -> Iterator[TestClient[Litestar]]:
     with TestClient(create_app()) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def auth(client: TestClient[Litestar]) -> dict[str, str]:
+    return signed_in_headers(client)
 
 
 def test_liveness(client: TestClient[Litestar]) -> None:
@@ -36,8 +42,8 @@ def test_unknown_api_path_is_a_problem_document(client: TestClient[Litestar]) ->
     assert body["detail"]
 
 
-def test_validation_problem_names_the_field(client: TestClient[Litestar]) -> None:
-    response = client.get("/api/v1/events", params={"last_event_id": "yesterday"})
+def test_validation_problem_names_the_field(client: TestClient[Litestar], auth: dict[str, str]) -> None:
+    response = client.get("/api/v1/events", params={"last_event_id": "yesterday"}, headers=auth)
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/problem+json")
     body = response.json()
@@ -46,8 +52,8 @@ def test_validation_problem_names_the_field(client: TestClient[Litestar]) -> Non
     assert any(error["field"] == "last_event_id" for error in body["errors"]), body
 
 
-def test_bad_last_event_id_header_is_a_400(client: TestClient[Litestar]) -> None:
-    response = client.get("/api/v1/events", headers={"Last-Event-ID": "-3"})
+def test_bad_last_event_id_header_is_a_400(client: TestClient[Litestar], auth: dict[str, str]) -> None:
+    response = client.get("/api/v1/events", headers={"Last-Event-ID": "-3", **auth})
     assert response.status_code == 400
     assert response.json()["errors"] == [{"field": "Last-Event-ID", "message": "must be >= 0"}]
 

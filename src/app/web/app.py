@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio
 import structlog
 from advanced_alchemy.extensions.litestar import (
     AlembicAsyncConfig,
@@ -17,29 +18,44 @@ from advanced_alchemy.extensions.litestar import (
 from litestar import Litestar
 from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
+from litestar.config.csrf import CSRFConfig
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.logging.config import LoggingConfig, StructLoggingConfig
+from litestar.middleware import DefineMiddleware
 from litestar.middleware.logging import LoggingMiddlewareConfig
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.htmx import HTMXPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.plugins.problem_details import ProblemDetailsPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.plugins.structlog import StructlogConfig, StructlogPlugin
+from litestar.stores.file import FileStore
+from litestar.stores.memory import MemoryStore
+from litestar.stores.redis import RedisStore
+from litestar.stores.registry import StoreRegistry
 from litestar.template.config import TemplateConfig
 from litestar_granian import GranianPlugin
 
 from app.config import Settings, get_settings
 from app.config.logging import level, stdlib_formatter, structlog_processors
+from app.domain.accounts.passwords import Passwords
 from app.domain.database import create_engine, session_factory
+from app.web.accounts import AuthController, MeController
+from app.web.admin import AdminUsersController
 from app.web.assets import StaticAssets, serve_static
+from app.web.auth import AccessTokens, AuthMiddleware, session_config
 from app.web.channels import channels_plugin
+from app.web.cli import OperatorCLIPlugin
 from app.web.diagnostics import DiagnosticsController
 from app.web.embedded_workers import EmbeddedWorkersPlugin
 from app.web.errors import exception_handlers, problem_details_config
 from app.web.events import EventsController
 from app.web.health import HealthController
+from app.web.limits import Limiter
+from app.web.oidc import OIDCIdentities, OIDCVerifier
 from app.web.pages import PagesController
 from app.web.request_id import RequestIdMiddleware
 from app.web.security import SecurityHeadersMiddleware
@@ -94,6 +110,13 @@ def _openapi(assets: StaticAssets) -> OpenAPIConfig:
             JsonRenderPlugin(path="/openapi.json"),
         ],
         use_handler_docstrings=True,
+        components=Components(
+            security_schemes={
+                "BearerToken": SecurityScheme(
+                    type="http", scheme="bearer", bearer_format="JWT", description="POST /api/v1/auth/login"
+                )
+            }
+        ),
     )
 
 
@@ -121,6 +144,17 @@ def _structlog(settings: Settings) -> StructlogPlugin:
     )
 
 
+def store_registry(settings: Settings) -> StoreRegistry:
+    """Sessions and abuse counters: Redis in services mode; embedded, sessions in files under var/."""
+    if settings.redis_url:
+        redis_store = RedisStore(redis.asyncio.Redis.from_url(settings.redis_url), namespace="app")
+        return StoreRegistry(default_factory=redis_store.with_namespace)
+    return StoreRegistry(
+        {"sessions": FileStore(settings.var_path / "sessions", create_directories=True)},
+        default_factory=lambda _name: MemoryStore(),
+    )
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     # Imported here: it reads the settings and declares the broker for this process.
@@ -131,6 +165,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
     channels = channels_plugin(settings)
     alchemy = alchemy_config(settings)
     sessions = session_factory(alchemy.get_engine())
+    stores = store_registry(settings)
+    tokens = AccessTokens(settings)
+    passwords = Passwords(settings)
+    limiter = Limiter(stores.get("limits"))
+    external = (
+        OIDCIdentities(OIDCVerifier(settings.oidc_issuer, settings.oidc_audience), sessions, passwords, settings)
+        if settings.oidc_issuer
+        else None
+    )
     embedded = [EmbeddedWorkersPlugin(EmbeddedWorkers(broker, settings), channels)] if settings.embedded_workers else []
 
     def constant(value: Any) -> Provide:
@@ -142,6 +185,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController,
             EventsController,
             DiagnosticsController,
+            AuthController,
+            MeController,
+            AdminUsersController,
             MetricsController,
             serve_static,
         ],
@@ -152,7 +198,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "assets": constant(assets),
             "channels": constant(channels),
             "sessions": constant(sessions),
+            "passwords": constant(passwords),
+            "tokens": constant(tokens),
+            "limiter": constant(limiter),
         },
+        state=State({"access_tokens": tokens}),
+        stores=stores,
         plugins=[
             _structlog(settings),
             SQLAlchemyPlugin(config=alchemy),
@@ -160,13 +211,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ProblemDetailsPlugin(problem_details_config()),
             HTMXPlugin(),
             GranianPlugin(),
+            OperatorCLIPlugin(),
             *embedded,  # after `channels`: see EmbeddedWorkersPlugin
         ],
         middleware=[
             RequestIdMiddleware(),
             SecurityHeadersMiddleware(),
             PrometheusConfig(app_name="app", prefix="app", group_path=True, exclude=QUIET_PATHS).middleware,
+            session_config(settings).middleware,
+            DefineMiddleware(AuthMiddleware, sessions=sessions, tokens=tokens, external=external, exclude=QUIET_PATHS),
         ],
+        csrf_config=CSRFConfig(
+            secret=settings.secret_key,
+            cookie_secure=settings.base_url.startswith("https://"),
+            exclude=["/api/", *QUIET_PATHS, "/schema"],
+        ),
         exception_handlers=exception_handlers(),
         compression_config=CompressionConfig(backend="gzip", gzip_compress_level=6, exclude=["/api/v1/events"]),
         cors_config=CORSConfig(allow_origins=settings.cors_origin_list, allow_credentials=True)

@@ -11,10 +11,11 @@ import secrets
 import msgspec
 from litestar import Controller, post
 from litestar.di import NamedDependency
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from app.config import Settings
+from app.web.auth import requires_user
 from app.workers.actors.diagnostics import round_trip
 
 
@@ -31,7 +32,9 @@ class DiagnosticsController(Controller):
         operation_id="diagnosticsRoundTrip",
         summary="Send a job that records a broadcast event",
         status_code=HTTP_202_ACCEPTED,
-        raises=[NotFoundException],
+        guards=[requires_user],
+        security=[{"BearerToken": []}],
+        raises=[NotFoundException, NotAuthorizedException],
     )
     async def round_trip(self, settings: NamedDependency[Settings]) -> RoundTrip:
         if not settings.diagnostics_on:

@@ -23,6 +23,15 @@ from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetail
 from litestar.response import Template
 from litestar.types import ExceptionHandlersMap
 
+from app.domain.accounts.errors import (
+    AccountError,
+    AlreadyTaken,
+    InvalidCredentials,
+    InvalidInput,
+    InvalidToken,
+    UserNotFound,
+)
+
 E = TypeVar("E", bound=Exception)
 
 log = structlog.get_logger(__name__)
@@ -87,6 +96,21 @@ def from_conflict(exc: IntegrityError) -> ProblemDetailsException:
     return problem(409, "The request conflicts with the current state of the resource.")
 
 
+def from_account_error(exc: AccountError) -> ProblemDetailsException:
+    if isinstance(exc, InvalidInput):
+        errors = [{"field": field, "message": message} for field, message in exc.errors.items()]
+        return problem(422, "The request is not valid: " + exc.detail, title="Invalid request", errors=errors)
+    if isinstance(exc, AlreadyTaken):
+        return problem(409, exc.detail, errors=[{"field": exc.field, "message": "is already registered"}])
+    if isinstance(exc, InvalidCredentials):
+        return problem(401, exc.detail, headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, InvalidToken):
+        return problem(400, exc.detail, errors=[{"field": "token", "message": "is invalid, expired or used"}])
+    if isinstance(exc, UserNotFound):
+        return problem(404, exc.detail)
+    return problem(400, exc.detail)
+
+
 def from_unexpected(exc: Exception) -> ProblemDetailsException:
     log.error("request.unhandled_exception", exc_info=exc)
     return problem(500, "An unexpected error occurred; it has been logged.")
@@ -133,5 +157,6 @@ def exception_handlers() -> ExceptionHandlersMap:
         NotFoundError: _handler(from_not_found),
         DuplicateKeyError: _handler(from_conflict),
         IntegrityError: _handler(from_conflict),
+        AccountError: _handler(from_account_error),
         Exception: _handler(from_unexpected),
     }

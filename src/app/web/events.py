@@ -13,20 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, Request, get
 from litestar.channels import ChannelsPlugin
 from litestar.di import NamedDependency
-from litestar.exceptions import ValidationException
+from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.domain.accounts.models import User
 from app.domain.notifications.events import EventLog, EventRecord, channels_for_reader
+from app.web.auth import requires_user
 from app.web.metrics import SSE_CONNECTIONS
 
 #: How many events one read of the table sends at most; a longer backlog takes several reads.
@@ -113,9 +115,13 @@ class EventsController(Controller):
             "Reconnect with `Last-Event-ID` (or `?last_event_id=`) to receive every event after that id first."
         ),
         media_type="text/event-stream",
+        guards=[requires_user],
+        security=[{"BearerToken": []}],
+        raises=[NotAuthorizedException, ValidationException],
     )
     async def stream(
         self,
+        request: Request[User, Any, Any],
         channels: NamedDependency[ChannelsPlugin],
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
@@ -126,7 +132,7 @@ class EventsController(Controller):
         stream = event_stream(
             channels=channels,
             sessions=sessions,
-            user_id=None,
+            user_id=request.user.id,
             last_id=after,
             heartbeat=settings.sse_heartbeat_seconds,
         )

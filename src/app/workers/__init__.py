@@ -7,6 +7,7 @@ Importing this module sets the global broker before any actor is declared.
 
 import dramatiq
 
+import app.domain.models  # noqa: F401  (every model registered, so relationships and foreign keys resolve)
 from app.config import get_settings
 from app.config.logging import configure_logging
 from app.workers.brokers import build_broker, heartbeat_store

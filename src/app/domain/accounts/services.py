@@ -123,27 +123,29 @@ class AccountService:
         await self.session.flush()
         return user
 
-    async def change_password(self, user: User, current: str, new: str) -> User:
-        """Set a new password after checking the current one; every other session and token ends."""
+    async def change_password(self, user: User, current: str, new: str, *, keep_family: UUID | None = None) -> User:
+        """Set a new password after checking the current one; every other session and token ends.
+
+        `keep_family` is the caller's own refresh family: it survives, so the caller can refresh.
+        """
         rules.check(new_password=rules.password_problem(new, username=user.username, email=user.email))
         ok, _ = await self.passwords.verify(user.password_hash, current)
         if not ok:
             raise InvalidCredentials("The current password is wrong.")
-        await self._set_password(user, new)
+        await self._set_password(user, new, keep_family=keep_family)
         return user
 
-    async def _set_password(self, user: User, new: str) -> None:
+    async def _set_password(self, user: User, new: str, *, keep_family: UUID | None = None) -> None:
         user.password_hash = await self.passwords.hash(new)
-        await self.revoke_everything(user)
+        await self.revoke_everything(user, keep_family=keep_family)
 
-    async def revoke_everything(self, user: User) -> None:
-        """End every session, access token and refresh family of the user."""
+    async def revoke_everything(self, user: User, *, keep_family: UUID | None = None) -> None:
+        """End every session, access token and refresh family of the user (but `keep_family`)."""
         user.credentials_version += 1
-        await self.session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
+        query = update(RefreshToken).where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+        if keep_family is not None:
+            query = query.where(RefreshToken.family_id != keep_family)
+        await self.session.execute(query.values(revoked_at=utcnow()))
         await self.session.flush()
 
     async def find_or_create_external(self, email: str) -> User:

@@ -1,5 +1,5 @@
 """Actors, one module per domain. Importing this package declares them all on the broker."""
 
-from app.workers.actors import diagnostics, maintenance
+from app.workers.actors import diagnostics, mail, maintenance
 
-__all__ = ["diagnostics", "maintenance"]
+__all__ = ["diagnostics", "mail", "maintenance"]

@@ -1,0 +1,318 @@
+"""Accounts API: /api/v1/auth (sign-up, sign-in, tokens, email flows) and /api/v1/users/me."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, get, patch, post
+from litestar.di import NamedDependency
+from litestar.exceptions import NotAuthorizedException, ValidationException
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.domain.accounts.emails import reset_email, reset_link, verification_email, verification_link
+from app.domain.accounts.errors import InvalidCredentials
+from app.domain.accounts.models import User
+from app.domain.accounts.passwords import Passwords
+from app.domain.accounts.schemas import PasswordChange, ProfileChange, Registration, UserOut, user_out
+from app.domain.accounts.services import VERIFY, AccountService, RefreshTokens
+from app.web.auth import AccessTokens, requires_user, sign_in_browser
+from app.web.limits import Limiter
+from app.workers.actors.mail import enqueue_email
+
+BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
+AUTH_ERRORS = [NotAuthorizedException]
+
+
+class Login(msgspec.Struct, frozen=True, kw_only=True):
+    username: str
+    password: str
+
+
+class TokenPair(msgspec.Struct, frozen=True, kw_only=True):
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
+
+
+class RefreshRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    refresh_token: str
+
+
+class LogoutRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    refresh_token: str | None = None
+
+
+class TokenValidity(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: UUID
+    valid: bool = True
+
+
+class EmailTokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    token: str
+
+
+class ForgotPassword(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    email: str
+
+
+class ResetPassword(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    token: str
+    password: str
+
+
+def client_address(request: Request[Any, Any, Any]) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _login_body(request: Request[Any, Any, Any]) -> Login:
+    """The login body, as JSON or as an HTML form (OAuth2 password style)."""
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            form = await request.form()
+            return msgspec.convert(dict(form), Login)
+        return msgspec.json.decode(await request.body(), type=Login)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValidationException(
+            detail=f"Send username and password: {exc}", extra=[{"key": "body", "message": str(exc)}]
+        ) from exc
+
+
+async def _pair(db_session: AsyncSession, tokens: AccessTokens, settings: Settings, user: User) -> TokenPair:
+    refresh = await RefreshTokens(db_session, settings).issue(user)
+    access, expires_in = tokens.issue(user, refresh.family_id)
+    return TokenPair(access_token=access, refresh_token=refresh.token, expires_in=expires_in)
+
+
+def _family(request: Request[Any, Any, Any]) -> UUID | None:
+    """The refresh family of the caller's access token, if it has one."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    tokens: AccessTokens = request.app.state["access_tokens"]
+    try:
+        fam = tokens.decode(credentials.strip()).extras.get("fam")
+    except NotAuthorizedException:
+        return None
+    return UUID(fam) if fam else None
+
+
+class AuthController(Controller):
+    path = "/api/v1/auth"
+    tags = ["auth"]
+
+    @post(
+        "/register",
+        operation_id="register",
+        summary="Create an account",
+        status_code=HTTP_201_CREATED,
+        raises=[ValidationException],
+        responses=None,
+    )
+    async def register(
+        self,
+        request: Request[Any, Any, Any],
+        data: Registration,
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
+        settings: NamedDependency[Settings],
+    ) -> UserOut:
+        await limiter.take(f"register:{client_address(request)}", settings.registrations_per_hour, 3600)
+        service = AccountService(db_session, passwords, settings)
+        user = await service.register(data)
+        raw = await service.email_token(user, VERIFY)
+        result = user_out(user)
+        await db_session.commit()  # the account exists before its email is sent
+        enqueue_email(verification_email(user.email, user.username, verification_link(settings.base_url, raw)))
+        return result
+
+    @post(
+        "/login",
+        operation_id="login",
+        summary="Sign in: get an access and a refresh token",
+        status_code=HTTP_200_OK,
+        raises=AUTH_ERRORS,
+    )
+    async def login(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        tokens: NamedDependency[AccessTokens],
+        limiter: NamedDependency[Limiter],
+        settings: NamedDependency[Settings],
+    ) -> TokenPair:
+        """The body is JSON or form-encoded: `username` (or the email) and `password`."""
+        body = await _login_body(request)
+        key = f"login:{body.username.strip().lower()}:{client_address(request)}"
+        window = settings.login_window_seconds
+        await limiter.refuse_if_over(key, settings.login_failures_per_window, window)
+        try:
+            user = await AccountService(db_session, passwords, settings).authenticate(body.username, body.password)
+        except InvalidCredentials:
+            await limiter.count(key, window)
+            raise
+        await limiter.clear(key)
+        return await _pair(db_session, tokens, settings, user)
+
+    @post(
+        "/refresh",
+        operation_id="refreshTokens",
+        summary="Trade a refresh token for a new pair",
+        status_code=HTTP_200_OK,
+        raises=AUTH_ERRORS,
+    )
+    async def refresh(
+        self,
+        data: RefreshRequest,
+        db_session: NamedDependency[AsyncSession],
+        tokens: NamedDependency[AccessTokens],
+        settings: NamedDependency[Settings],
+    ) -> TokenPair:
+        try:
+            user, issued = await RefreshTokens(db_session, settings).rotate(data.refresh_token)
+        except InvalidCredentials:
+            await db_session.commit()  # a detected reuse revoked the family: keep that
+            raise
+        access, expires_in = tokens.issue(user, issued.family_id)
+        return TokenPair(access_token=access, refresh_token=issued.token, expires_in=expires_in)
+
+    @post(
+        "/logout",
+        operation_id="logout",
+        summary="End this sign-in (its refresh family)",
+        status_code=HTTP_204_NO_CONTENT,
+        guards=[requires_user],
+        security=BEARER,
+        raises=AUTH_ERRORS,
+    )
+    async def logout(
+        self,
+        request: Request[User, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        tokens: NamedDependency[AccessTokens],
+        settings: NamedDependency[Settings],
+        data: LogoutRequest | None = None,
+    ) -> None:
+        refreshes = RefreshTokens(db_session, settings)
+        families = {_family(request)}
+        if data is not None and data.refresh_token:
+            families.add(await refreshes.family_of(data.refresh_token, request.user))
+        for family in families - {None}:
+            if family is not None:
+                await refreshes.revoke_family(family)
+
+    @get(
+        "/verify",
+        operation_id="verifyToken",
+        summary="Check an access token",
+        guards=[requires_user],
+        security=BEARER,
+        raises=AUTH_ERRORS,
+    )
+    async def verify(self, request: Request[User, Any, Any]) -> TokenValidity:
+        return TokenValidity(user_id=request.user.id)
+
+    @post(
+        "/verify-email",
+        operation_id="verifyEmail",
+        summary="Confirm an email address with the emailed token",
+        status_code=200,
+        raises=[ValidationException],
+    )
+    async def verify_email(
+        self,
+        data: EmailTokenRequest,
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        settings: NamedDependency[Settings],
+    ) -> UserOut:
+        return user_out(await AccountService(db_session, passwords, settings).verify_email(data.token))
+
+    @post(
+        "/forgot-password",
+        operation_id="forgotPassword",
+        summary="Email a password reset link (always 202)",
+        status_code=HTTP_202_ACCEPTED,
+    )
+    async def forgot_password(
+        self,
+        request: Request[Any, Any, Any],
+        data: ForgotPassword,
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
+        settings: NamedDependency[Settings],
+    ) -> None:
+        await limiter.take(f"forgot:{client_address(request)}", settings.forgot_password_per_hour, 3600)
+        found = await AccountService(db_session, passwords, settings).reset_token_for(data.email)
+        if found is not None:
+            user, raw = found
+            await db_session.commit()
+            enqueue_email(reset_email(user.email, user.username, reset_link(settings.base_url, raw)))
+
+    @post(
+        "/reset-password",
+        operation_id="resetPassword",
+        summary="Set a new password with the emailed token",
+        status_code=HTTP_204_NO_CONTENT,
+        raises=[ValidationException],
+    )
+    async def reset_password(
+        self,
+        data: ResetPassword,
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        settings: NamedDependency[Settings],
+    ) -> None:
+        await AccountService(db_session, passwords, settings).reset_password(data.token, data.password)
+
+
+class MeController(Controller):
+    path = "/api/v1/users/me"
+    tags = ["users"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get(operation_id="getMe", summary="The signed-in user", raises=AUTH_ERRORS)
+    async def me(self, request: Request[User, Any, Any]) -> UserOut:
+        return user_out(request.user)
+
+    @patch(operation_id="updateMe", summary="Change profile and email preferences", raises=AUTH_ERRORS)
+    async def update(
+        self,
+        request: Request[User, Any, Any],
+        data: ProfileChange,
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        settings: NamedDependency[Settings],
+    ) -> UserOut:
+        user = await db_session.merge(request.user, load=False)
+        return user_out(await AccountService(db_session, passwords, settings).update_profile(user, data))
+
+    @post(
+        "/password",
+        operation_id="changePassword",
+        summary="Change the password; other sessions end",
+        status_code=HTTP_204_NO_CONTENT,
+        raises=AUTH_ERRORS,
+    )
+    async def change_password(
+        self,
+        request: Request[User, Any, Any],
+        data: PasswordChange,
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        settings: NamedDependency[Settings],
+    ) -> None:
+        user = await db_session.merge(request.user, load=False)
+        service = AccountService(db_session, passwords, settings)
+        await service.change_password(user, data.current_password, data.new_password, keep_family=_family(request))
+        if request.auth == "session":  # this browser stays signed in
+            sign_in_browser(request, user)

@@ -1,0 +1,63 @@
+"""Administration API for superusers: /api/v1/admin/users."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from litestar import Controller, Request, get, patch
+from litestar.di import NamedDependency
+from litestar.exceptions import NotAuthorizedException, NotFoundException, PermissionDeniedException
+from litestar.params import QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.domain.accounts.models import User
+from app.domain.accounts.passwords import Passwords
+from app.domain.accounts.schemas import UserFlags, UserOut, user_out
+from app.domain.accounts.services import AccountService
+from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from app.web.auth import requires_superuser
+
+ADMIN_ERRORS = [NotAuthorizedException, PermissionDeniedException]
+
+
+class AdminUsersController(Controller):
+    path = "/api/v1/admin/users"
+    tags = ["admin"]
+    guards = [requires_superuser]
+    security = [{"BearerToken": []}]
+
+    @get(operation_id="adminListUsers", summary="List users (superusers only)", raises=ADMIN_ERRORS)
+    async def list_users(
+        self,
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        settings: NamedDependency[Settings],
+        q: Annotated[str | None, QueryParameter(description="Text in email, username or name")] = None,
+        active: Annotated[bool | None, QueryParameter(description="Only active (true) or inactive (false)")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    ) -> Page[UserOut]:
+        users, total = await AccountService(db_session, passwords, settings).list_users(
+            text=q, active=active, limit=limit, offset=offset
+        )
+        return Page(items=[user_out(u) for u in users], total=total, limit=limit, offset=offset)
+
+    @patch(
+        "/{user_id:uuid}",
+        operation_id="adminUpdateUser",
+        summary="Activate, deactivate, promote or demote a user (superusers only)",
+        raises=[*ADMIN_ERRORS, NotFoundException],
+    )
+    async def update_user(
+        self,
+        request: Request[User, Any, Any],
+        user_id: UUID,
+        data: UserFlags,
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        settings: NamedDependency[Settings],
+    ) -> UserOut:
+        service = AccountService(db_session, passwords, settings)
+        return user_out(await service.set_flags(await service.require(user_id), data))

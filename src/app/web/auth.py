@@ -1,0 +1,182 @@
+"""Who is calling: bearer access tokens (API clients), session cookies (browsers), external OIDC tokens.
+
+The middleware never refuses a request by itself: it sets `request.user` (or None), and
+the `requires_user` / `requires_superuser` guards refuse. Bearer tokens are accepted
+everywhere; the session cookie only for pages and the live-event stream (the rest of
+the API is for bearer clients, so it needs no CSRF protection).
+
+Access tokens are short-lived JWTs (Litestar's `Token`) carrying the user's
+`credentials_version`; each request re-reads the user, so a deactivated user, a
+password change or a reset stops every token and session at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any, Protocol
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
+from litestar.security.jwt import Token
+from litestar.types import ASGIApp, Message, ScopeSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.domain.accounts.models import User
+from app.domain.clock import utcnow
+
+ALGORITHM = "HS256"
+ISSUER = "app"
+AUDIENCE = "app-api"
+SESSION_USER = "user_id"
+SESSION_VERSION = "ver"
+_ROTATE = "_rotate"
+SESSION_PATHS = ("/api/v1/events",)
+
+
+class AccessTokens:
+    def __init__(self, settings: Settings) -> None:
+        self.secret = settings.secret_key
+        self.lifetime = timedelta(minutes=settings.access_token_minutes)
+
+    def issue(self, user: User, family_id: uuid.UUID | None = None) -> tuple[str, int]:
+        """An encoded access token and its lifetime in seconds; `fam` names its refresh family."""
+        token = Token(
+            sub=str(user.id),
+            exp=utcnow() + self.lifetime,
+            iss=ISSUER,
+            aud=AUDIENCE,
+            jti=uuid.uuid4().hex,
+            extras={"ver": user.credentials_version, "fam": str(family_id) if family_id else None},
+        )
+        return token.encode(self.secret, ALGORITHM), int(self.lifetime.total_seconds())
+
+    def decode(self, encoded: str) -> Token:
+        return Token.decode(
+            encoded, self.secret, ALGORITHM, audience=AUDIENCE, issuer=ISSUER, require_claims=["exp", "sub", "jti"]
+        )
+
+    def read(self, encoded: str) -> tuple[uuid.UUID, int]:
+        """(user id, credentials version) of a valid token; NotAuthorizedException otherwise."""
+        token = self.decode(encoded)
+        try:
+            return uuid.UUID(token.sub), int(token.extras.get("ver", 0))
+        except ValueError as exc:
+            raise NotAuthorizedException() from exc
+
+
+class ExternalIdentities(Protocol):
+    """Bearer tokens signed by an external identity provider (OIDC_ISSUER), see app.web.oidc."""
+
+    def looks_external(self, token: str) -> bool: ...
+
+    async def user_for(self, token: str) -> User | None: ...
+
+
+class AuthMiddleware(AbstractAuthenticationMiddleware):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        tokens: AccessTokens,
+        external: ExternalIdentities | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self.sessions = sessions
+        self.tokens = tokens
+        self.external = external
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and credentials:
+            return AuthenticationResult(user=await self._bearer_user(credentials.strip()), auth="bearer")
+        path = connection.scope["path"]
+        if not path.startswith("/api/") or path.startswith(SESSION_PATHS):
+            session = connection.scope.get("session")
+            if isinstance(session, dict) and SESSION_USER in session:
+                user = await self._active(session[SESSION_USER], session.get(SESSION_VERSION))
+                return AuthenticationResult(user=user, auth="session" if user else None)
+        return AuthenticationResult(user=None, auth=None)
+
+    async def _bearer_user(self, token: str) -> User | None:
+        if self.external is not None and self.external.looks_external(token):
+            user: User | None = await self.external.user_for(token)
+            return user if user is not None and user.is_active else None
+        try:
+            user_id, version = self.tokens.read(token)
+        except NotAuthorizedException:
+            return None
+        return await self._active(user_id, version)
+
+    async def _active(self, user_id: object, version: object) -> User | None:
+        try:
+            key = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
+        except ValueError:
+            return None
+        async with self.sessions() as session:
+            user = await session.get(User, key)
+        if user is None or not user.is_active or user.credentials_version != version:
+            return None
+        return user
+
+
+def requires_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    if connection.scope.get("user") is None:
+        raise NotAuthorizedException(detail="Sign in first.", headers={"WWW-Authenticate": "Bearer"})
+
+
+def requires_superuser(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    requires_user(connection, handler)
+    if not connection.scope["user"].is_superuser:
+        raise PermissionDeniedException(detail="Only administrators may do this.")
+
+
+# --- browser sessions ------------------------------------------------------------------------
+
+
+def sign_in_browser(connection: ASGIConnection[Any, Any, Any, Any], user: User) -> None:
+    """Bind the session to `user` under a new session id (no fixation)."""
+    connection.scope["session"] = {SESSION_USER: str(user.id), SESSION_VERSION: user.credentials_version, _ROTATE: True}
+
+
+def sign_out_browser(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    connection.clear_session()
+
+
+class RotatingSessionBackend(ServerSideSessionBackend):
+    """Server-side sessions whose id is replaced when `sign_in_browser` asks for it."""
+
+    async def store_in_message(
+        self, scope_session: ScopeSession, message: Message, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> None:
+        if isinstance(scope_session, dict) and scope_session.pop(_ROTATE, False):
+            store = self.config.get_store_from_app(connection.scope["app"])
+            if old := connection.cookies.get(self.config.key):
+                await self.delete(old, store=store)
+            connection.scope["_new_session_id"] = self.generate_session_id()  # type: ignore[typeddict-unknown-key]
+        await super().store_in_message(scope_session, message, connection)
+
+    def get_session_id(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+        rotated: str | None = connection.scope.get("_new_session_id")  # type: ignore[assignment]
+        return rotated or super().get_session_id(connection)
+
+
+class RotatingSessionConfig(ServerSideSessionConfig):
+    _backend_class = RotatingSessionBackend
+
+
+def session_config(settings: Settings) -> RotatingSessionConfig:
+    return RotatingSessionConfig(
+        key="session",
+        store="sessions",
+        max_age=settings.session_days * 86400,
+        httponly=True,
+        samesite="lax",
+        secure=settings.base_url.startswith("https://"),
+    )
