@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
+from tests.accounts import token_from_mail
 from tests.servers import LiveServer
 from tests.smtp import SmtpServer
 
@@ -42,13 +42,6 @@ def login(api: httpx.Client, username: str, password: str = PASSWORD) -> dict[st
 
 def bearer(tokens: dict[str, object]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
-
-
-def token_from_mail(smtp: SmtpServer, to: str, path: str) -> str:
-    received = smtp.wait_for(lambda m: to.lower() in m.message["To"].lower() and path in m.text, timeout=15)
-    link = re.search(r"https?://\S+" + re.escape(path) + r"\?token=\S+", received.text)
-    assert link, received.text
-    return parse_qs(urlsplit(link.group(0)).query)["token"][0]
 
 
 # --- register ----------------------------------------------------------------------------------

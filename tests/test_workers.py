@@ -35,7 +35,11 @@ def test_every_worker_polls_with_the_configured_timeout() -> None:
 
 def test_housekeeping_is_scheduled() -> None:
     scheduled = {actor.actor_name: str(actor.options["periodic"]) for actor in periodic_actors(broker)}
-    assert scheduled == {"maintenance.purge_events": "@hourly"}
+    assert scheduled == {
+        "maintenance.purge_events": "@hourly",
+        "tasks.sweep": "* * * * *",
+        "tasks.purge": "@hourly",
+    }
 
 
 async def test_the_in_process_schedule_sends_what_is_due() -> None:

@@ -73,6 +73,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     smtp_timeout_seconds: float = 10.0
     mail_from: str = "Jobs <no-reply@localhost>"
 
+    artifact_dir: str = ""
+    max_active_tasks: int = 20
+    task_max_attempts: int = 3
+    task_resend_seconds: int = 60
+    task_stale_seconds: int = 60
+    task_retention_days: int = 30
+    task_progress_interval_ms: int = 100
+
     oidc_issuer: str = ""
     oidc_audience: str = ""
 
@@ -98,6 +106,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def var_path(self) -> Path:
         return Path(self.var_dir).resolve()
+
+    @property
+    def artifact_path(self) -> Path:
+        return Path(self.artifact_dir).resolve() if self.artifact_dir else self.var_path / "artifacts"
 
     @property
     def sqlalchemy_url(self) -> str:

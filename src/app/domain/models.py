@@ -3,8 +3,9 @@
 from advanced_alchemy.base import orm_registry
 
 from app.domain.accounts.models import EmailToken, RefreshToken, User
-from app.domain.notifications.models import Event
+from app.domain.notifications.models import Event, Notification
+from app.domain.tasks.models import Task
 
 metadata = orm_registry.metadata
 
-__all__ = ["EmailToken", "Event", "RefreshToken", "User", "metadata"]
+__all__ = ["EmailToken", "Event", "Notification", "RefreshToken", "Task", "User", "metadata"]

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, get, patch, post
 from litestar.di import NamedDependency
-from litestar.exceptions import NotAuthorizedException, ValidationException
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from litestar.exceptions import ClientException, NotAuthorizedException, TooManyRequestsException, ValidationException
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import JSONBody
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_201_CREATED,
+    HTTP_202_ACCEPTED,
+    HTTP_204_NO_CONTENT,
+    HTTP_409_CONFLICT,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -25,6 +35,48 @@ from app.workers.actors.mail import enqueue_email
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 AUTH_ERRORS = [NotAuthorizedException]
+
+
+# Documentation only: the statuses the accounts domain's refusals become (app.web.errors), so that
+# the OpenAPI document lists every error an operation can answer with.
+
+
+class AlreadyRegistered(ClientException):
+    status_code = HTTP_409_CONFLICT
+    detail = "The email or username is already registered."
+
+
+class BreaksARule(ClientException):
+    status_code = HTTP_422_UNPROCESSABLE_ENTITY
+    detail = "A field breaks a rule; `errors` names each one."
+
+
+class TooManyAttempts(TooManyRequestsException):
+    detail = "Too many attempts; try again after Retry-After seconds."
+
+
+LOGIN_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["username", "password"],
+    properties={
+        "username": Schema(type=OpenAPIType.STRING, description="The username or the email"),
+        "password": Schema(type=OpenAPIType.STRING, write_only=True),
+    },
+)
+
+
+@dataclass
+class LoginOperation(Operation):
+    """The login handler reads its body itself (JSON or form), so its request body is described here."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            content={
+                "application/json": OpenAPIMediaType(schema=LOGIN_SCHEMA),
+                "application/x-www-form-urlencoded": OpenAPIMediaType(schema=LOGIN_SCHEMA),
+            },
+        )
 
 
 class Login(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,13 +163,12 @@ class AuthController(Controller):
         operation_id="register",
         summary="Create an account",
         status_code=HTTP_201_CREATED,
-        raises=[ValidationException],
-        responses=None,
+        raises=[ValidationException, AlreadyRegistered, BreaksARule, TooManyAttempts],
     )
     async def register(
         self,
         request: Request[Any, Any, Any],
-        data: Registration,
+        data: JSONBody[Registration],
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
         limiter: NamedDependency[Limiter],
@@ -137,7 +188,8 @@ class AuthController(Controller):
         operation_id="login",
         summary="Sign in: get an access and a refresh token",
         status_code=HTTP_200_OK,
-        raises=AUTH_ERRORS,
+        raises=[ValidationException, NotAuthorizedException, TooManyAttempts],
+        operation_class=LoginOperation,
     )
     async def login(
         self,
@@ -170,7 +222,7 @@ class AuthController(Controller):
     )
     async def refresh(
         self,
-        data: RefreshRequest,
+        data: JSONBody[RefreshRequest],
         db_session: NamedDependency[AsyncSession],
         tokens: NamedDependency[AccessTokens],
         settings: NamedDependency[Settings],
@@ -198,7 +250,7 @@ class AuthController(Controller):
         db_session: NamedDependency[AsyncSession],
         tokens: NamedDependency[AccessTokens],
         settings: NamedDependency[Settings],
-        data: LogoutRequest | None = None,
+        data: JSONBody[LogoutRequest | None] = None,
     ) -> None:
         refreshes = RefreshTokens(db_session, settings)
         families = {_family(request)}
@@ -228,7 +280,7 @@ class AuthController(Controller):
     )
     async def verify_email(
         self,
-        data: EmailTokenRequest,
+        data: JSONBody[EmailTokenRequest],
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
         settings: NamedDependency[Settings],
@@ -240,11 +292,12 @@ class AuthController(Controller):
         operation_id="forgotPassword",
         summary="Email a password reset link (always 202)",
         status_code=HTTP_202_ACCEPTED,
+        raises=[ValidationException, TooManyAttempts],
     )
     async def forgot_password(
         self,
         request: Request[Any, Any, Any],
-        data: ForgotPassword,
+        data: JSONBody[ForgotPassword],
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
         limiter: NamedDependency[Limiter],
@@ -262,11 +315,11 @@ class AuthController(Controller):
         operation_id="resetPassword",
         summary="Set a new password with the emailed token",
         status_code=HTTP_204_NO_CONTENT,
-        raises=[ValidationException],
+        raises=[ValidationException, BreaksARule],
     )
     async def reset_password(
         self,
-        data: ResetPassword,
+        data: JSONBody[ResetPassword],
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
         settings: NamedDependency[Settings],
@@ -284,11 +337,15 @@ class MeController(Controller):
     async def me(self, request: Request[User, Any, Any]) -> UserOut:
         return user_out(request.user)
 
-    @patch(operation_id="updateMe", summary="Change profile and email preferences", raises=AUTH_ERRORS)
+    @patch(
+        operation_id="updateMe",
+        summary="Change profile and email preferences",
+        raises=[*AUTH_ERRORS, ValidationException, BreaksARule],
+    )
     async def update(
         self,
         request: Request[User, Any, Any],
-        data: ProfileChange,
+        data: JSONBody[ProfileChange],
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
         settings: NamedDependency[Settings],
@@ -301,12 +358,12 @@ class MeController(Controller):
         operation_id="changePassword",
         summary="Change the password; other sessions end",
         status_code=HTTP_204_NO_CONTENT,
-        raises=AUTH_ERRORS,
+        raises=[*AUTH_ERRORS, ValidationException, BreaksARule],
     )
     async def change_password(
         self,
         request: Request[User, Any, Any],
-        data: PasswordChange,
+        data: JSONBody[PasswordChange],
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
         settings: NamedDependency[Settings],

@@ -8,7 +8,7 @@ from uuid import UUID
 from litestar import Controller, Request, get, patch
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, NotFoundException, PermissionDeniedException
-from litestar.params import QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -53,8 +53,8 @@ class AdminUsersController(Controller):
     async def update_user(
         self,
         request: Request[User, Any, Any],
-        user_id: UUID,
-        data: UserFlags,
+        user_id: FromPath[UUID],
+        data: JSONBody[UserFlags],
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
         settings: NamedDependency[Settings],

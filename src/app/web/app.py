@@ -43,11 +43,12 @@ from app.config import Settings, get_settings
 from app.config.logging import level, stdlib_formatter, structlog_processors
 from app.domain.accounts.passwords import Passwords
 from app.domain.database import create_engine, session_factory
+from app.domain.tasks.artifacts import LocalArtifacts
 from app.web.accounts import AuthController, MeController
 from app.web.admin import AdminUsersController
 from app.web.assets import StaticAssets, serve_static
 from app.web.auth import AccessTokens, AuthMiddleware, session_config
-from app.web.channels import channels_plugin
+from app.web.channels import ChannelsPublisher, channels_plugin
 from app.web.cli import OperatorCLIPlugin
 from app.web.diagnostics import DiagnosticsController
 from app.web.embedded_workers import EmbeddedWorkersPlugin
@@ -59,6 +60,7 @@ from app.web.oidc import OIDCIdentities, OIDCVerifier
 from app.web.pages import PagesController
 from app.web.request_id import RequestIdMiddleware
 from app.web.security import SecurityHeadersMiddleware
+from app.web.tasks import TaskKindsController, TasksController
 
 TEMPLATES = Path(__file__).parent / "templates"
 API_VERSION = "1.0.0"
@@ -188,6 +190,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AuthController,
             MeController,
             AdminUsersController,
+            TaskKindsController,
+            TasksController,
             MetricsController,
             serve_static,
         ],
@@ -201,6 +205,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "passwords": constant(passwords),
             "tokens": constant(tokens),
             "limiter": constant(limiter),
+            "publisher": constant(ChannelsPublisher(channels)),
+            "artifacts": constant(LocalArtifacts(settings.artifact_path)),
         },
         state=State({"access_tokens": tokens}),
         stores=stores,

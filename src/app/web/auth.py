@@ -17,12 +17,14 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from litestar.connection import ASGIConnection
+from litestar.datastructures import Cookie, MutableScopeHeaders
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
 from litestar.security.jwt import Token
-from litestar.types import ASGIApp, Message, ScopeSession
+from litestar.types import ASGIApp, Empty, Message, ScopeSession
+from litestar.utils.dataclass import extract_dataclass_items
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -150,17 +152,41 @@ def sign_out_browser(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
 
 
 class RotatingSessionBackend(ServerSideSessionBackend):
-    """Server-side sessions whose id is replaced when `sign_in_browser` asks for it."""
+    """Server-side sessions whose id is replaced when `sign_in_browser` asks for it.
+
+    Only sessions with something in them are stored. Litestar's backend would store an empty
+    session (and set a cookie) for every request without one: every health probe, metrics
+    scrape and API call would leave an entry behind (a file under var/sessions/ embedded, a
+    Redis key for `SESSION_DAYS`), and a made-up session id would be stored as sent.
+    """
 
     async def store_in_message(
         self, scope_session: ScopeSession, message: Message, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> None:
+        if scope_session is Empty or not scope_session:
+            await self._end(message, connection)
+            return
         if isinstance(scope_session, dict) and scope_session.pop(_ROTATE, False):
             store = self.config.get_store_from_app(connection.scope["app"])
             if old := connection.cookies.get(self.config.key):
                 await self.delete(old, store=store)
             connection.scope["_new_session_id"] = self.generate_session_id()  # type: ignore[typeddict-unknown-key]
         await super().store_in_message(scope_session, message, connection)
+
+    async def _end(self, message: Message, connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+        """No session to keep (signed out, or never signed in): forget the id the browser sent, if any.
+
+        The browser is told to drop the cookie with Max-Age=0 (Litestar's own "null" cookie keeps
+        the configured Max-Age, which outranks its Expires, so browsers would keep it for days).
+        """
+        old = connection.cookies.get(self.config.key)
+        if old is None:
+            return
+        await self.delete(old, store=self.config.get_store_from_app(connection.scope["app"]))
+        params = dict(extract_dataclass_items(self.config, exclude_none=True, include=Cookie.__dict__.keys()))
+        params.update(max_age=0, expires=0)
+        cookie = Cookie(key=self.config.key, value="", **params)
+        MutableScopeHeaders.from_message(message).add("Set-Cookie", cookie.to_header(header=""))
 
     def get_session_id(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
         rotated: str | None = connection.scope.get("_new_session_id")  # type: ignore[assignment]

@@ -23,14 +23,8 @@ from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetail
 from litestar.response import Template
 from litestar.types import ExceptionHandlersMap
 
-from app.domain.accounts.errors import (
-    AccountError,
-    AlreadyTaken,
-    InvalidCredentials,
-    InvalidInput,
-    InvalidToken,
-    UserNotFound,
-)
+from app.domain.accounts.errors import AlreadyTaken, InvalidCredentials, InvalidToken
+from app.domain.errors import Conflict, DomainError, InvalidInput, LimitReached, NotFound
 
 E = TypeVar("E", bound=Exception)
 
@@ -96,18 +90,23 @@ def from_conflict(exc: IntegrityError) -> ProblemDetailsException:
     return problem(409, "The request conflicts with the current state of the resource.")
 
 
-def from_account_error(exc: AccountError) -> ProblemDetailsException:
+def from_domain_error(exc: DomainError) -> ProblemDetailsException:
+    """The domain's refusals: the class says the status, the exception says the detail."""
     if isinstance(exc, InvalidInput):
         errors = [{"field": field, "message": message} for field, message in exc.errors.items()]
         return problem(422, "The request is not valid: " + exc.detail, title="Invalid request", errors=errors)
     if isinstance(exc, AlreadyTaken):
-        return problem(409, exc.detail, errors=[{"field": exc.field, "message": "is already registered"}])
+        return problem(409, exc.detail, errors=[{"field": exc.field or "", "message": "is already registered"}])
+    if isinstance(exc, Conflict):
+        return problem(409, exc.detail)
+    if isinstance(exc, NotFound):
+        return problem(404, exc.detail)
+    if isinstance(exc, LimitReached):
+        return problem(429, exc.detail, headers={"Retry-After": "60"})
     if isinstance(exc, InvalidCredentials):
         return problem(401, exc.detail, headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, InvalidToken):
         return problem(400, exc.detail, errors=[{"field": "token", "message": "is invalid, expired or used"}])
-    if isinstance(exc, UserNotFound):
-        return problem(404, exc.detail)
     return problem(400, exc.detail)
 
 
@@ -157,6 +156,6 @@ def exception_handlers() -> ExceptionHandlersMap:
         NotFoundError: _handler(from_not_found),
         DuplicateKeyError: _handler(from_conflict),
         IntegrityError: _handler(from_conflict),
-        AccountError: _handler(from_account_error),
+        DomainError: _handler(from_domain_error),
         Exception: _handler(from_unexpected),
     }

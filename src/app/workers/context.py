@@ -7,6 +7,7 @@ contextvars, so the context bound for the message is re-bound inside the corouti
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
@@ -15,10 +16,15 @@ import dramatiq
 import structlog
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import MessageProxy
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import CurrentMessage, Middleware
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: The message an async actor is running for (Dramatiq's CurrentMessage does not reach the loop thread).
+current_message: contextvars.ContextVar[dramatiq.Message[Any] | None] = contextvars.ContextVar(
+    "current_message", default=None
+)
 
 #: Context keys that travel with a message from the sender to the worker.
 CARRIED_KEYS = ("request_id", "user_id", "task_id")
@@ -64,9 +70,11 @@ def async_actor(
             if loop_thread is None:
                 raise RuntimeError("The AsyncIO middleware is not running: async actors need it.")
             context = structlog.contextvars.get_contextvars()
+            message = CurrentMessage.get_current_message()
 
             async def with_context() -> R:
                 structlog.contextvars.bind_contextvars(**context)
+                current_message.set(message)
                 return await fn(*args, **kwargs)
 
             return loop_thread.run_coroutine(with_context())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import msgspec
@@ -35,6 +35,7 @@ class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
     user_id: UUID | None = None
 
 
+@runtime_checkable
 class EventPublisher(Protocol):
     """Fans an encoded event out to live listeners (channels in the web, Redis in services mode)."""
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from advanced_alchemy.base import IdentityBase
+from advanced_alchemy.base import IdentityBase, UUIDv7Base
 from advanced_alchemy.types import DateTimeUTC, JsonB
 from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -28,3 +28,20 @@ class Event(IdentityBase):
     type: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(JsonB, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow, index=True)
+
+
+class Notification(UUIDv7Base):
+    """What a user is told, kept until they delete it. `dedupe_key` makes "once per event" a constraint."""
+
+    __tablename__ = "notification"
+    __table_args__ = (Index("ix_notification_user_id_created_at", "user_id", "created_at"),)
+
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"))
+    category: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(String(2000))
+    is_read: Mapped[bool] = mapped_column(default=False)
+    task_id: Mapped[UUID | None] = mapped_column(default=None)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    read_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)

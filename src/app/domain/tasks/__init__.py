@@ -1,0 +1,1 @@
+"""Tasks: background jobs a user starts, their kinds, and the rules of their life."""

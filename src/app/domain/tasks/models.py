@@ -1,0 +1,53 @@
+"""A task: one background job, from queued to succeeded, failed or cancelled."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from advanced_alchemy.base import UUIDv7Base
+from advanced_alchemy.types import DateTimeUTC, JsonB
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.domain.clock import utcnow
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+ACTIVE = (QUEUED, RUNNING)
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+
+class Task(UUIDv7Base):
+    __tablename__ = "task"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_task_user_id_idempotency_key"),
+        Index("ix_task_user_id_created_at", "user_id", "created_at"),
+        Index("ix_task_status_enqueued_at", "status", "enqueued_at"),
+    )
+
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(String(2000), default=None)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    params: Mapped[dict[str, Any]] = mapped_column(JsonB, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonB, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    #: Runs started or scheduled, counting automatic and manual retries; a message names the
+    #: attempt it is for, so a duplicate or stale message cannot claim the task.
+    attempts: Mapped[int] = mapped_column(default=1)
+    progress_current: Mapped[int] = mapped_column(default=0)
+    progress_total: Mapped[int] = mapped_column(default=0)
+    progress_message: Mapped[str | None] = mapped_column(String(500), default=None)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    artifact: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    #: When the current attempt's message was (or, after a backoff, will be) due on the broker.
+    enqueued_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)

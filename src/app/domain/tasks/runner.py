@@ -1,0 +1,245 @@
+"""Running one attempt of a task: claim it, run its kind, keep its progress, write how it ended.
+
+At-least-once delivery is assumed: the claim is a compare-and-set on (status, attempt),
+so a duplicate or stale message finds nothing to claim and does nothing. Progress is
+written at most every TASK_PROGRESS_INTERVAL_MS; each write also refreshes the task's
+heartbeat and reads its cancel flag. Every write is conditional on the task still being
+this attempt's, so an attempt that was handed back (its worker looked dead) or deleted
+stops quietly instead of overwriting its successor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+import structlog
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.domain.accounts.models import User
+from app.domain.clock import utcnow
+from app.domain.notifications.events import EventLog, EventPublisher
+from app.domain.notifications.services import notify_once
+from app.domain.tasks.artifacts import ArtifactStore
+from app.domain.tasks.kinds import get_kind
+from app.domain.tasks.kinds.base import ArtifactSink, TaskCancelled
+from app.domain.tasks.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Task
+from app.domain.tasks.services import record_task_event
+
+log = structlog.get_logger(__name__)
+HEARTBEAT_SECONDS = 10.0
+
+
+class Outcome(Enum):
+    FINISHED = "finished"  # succeeded, failed or cancelled: nothing more to do
+    RETRY = "retry"  # queued again for the next attempt; the caller re-delivers it after a backoff
+    SKIPPED = "skipped"  # not this attempt's to run (duplicate, stale, cancelled, deleted)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What the door does after an attempt ends: email the owner about `notification`, if any."""
+
+    outcome: Outcome
+    email_to: str | None = None
+    email_subject: str | None = None
+    email_text: str | None = None
+
+
+class _Lost(Exception):
+    """The task stopped being this attempt's (handed back, deleted)."""
+
+
+@dataclass
+class _Context:
+    runner: TaskRunner
+    task_id: UUID
+    user_id: UUID
+    attempt: int
+    artifact_key: str | None = None
+    _last_flush: float = field(default=0.0)
+
+    async def progress(self, current: int, total: int, message: str | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last_flush < self.runner.interval and current < total:
+            return
+        self._last_flush = now
+        cancel = await self.runner._write_progress(self, current, total, message)
+        if cancel:
+            raise TaskCancelled()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self.runner.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def artifact(self, filename: str) -> AsyncIterator[ArtifactSink]:
+        key = self.runner.artifacts.key(self.user_id, self.task_id, filename)
+        async with self.runner.artifacts.writer(key).open() as sink:
+            yield sink
+        self.artifact_key = key
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        publisher: EventPublisher,
+        artifacts: ArtifactStore,
+        settings: Settings,
+    ) -> None:
+        self.sessions = sessions
+        self.publisher = publisher
+        self.artifacts = artifacts
+        self.settings = settings
+        self.interval = settings.task_progress_interval_ms / 1000
+
+    async def run(self, task_id: UUID, attempt: int, *, last_try: bool, retry_in: timedelta) -> Ended:
+        task = await self._claim(task_id, attempt)
+        if task is None:
+            return Ended(Outcome.SKIPPED)
+        structlog.contextvars.bind_contextvars(task_id=str(task_id), user_id=str(task.user_id))
+        kind = get_kind(task.kind)
+        context = _Context(self, task_id, task.user_id, attempt)
+        heartbeat = asyncio.create_task(self._beat(context))
+        try:
+            if kind is None:
+                raise LookupError(f"Unknown task kind {task.kind!r}")
+            async with asyncio.timeout(kind.time_limit_seconds):
+                result = await kind.run(kind.parse(task.params), context)
+        except _Lost:
+            log.info("task.lost", attempt=attempt)
+            return Ended(Outcome.SKIPPED)
+        except TaskCancelled:
+            return await self._end(context, CANCELLED)
+        except TimeoutError:
+            limit = kind.time_limit_seconds if kind else 0
+            return await self._end(context, FAILED, error=f"Stopped: it ran longer than its time limit of {limit} s.")
+        except Exception as exc:  # noqa: BLE001 - any failure of a kind is the task's failure
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("task.attempt_failed", attempt=attempt, error=error, last_try=last_try)
+            if last_try:
+                return await self._end(context, FAILED, error=error)
+            return await self._requeue(context, error, retry_in)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        return await self._end(context, SUCCEEDED, result=result)
+
+    async def _claim(self, task_id: UUID, attempt: int) -> Task | None:
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            task = await session.scalar(
+                update(Task)
+                .where(Task.id == task_id, Task.status == QUEUED, Task.attempts == attempt)
+                .values(status=RUNNING, started_at=now, heartbeat_at=now, finished_at=None)
+                .returning(Task)
+            )
+            if task is None:
+                return None
+            events = EventLog(session)
+            await record_task_event(events, task)
+        await events.publish(self.publisher)
+        return task
+
+    def _mine(self, context: _Context) -> Any:
+        return update(Task).where(Task.id == context.task_id, Task.status == RUNNING, Task.attempts == context.attempt)
+
+    async def _write_progress(self, context: _Context, current: int, total: int, message: str | None) -> bool:
+        """Store progress and the heartbeat; True when the user asked to cancel."""
+        async with self.sessions() as session, session.begin():
+            task = await session.scalar(
+                self._mine(context)
+                .values(progress_current=current, progress_total=total, progress_message=message, heartbeat_at=utcnow())
+                .returning(Task)
+            )
+            if task is None:
+                raise _Lost()
+            events = EventLog(session)
+            await record_task_event(events, task)
+        await events.publish(self.publisher)
+        return bool(task.cancel_requested)
+
+    async def _beat(self, context: _Context) -> None:
+        """Keep the heartbeat fresh through long steps (progress writes refresh it too)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            async with self.sessions() as session, session.begin():
+                await session.execute(self._mine(context).values(heartbeat_at=utcnow()))
+
+    async def _requeue(self, context: _Context, error: str, retry_in: timedelta) -> Ended:
+        async with self.sessions() as session, session.begin():
+            task = await session.scalar(
+                self._mine(context)
+                .values(
+                    status=QUEUED,
+                    attempts=context.attempt + 1,
+                    error=error,
+                    heartbeat_at=None,
+                    enqueued_at=utcnow() + retry_in,
+                )
+                .returning(Task)
+            )
+            if task is None:
+                return Ended(Outcome.SKIPPED)
+            events = EventLog(session)
+            await record_task_event(events, task)
+        await events.publish(self.publisher)
+        return Ended(Outcome.RETRY)
+
+    async def _end(
+        self, context: _Context, status: str, *, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> Ended:
+        email: tuple[str, str, str] | None = None
+        async with self.sessions() as session, session.begin():
+            values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "result": result}
+            if status == SUCCEEDED:
+                values["artifact"] = context.artifact_key
+            task = await session.scalar(self._mine(context).values(**values).returning(Task))
+            if task is None:
+                return Ended(Outcome.SKIPPED)
+            if status == SUCCEEDED and task.progress_total and task.progress_current < task.progress_total:
+                task.progress_current = task.progress_total
+            events = EventLog(session)
+            await record_task_event(events, task)
+            if status in (SUCCEEDED, FAILED):
+                email = await self._notify(session, events, task)
+        await events.publish(self.publisher)
+        if status != SUCCEEDED and context.artifact_key:
+            await self.artifacts.delete(context.artifact_key)
+        if email is None:
+            return Ended(Outcome.FINISHED)
+        return Ended(Outcome.FINISHED, email_to=email[0], email_subject=email[1], email_text=email[2])
+
+    async def _notify(self, session: AsyncSession, events: EventLog, task: Task) -> tuple[str, str, str] | None:
+        """One notification per ended attempt; the email to send when the owner wants one."""
+        ok = task.status == SUCCEEDED
+        title = "Task completed" if ok else "Task failed"
+        message = f"“{task.title}” {'completed' if ok else 'failed'}" + ("." if ok else f": {task.error}")
+        created = await notify_once(
+            session,
+            events,
+            user_id=task.user_id,
+            category="task",
+            title=title,
+            message=message,
+            task_id=task.id,
+            dedupe_key=f"task:{task.id}:{task.attempts}:{task.status}",
+        )
+        owner = await session.get(User, task.user_id)
+        if created is None or owner is None or not owner.email_notifications:
+            return None
+        link = f"{self.settings.base_url}/tasks/{task.id}"
+        return owner.email, f"{title}: {task.title}", f"{message}\n\nSee it at {link}\n"

@@ -1,0 +1,68 @@
+"""Tasks at the edge: what the API accepts and shows, and the live `task.updated` event's data."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from app.domain.tasks.models import Task
+
+
+class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    kind: str
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    title: str | None = None
+    description: str | None = None
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    current: int
+    total: int
+    percent: float
+    message: str | None
+
+
+class TaskOut(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    kind: str
+    title: str
+    description: str | None
+    status: str
+    progress: Progress
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class KindOut(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    title: str
+    description: str
+    params_schema: dict[str, Any]
+
+
+def task_out(task: Task) -> TaskOut:
+    total, current = task.progress_total, task.progress_current
+    percent = round(100.0 * current / total, 1) if total else (100.0 if task.status == "succeeded" else 0.0)
+    return TaskOut(
+        id=task.id,
+        kind=task.kind,
+        title=task.title,
+        description=task.description,
+        status=task.status,
+        progress=Progress(current=current, total=total, percent=percent, message=task.progress_message),
+        params=task.params,
+        result=task.result,
+        error=task.error,
+        attempts=task.attempts,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+    )

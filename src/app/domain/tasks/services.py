@@ -1,0 +1,189 @@
+"""Task rules for the people who own them: start, list, read, cancel, retry, delete.
+
+Every state change writes a `task.updated` event in the same transaction (see
+app.domain.notifications.events); the door publishes the events and sends the task's
+message only after its commit, so a message never names a task that does not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.domain.accounts.models import User
+from app.domain.clock import utcnow
+from app.domain.errors import Conflict, InvalidInput, LimitReached, NotFound
+from app.domain.notifications.events import EventLog
+from app.domain.tasks.kinds import KINDS, get_kind
+from app.domain.tasks.models import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, STATUSES, Task
+from app.domain.tasks.schemas import TaskRequest, task_out
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+TASK_UPDATED = "task.updated"
+
+
+def fingerprint(request: TaskRequest) -> str:
+    """The same request body gives the same fingerprint, whatever its key order."""
+    canonical = msgspec.json.encode(msgspec.to_builtins(request), order="sorted")
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _validation_errors(exc: msgspec.ValidationError) -> dict[str, str]:
+    message = str(exc)
+    path = message.rsplit(" - at `", 1)
+    if len(path) == 2:
+        field = path[1].rstrip("`").replace("$", "params", 1)
+        return {field: path[0]}
+    return {"params": message}
+
+
+async def record_task_event(events: EventLog, task: Task) -> None:
+    await events.record(TASK_UPDATED, msgspec.to_builtins(task_out(task)), user_id=task.user_id)
+
+
+class TaskService:
+    def __init__(self, session: AsyncSession, settings: Settings) -> None:
+        self.session = session
+        self.settings = settings
+        self.events = EventLog(session)
+
+    async def create(self, user: User, request: TaskRequest, idempotency_key: str | None = None) -> tuple[Task, bool]:
+        """(task, created): an earlier task with the same Idempotency-Key and body is returned as it is."""
+        kind = get_kind(request.kind)
+        if kind is None:
+            raise InvalidInput({"kind": f"unknown kind; one of {', '.join(sorted(KINDS))}"})
+        try:
+            params = kind.parse(request.params)
+        except msgspec.ValidationError as exc:
+            raise InvalidInput(_validation_errors(exc)) from exc
+        title = kind.title if request.title is None else request.title.strip()
+        problems = {}
+        if not 1 <= len(title) <= 200:
+            problems["title"] = "must be 1-200 characters"
+        if request.description is not None and len(request.description) > 2000:
+            problems["description"] = "must be at most 2000 characters"
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
+            problems["Idempotency-Key"] = "must be 1-200 characters"
+        if problems:
+            raise InvalidInput(problems)
+
+        print_ = fingerprint(request)
+        if idempotency_key:
+            earlier = await self.session.scalar(
+                select(Task).where(Task.user_id == user.id, Task.idempotency_key == idempotency_key)
+            )
+            if earlier is not None:
+                if earlier.created_at > utcnow() - IDEMPOTENCY_WINDOW:
+                    if earlier.request_fingerprint != print_:
+                        raise Conflict("This Idempotency-Key was used with a different request.", "Idempotency-Key")
+                    return earlier, False
+                earlier.idempotency_key = None  # the window has passed: the key may name a new task
+                await self.session.flush()
+
+        await self._lock_user(user)
+        active = await self.session.scalar(select(func.count()).where(Task.user_id == user.id, Task.status.in_(ACTIVE)))
+        if (active or 0) >= self.settings.max_active_tasks:
+            raise LimitReached(f"You have {active} unfinished tasks; the limit is {self.settings.max_active_tasks}.")
+
+        task = Task(
+            user_id=user.id,
+            kind=kind.name,
+            title=title,
+            description=request.description,
+            params=msgspec.to_builtins(params),
+            idempotency_key=idempotency_key or None,
+            request_fingerprint=print_,
+        )
+        self.session.add(task)
+        await self.session.flush()
+        await record_task_event(self.events, task)
+        return task, True
+
+    async def _lock_user(self, user: User) -> None:
+        """Serialise task creation per user (Postgres), so the active-task cap holds under concurrency."""
+        if self.session.bind is not None and self.session.bind.dialect.name == "postgresql":
+            # NO KEY UPDATE: it must not block the KEY SHARE locks that inserts referencing the user take.
+            await self.session.execute(select(User.id).where(User.id == user.id).with_for_update(key_share=True))
+
+    async def list(
+        self, user: User, *, status: str | None, kind: str | None, limit: int, offset: int
+    ) -> tuple[Sequence[Task], int]:
+        if status is not None and status not in STATUSES:
+            raise InvalidInput({"status": f"one of {', '.join(STATUSES)}"})
+        query = select(Task).where(Task.user_id == user.id)
+        if status:
+            query = query.where(Task.status == status)
+        if kind:
+            query = query.where(Task.kind == kind)
+        total = await self.session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        tasks = await self.session.scalars(
+            query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit).offset(offset)
+        )
+        return list(tasks), int(total)
+
+    async def get(self, user: User, task_id: UUID) -> Task:
+        task = await self.session.scalar(select(Task).where(Task.id == task_id, Task.user_id == user.id))
+        if task is None:
+            raise NotFound("No such task.")
+        return task
+
+    async def cancel(self, user: User, task_id: UUID) -> Task:
+        """A queued task is cancelled at once; a running one is asked to stop at its next step."""
+        task = await self.get(user, task_id)
+        if task.status == QUEUED:
+            task.status, task.finished_at = CANCELLED, utcnow()
+            await self.session.flush()
+            await record_task_event(self.events, task)
+        elif task.status == RUNNING:
+            task.cancel_requested = True
+            await self.session.flush()
+        else:
+            raise Conflict(f"The task has already {task.status}.")
+        return task
+
+    async def retry(self, user: User, task_id: UUID) -> tuple[Task, str | None]:
+        """Queue a failed or cancelled task again; returns it and the old artifact to delete after commit."""
+        task = await self.get(user, task_id)
+        if task.status not in (FAILED, CANCELLED):
+            raise Conflict(f"Only a failed or cancelled task can be retried; this one is {task.status}.")
+        old_artifact = task.artifact
+        task.status, task.attempts = QUEUED, task.attempts + 1
+        task.error = task.result = task.artifact = None
+        task.started_at = task.finished_at = task.heartbeat_at = None
+        task.progress_current = task.progress_total = 0
+        task.progress_message = None
+        task.cancel_requested = False
+        task.enqueued_at = utcnow()
+        await self.session.flush()
+        await record_task_event(self.events, task)
+        return task, old_artifact
+
+    async def delete(self, user: User, task_id: UUID) -> str | None:
+        """Delete a finished task; returns its artifact key to delete after commit."""
+        task = await self.get(user, task_id)
+        if task.status in ACTIVE:
+            raise Conflict(f"A {task.status} task cannot be deleted; cancel it first.")
+        artifact = task.artifact
+        await self.session.delete(task)
+        await self.session.flush()
+        return artifact
+
+
+def task_message_args(task: Task) -> tuple[str, int]:
+    """What a task's message carries: the task and the attempt it is for."""
+    return str(task.id), task.attempts
+
+
+def describe_kinds() -> list[dict[str, Any]]:
+    return [
+        {"kind": k.name, "title": k.title, "description": k.description, "params_schema": k.params_schema()}
+        for k in KINDS.values()
+    ]

@@ -1,0 +1,195 @@
+"""Tasks API: /api/v1/task-kinds and /api/v1/tasks."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import NotAuthorizedException, NotFoundException, ValidationException
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.response import File
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.domain.accounts.models import User
+from app.domain.notifications.events import EventPublisher
+from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from app.domain.tasks.artifacts import ArtifactStore
+from app.domain.tasks.schemas import KindOut, TaskOut, TaskRequest, task_out
+from app.domain.tasks.services import TaskService, describe_kinds, task_message_args
+from app.web.auth import requires_user
+from app.workers.actors.tasks import send_task
+
+BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
+ERRORS = [NotAuthorizedException, NotFoundException]
+
+
+class TaskKindsController(Controller):
+    path = "/api/v1/task-kinds"
+    tags = ["tasks"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get(operation_id="listTaskKinds", summary="The kinds of task that can be started", raises=[NotAuthorizedException])
+    async def kinds(self) -> list[KindOut]:
+        return [msgspec.convert(kind, KindOut) for kind in describe_kinds()]
+
+
+class TasksController(Controller):
+    path = "/api/v1/tasks"
+    tags = ["tasks"]
+    guards = [requires_user]
+    security = BEARER
+
+    @post(
+        operation_id="createTask",
+        summary="Start a task",
+        description=(
+            "202 with the queued task and its `Location`. With an `Idempotency-Key` header, the same key and body "
+            "within 24 hours return the original task (200); the same key with another body is a 409. 429 when the "
+            "user already has MAX_ACTIVE_TASKS unfinished tasks."
+        ),
+        status_code=HTTP_202_ACCEPTED,
+        raises=[NotAuthorizedException, ValidationException],
+    )
+    async def create(
+        self,
+        request: Request[User, Any, Any],
+        data: JSONBody[TaskRequest],
+        db_session: NamedDependency[AsyncSession],
+        publisher: NamedDependency[EventPublisher],
+        settings: NamedDependency[Settings],
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)] = None,
+    ) -> Response[TaskOut]:
+        service = TaskService(db_session, settings)
+        task, created = await service.create(request.user, data, idempotency_key)
+        body = task_out(task)
+        await db_session.commit()  # the task exists before its message does
+        if created:
+            await service.events.publish(publisher)
+            send_task(*task_message_args(task))
+        return Response(
+            body,
+            status_code=HTTP_202_ACCEPTED if created else HTTP_200_OK,
+            headers={"Location": f"/api/v1/tasks/{task.id}"},
+        )
+
+    @get(operation_id="listTasks", summary="The user's tasks, newest first", raises=[NotAuthorizedException])
+    async def list_tasks(
+        self,
+        request: Request[User, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
+        status: Annotated[
+            str | None, QueryParameter(description="queued, running, succeeded, failed or cancelled")
+        ] = None,
+        kind: Annotated[str | None, QueryParameter()] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    ) -> Page[TaskOut]:
+        tasks, total = await TaskService(db_session, settings).list(
+            request.user, status=status, kind=kind, limit=limit, offset=offset
+        )
+        return Page(items=[task_out(t) for t in tasks], total=total, limit=limit, offset=offset)
+
+    @get("/{task_id:uuid}", operation_id="getTask", summary="One task", raises=ERRORS)
+    async def get_task(
+        self,
+        request: Request[User, Any, Any],
+        task_id: FromPath[UUID],
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
+    ) -> TaskOut:
+        return task_out(await TaskService(db_session, settings).get(request.user, task_id))
+
+    @post(
+        "/{task_id:uuid}/cancel",
+        operation_id="cancelTask",
+        summary="Cancel a task (queued: at once; running: at its next step)",
+        status_code=HTTP_202_ACCEPTED,
+        raises=ERRORS,
+    )
+    async def cancel(
+        self,
+        request: Request[User, Any, Any],
+        task_id: FromPath[UUID],
+        db_session: NamedDependency[AsyncSession],
+        publisher: NamedDependency[EventPublisher],
+        settings: NamedDependency[Settings],
+    ) -> TaskOut:
+        service = TaskService(db_session, settings)
+        body = task_out(await service.cancel(request.user, task_id))
+        await db_session.commit()
+        await service.events.publish(publisher)
+        return body
+
+    @post(
+        "/{task_id:uuid}/retry",
+        operation_id="retryTask",
+        summary="Queue a failed or cancelled task again",
+        status_code=HTTP_202_ACCEPTED,
+        raises=ERRORS,
+    )
+    async def retry(
+        self,
+        request: Request[User, Any, Any],
+        task_id: FromPath[UUID],
+        db_session: NamedDependency[AsyncSession],
+        publisher: NamedDependency[EventPublisher],
+        artifacts: NamedDependency[ArtifactStore],
+        settings: NamedDependency[Settings],
+    ) -> TaskOut:
+        service = TaskService(db_session, settings)
+        task, old_artifact = await service.retry(request.user, task_id)
+        body = task_out(task)
+        await db_session.commit()
+        await service.events.publish(publisher)
+        if old_artifact:
+            await artifacts.delete(old_artifact)
+        send_task(*task_message_args(task))
+        return body
+
+    @delete(
+        "/{task_id:uuid}",
+        operation_id="deleteTask",
+        summary="Delete a finished task and its artifact",
+        status_code=HTTP_204_NO_CONTENT,
+        raises=ERRORS,
+    )
+    async def delete_task(
+        self,
+        request: Request[User, Any, Any],
+        task_id: FromPath[UUID],
+        db_session: NamedDependency[AsyncSession],
+        artifacts: NamedDependency[ArtifactStore],
+        settings: NamedDependency[Settings],
+    ) -> None:
+        artifact = await TaskService(db_session, settings).delete(request.user, task_id)
+        await db_session.commit()
+        if artifact:
+            await artifacts.delete(artifact)
+
+    @get(
+        "/{task_id:uuid}/result",
+        operation_id="getTaskResult",
+        summary="The task's file as a download, or its result JSON",
+        raises=ERRORS,
+    )
+    async def result(
+        self,
+        request: Request[User, Any, Any],
+        task_id: FromPath[UUID],
+        db_session: NamedDependency[AsyncSession],
+        artifacts: NamedDependency[ArtifactStore],
+        settings: NamedDependency[Settings],
+    ) -> File | Response[dict[str, Any]]:
+        task = await TaskService(db_session, settings).get(request.user, task_id)
+        if task.artifact and (path := artifacts.path(task.artifact)) is not None:
+            return File(path, filename=path.name, content_disposition_type="attachment")
+        if task.result is not None:
+            return Response(task.result)
+        raise NotFoundException(detail="This task has no result yet.")

@@ -1,0 +1,104 @@
+"""The operators' account commands, run as a subprocess from the repository root: `litestar users ...`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from app.web.app import create_app
+from tests.accounts import PASSWORD, litestar_cli, new_identity
+
+
+@pytest.fixture(scope="module")
+def client(migrated: None) -> Iterator[TestClient[Litestar]]:
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+def log_in(client: TestClient[Litestar], username: str, password: str = PASSWORD) -> Any:
+    return client.post("/api/v1/auth/login", json={"username": username, "password": password})
+
+
+def me(client: TestClient[Litestar], username: str) -> dict[str, Any]:
+    tokens = log_in(client, username)
+    assert tokens.status_code == 200, tokens.text
+    response = client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {tokens.json()['access_token']}"})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def said(result: Any) -> str:
+    """What a command printed, as one line of words (the error box drawn around messages removed)."""
+    return " ".join(re.sub(r"[\u2500-\u257f]", " ", result.stdout + result.stderr).split())
+
+
+def registered(client: TestClient[Litestar]) -> dict[str, str]:
+    identity = new_identity()
+    assert client.post("/api/v1/auth/register", json=identity).status_code == 201
+    return identity
+
+
+def test_create_makes_a_verified_user_who_can_sign_in(client: TestClient[Litestar]) -> None:
+    identity = new_identity()
+    result = litestar_cli(
+        "users", "create", "--email", identity["email"].upper(), "--username", identity["username"],
+        "--password", PASSWORD, "--full-name", "Op Created",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Created user {identity['username']}" in result.stdout
+    user = me(client, identity["email"])
+    assert (user["username"], user["email"], user["full_name"]) == (
+        identity["username"],
+        identity["email"],
+        "Op Created",
+    )
+    assert (user["is_active"], user["is_verified"], user["is_superuser"]) == (True, True, False)
+
+
+def test_promote_makes_a_superuser(client: TestClient[Litestar]) -> None:
+    identity = registered(client)
+    assert me(client, identity["username"])["is_superuser"] is False
+    result = litestar_cli("users", "promote", identity["email"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "now a superuser" in result.stdout
+    assert me(client, identity["username"])["is_superuser"] is True
+
+
+def test_deactivate_stops_sign_in_and_existing_tokens(client: TestClient[Litestar]) -> None:
+    identity = registered(client)
+    tokens = log_in(client, identity["username"]).json()
+    result = litestar_cli("users", "deactivate", identity["username"].upper())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "deactivated" in result.stdout
+    assert log_in(client, identity["username"]).status_code == 401
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert client.get("/api/v1/users/me", headers=headers).status_code == 401
+    assert client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code == 401
+
+
+def test_create_refuses_a_taken_username_or_a_weak_password(client: TestClient[Litestar]) -> None:
+    taken = registered(client)
+    fresh = new_identity()
+    duplicate = litestar_cli(
+        "users", "create", "--email", fresh["email"], "--username", taken["username"], "--password", PASSWORD
+    )
+    assert duplicate.returncode != 0
+    assert "username is already registered" in said(duplicate)
+    weak = litestar_cli(
+        "users", "create", "--email", fresh["email"], "--username", fresh["username"], "--password", "x"
+    )
+    assert weak.returncode != 0
+    assert "password: must be at least 10 characters" in said(weak)
+    # Neither wrote anything: the fresh identity is still free.
+    assert client.post("/api/v1/auth/register", json=fresh).status_code == 201
+
+
+def test_an_unknown_user_is_an_error() -> None:
+    result = litestar_cli("users", "deactivate", "nobody-at-all@example.com")
+    assert result.returncode != 0
+    assert "No user with username or email 'nobody-at-all@example.com'" in said(result)
