@@ -74,10 +74,11 @@ def pytest_configure(config: pytest.Config) -> None:
             {
                 "DATABASE_URL": f"{base}/{name}",
                 "REDIS_URL": TEST_REDIS_URL,
+                # Every run its own keys: concurrent runs on one machine do not take each other's jobs.
+                "REDIS_NAMESPACE": name,
                 "SECRET_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
             }
         )
-        _flush_redis()
     else:
         os.environ.update({"DATABASE_URL": "", "REDIS_URL": "", "SECRET_KEY": ""})
 
@@ -87,6 +88,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         smtp.__exit__(None, None, None)
     if name := _state.get("database"):
         _run_admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _forget_redis_keys(name)
     if var_dir := _state.get("var_dir"):
         shutil.rmtree(var_dir, ignore_errors=True)
 
@@ -112,10 +114,14 @@ def _run_admin_sql(sql: str) -> None:
     asyncio.run(run())
 
 
-def _flush_redis() -> None:
+def _forget_redis_keys(namespace: str) -> None:
+    """Delete this run's keys (broker queues, stores, heartbeats) and nobody else's."""
     import redis
 
-    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    for pattern in (f"{namespace}*", f"{namespace.upper()}*"):
+        for key in client.scan_iter(match=pattern, count=500):
+            client.delete(key)
 
 
 def create_database(prefix: str) -> str:

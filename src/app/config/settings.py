@@ -36,6 +36,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     database_echo: bool = False
 
     redis_url: str = ""
+    redis_namespace: str = "app"
 
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -9,6 +9,7 @@ from litestar.channels.backends.memory import MemoryChannelsBackend
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 
 from app.config import Settings
+from app.workers.runtime import channels_key_prefix
 
 #: A reader that falls this far behind loses the oldest wake-ups, never events: it re-reads the table.
 SUBSCRIBER_BACKLOG = 64
@@ -17,7 +18,10 @@ SUBSCRIBER_BACKLOG = 64
 def channels_plugin(settings: Settings) -> ChannelsPlugin:
     backend: ChannelsBackend
     if settings.redis_url:
-        backend = RedisChannelsPubSubBackend(redis=redis.asyncio.Redis.from_url(settings.redis_url))
+        backend = RedisChannelsPubSubBackend(
+            redis=redis.asyncio.Redis.from_url(settings.redis_url),
+            key_prefix=channels_key_prefix(settings.redis_namespace),
+        )
     else:
         backend = MemoryChannelsBackend()
     return ChannelsPlugin(

@@ -15,7 +15,9 @@ from app.workers.runtime import RuntimeLifecycle
 
 
 def heartbeat_store(settings: Settings) -> HeartbeatStore:
-    return MemoryHeartbeats() if settings.embedded_workers else RedisHeartbeats(settings.redis_url)
+    if settings.embedded_workers:
+        return MemoryHeartbeats()
+    return RedisHeartbeats(settings.redis_url, prefix=f"{settings.redis_namespace}:workers:")
 
 
 def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Broker:
@@ -28,9 +30,11 @@ def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Bro
         PeriodiqMiddleware(skip_delay=60),
         Heartbeat(heartbeats, interval=settings.worker_heartbeat_seconds, ttl=settings.worker_stale_seconds),
     ]
-    broker: dramatiq.Broker = (
-        StubBroker() if settings.embedded_workers else RedisBroker(url=settings.redis_url, namespace="app")  # type: ignore[no-untyped-call]
-    )
+    broker: dramatiq.Broker
+    if settings.embedded_workers:
+        broker = StubBroker()
+    else:
+        broker = RedisBroker(url=settings.redis_url, namespace=settings.redis_namespace)  # type: ignore[no-untyped-call]
     for middleware in extra:
         broker.add_middleware(middleware)
     _default_worker_timeout(settings.worker_poll_ms)

@@ -19,8 +19,6 @@ import msgspec
 import redis
 from dramatiq.middleware import Middleware
 
-KEY_PREFIX = "app:workers:"
-
 
 class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     id: str
@@ -58,17 +56,18 @@ class MemoryHeartbeats:
 
 
 class RedisHeartbeats:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, prefix: str) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._prefix = prefix
 
     def beat(self, info: WorkerInfo, ttl: float) -> None:
-        self._client.set(KEY_PREFIX + info.id, msgspec.json.encode(info), px=int(ttl * 1000))
+        self._client.set(self._prefix + info.id, msgspec.json.encode(info), px=int(ttl * 1000))
 
     def forget(self, worker_id: str) -> None:
-        self._client.delete(KEY_PREFIX + worker_id)
+        self._client.delete(self._prefix + worker_id)
 
     def alive(self) -> list[WorkerInfo]:
-        keys = list(self._client.scan_iter(match=KEY_PREFIX + "*", count=100))
+        keys = list(self._client.scan_iter(match=self._prefix + "*", count=100))
         values = self._client.mget(keys) if keys else []
         return [msgspec.json.decode(value, type=WorkerInfo) for value in values if value]
 

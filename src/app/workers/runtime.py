@@ -24,12 +24,17 @@ from app.domain.database import create_engine, session_factory
 from app.domain.notifications.events import EventPublisher
 
 
+def channels_key_prefix(namespace: str) -> str:
+    """The Redis key prefix of the live-event channels, shared by web processes and workers."""
+    return f"{namespace.upper()}_CHANNELS"
+
+
 class RedisPublisher:
     """Publishes through the same Redis channels backend the web processes listen on."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, namespace: str) -> None:
         self._client = redis.asyncio.Redis.from_url(url)
-        self._backend = RedisChannelsPubSubBackend(redis=self._client)
+        self._backend = RedisChannelsPubSubBackend(redis=self._client, key_prefix=channels_key_prefix(namespace))
 
     async def publish(self, channel: str, data: bytes) -> None:
         await self._backend.publish(data, [channel])
@@ -81,7 +86,7 @@ def _build(settings: Settings) -> WorkerRuntime:
             raise RuntimeError("Embedded workers need the web app's publisher; start them through the web app.")
         publisher = embedded_publisher
     else:
-        publisher = RedisPublisher(settings.redis_url)
+        publisher = RedisPublisher(settings.redis_url, settings.redis_namespace)
     engine = create_engine(settings)
     return WorkerRuntime(engine=engine, sessions=session_factory(engine), publisher=publisher)
 
