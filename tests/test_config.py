@@ -75,3 +75,15 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [name.upper() for name in Settings.__struct_fields__ if f"`{name.upper()}`" not in readme]
     assert not missing, f"README.md's configuration table lacks {missing}"
+
+
+def test_broker_url_needs_redis_and_a_known_scheme(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.setenv("SECRET_KEY", "x" * 48)
+    env.setenv("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    with pytest.raises(ConfigurationError, match="REDIS_URL"):
+        load_settings(tmp_path / "missing.env")
+    env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    assert load_settings(tmp_path / "missing.env").job_broker_url.startswith("amqp://")
+    env.setenv("BROKER_URL", "kafka://somewhere")
+    with pytest.raises(ConfigurationError, match="BROKER_URL"):
+        load_settings(tmp_path / "missing.env")

@@ -37,6 +37,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     redis_url: str = ""
     redis_namespace: str = "app"
+    broker_url: str = ""
 
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -97,6 +98,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def embedded_workers(self) -> bool:
         """Without Redis the broker is in memory, so workers must live in the web process."""
         return not self.redis_url
+
+    @property
+    def job_broker_url(self) -> str:
+        """Where jobs go: BROKER_URL (amqp:// for RabbitMQ) or, by default, Redis."""
+        return self.broker_url or self.redis_url
 
     @property
     def diagnostics_on(self) -> bool:
@@ -170,6 +176,12 @@ def load_settings(env_file: Path = Path(".env")) -> Settings:
         settings = msgspec.convert(_environment(env_file), Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigurationError(f"Invalid configuration: {exc}") from exc
+    if settings.broker_url and not settings.redis_url:
+        raise ConfigurationError(
+            "BROKER_URL needs REDIS_URL as well: live events, sessions and worker heartbeats use Redis."
+        )
+    if settings.broker_url and not settings.broker_url.startswith(("amqp://", "amqps://", "redis://", "rediss://")):
+        raise ConfigurationError("BROKER_URL must be an amqp:// (RabbitMQ) or redis:// URL.")
     if settings.secret_key.strip().lower() in WELL_KNOWN_SECRETS:
         if settings.services_mode:
             raise ConfigurationError(

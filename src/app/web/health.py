@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
@@ -25,8 +26,9 @@ async def _check_database(engine: AsyncEngine) -> str:
 
 
 async def _check_broker(broker: dramatiq.Broker) -> str:
-    client = getattr(broker, "client", None)  # the Redis broker's client; the in-memory broker has none
-    if client is not None:
+    if isinstance(broker, RabbitmqBroker):
+        await anyio.to_thread.run_sync(broker.get_queue_message_counts, "default")
+    elif (client := getattr(broker, "client", None)) is not None:  # Redis; the in-memory broker has none
         await anyio.to_thread.run_sync(client.ping)
     return "ok"
 

@@ -1,8 +1,9 @@
-"""The Dramatiq broker: Redis in services mode, in memory (StubBroker) in embedded mode."""
+"""The Dramatiq broker: Redis (or RabbitMQ with BROKER_URL=amqp://) in services mode, in memory embedded."""
 
 from __future__ import annotations
 
 import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
@@ -31,10 +32,13 @@ def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Bro
         Heartbeat(heartbeats, interval=settings.worker_heartbeat_seconds, ttl=settings.worker_stale_seconds),
     ]
     broker: dramatiq.Broker
+    url = settings.job_broker_url
     if settings.embedded_workers:
         broker = StubBroker()
+    elif url.startswith(("amqp://", "amqps://")):
+        broker = RabbitmqBroker(url=url, confirm_delivery=True)
     else:
-        broker = RedisBroker(url=settings.redis_url, namespace=settings.redis_namespace)  # type: ignore[no-untyped-call]
+        broker = RedisBroker(url=url, namespace=settings.redis_namespace)  # type: ignore[no-untyped-call]
     for middleware in extra:
         broker.add_middleware(middleware)
     _default_worker_timeout(settings.worker_poll_ms)
