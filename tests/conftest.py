@@ -184,16 +184,26 @@ async def isolated_tables() -> AsyncIterator[None]:
     from app.domain.database import create_engine
     from app.domain.models import metadata
 
+    from sqlalchemy.exc import DBAPIError
+
     settings = get_settings()
     engine = create_engine(settings)
     try:
-        async with engine.begin() as connection:
-            if settings.is_sqlite:
-                for table in reversed(metadata.sorted_tables):
-                    await connection.execute(table.delete())
-            else:
-                names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
-                await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        # Jobs a test started may still be finishing: a deadlock with them is retried, not a failure.
+        for attempt in range(5):
+            try:
+                async with engine.begin() as connection:
+                    if settings.is_sqlite:
+                        for table in reversed(metadata.sorted_tables):
+                            await connection.execute(table.delete())
+                    else:
+                        names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
+                        await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+                break
+            except DBAPIError as exc:
+                if "deadlock" not in str(exc) or attempt == 4:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await engine.dispose()
 

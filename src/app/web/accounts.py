@@ -9,7 +9,7 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, Request, get, patch, post
 from litestar.di import NamedDependency
-from litestar.exceptions import ClientException, NotAuthorizedException, TooManyRequestsException, ValidationException
+from litestar.exceptions import ClientException, NotAuthorizedException, ValidationException
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import JSONBody
 from litestar.status_codes import (
@@ -18,7 +18,6 @@ from litestar.status_codes import (
     HTTP_202_ACCEPTED,
     HTTP_204_NO_CONTENT,
     HTTP_409_CONFLICT,
-    HTTP_422_UNPROCESSABLE_ENTITY,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +29,7 @@ from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import PasswordChange, ProfileChange, Registration, UserOut, user_out
 from app.domain.accounts.services import VERIFY, AccountService, RefreshTokens
 from app.web.auth import AccessTokens, requires_user, sign_in_browser
+from app.web.errors import BreaksARule, TooMany
 from app.web.limits import Limiter
 from app.workers.actors.mail import enqueue_email
 
@@ -44,15 +44,6 @@ AUTH_ERRORS = [NotAuthorizedException]
 class AlreadyRegistered(ClientException):
     status_code = HTTP_409_CONFLICT
     detail = "The email or username is already registered."
-
-
-class BreaksARule(ClientException):
-    status_code = HTTP_422_UNPROCESSABLE_ENTITY
-    detail = "A field breaks a rule; `errors` names each one."
-
-
-class TooManyAttempts(TooManyRequestsException):
-    detail = "Too many attempts; try again after Retry-After seconds."
 
 
 LOGIN_SCHEMA = Schema(
@@ -163,7 +154,7 @@ class AuthController(Controller):
         operation_id="register",
         summary="Create an account",
         status_code=HTTP_201_CREATED,
-        raises=[ValidationException, AlreadyRegistered, BreaksARule, TooManyAttempts],
+        raises=[ValidationException, AlreadyRegistered, BreaksARule, TooMany],
     )
     async def register(
         self,
@@ -188,7 +179,7 @@ class AuthController(Controller):
         operation_id="login",
         summary="Sign in: get an access and a refresh token",
         status_code=HTTP_200_OK,
-        raises=[ValidationException, NotAuthorizedException, TooManyAttempts],
+        raises=[ValidationException, NotAuthorizedException, TooMany],
         operation_class=LoginOperation,
     )
     async def login(
@@ -292,7 +283,7 @@ class AuthController(Controller):
         operation_id="forgotPassword",
         summary="Email a password reset link (always 202)",
         status_code=HTTP_202_ACCEPTED,
-        raises=[ValidationException, TooManyAttempts],
+        raises=[ValidationException, TooMany],
     )
     async def forgot_password(
         self,

@@ -56,7 +56,10 @@ from app.web.errors import exception_handlers, problem_details_config
 from app.web.events import EventsController
 from app.web.health import HealthController
 from app.web.limits import Limiter
+from app.web.metrics import MetricsRefresher
+from app.web.notifications import AdminNotificationsController, NotificationsController
 from app.web.oidc import OIDCIdentities, OIDCVerifier
+from app.web.openapi import document_problems
 from app.web.pages import PagesController
 from app.web.request_id import RequestIdMiddleware
 from app.web.security import SecurityHeadersMiddleware
@@ -149,7 +152,7 @@ def _structlog(settings: Settings) -> StructlogPlugin:
 def store_registry(settings: Settings) -> StoreRegistry:
     """Sessions and abuse counters: Redis in services mode; embedded, sessions in files under var/."""
     if settings.redis_url:
-        redis_store = RedisStore(redis.asyncio.Redis.from_url(settings.redis_url), namespace="app")
+        redis_store = RedisStore(redis.asyncio.Redis.from_url(settings.redis_url), namespace=settings.redis_namespace)
         return StoreRegistry(default_factory=redis_store.with_namespace)
     return StoreRegistry(
         {"sessions": FileStore(settings.var_path / "sessions", create_directories=True)},
@@ -192,6 +195,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AdminUsersController,
             TaskKindsController,
             TasksController,
+            NotificationsController,
+            AdminNotificationsController,
             MetricsController,
             serve_static,
         ],
@@ -209,6 +214,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "artifacts": constant(LocalArtifacts(settings.artifact_path)),
         },
         state=State({"access_tokens": tokens}),
+        lifespan=[MetricsRefresher(sessions, broker).lifespan],
         stores=stores,
         plugins=[
             _structlog(settings),
@@ -244,4 +250,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
             engine_callback=lambda engine: engine.engine.globals.update(static_url=assets.url),
         ),
         debug=settings.app_env == "development" and settings.log_level.upper() == "DEBUG",
+        on_startup=[document_problems],
     )

@@ -1,20 +1,36 @@
-"""Operator commands on the `litestar` CLI: `litestar users create|promote|deactivate`."""
+"""Operator commands on the `litestar` CLI.
+
+`litestar users create|promote|deactivate` and `litestar tasks list|retry|purge`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+from uuid import UUID
 
 import click
+import msgspec
+import redis
 from litestar.plugins import CLIPluginProtocol
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.domain.accounts.errors import AccountError
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import Registration, UserFlags
 from app.domain.accounts.services import AccountService
 from app.domain.database import create_engine, session_factory
+from app.domain.errors import DomainError
+from app.domain.notifications.events import EventLog
+from app.domain.tasks.artifacts import LocalArtifacts
+from app.domain.tasks.maintenance import TaskKeeper
+from app.domain.tasks.models import STATUSES, Task
+from app.domain.tasks.services import TaskService, task_message_args
+from app.domain.tasks.stats import list_tasks, task_owner
+from app.workers.actors.tasks import send_task
+from app.workers.runtime import RedisPublisher
 
 T = TypeVar("T")
 
@@ -83,6 +99,149 @@ def deactivate(login: str) -> None:
     _set_flags(login, UserFlags(is_active=False), "deactivated")
 
 
+def _run_tasks(work: Callable[[async_sessionmaker[AsyncSession], Settings], Awaitable[T]]) -> T:
+    """Run `work` with a session factory of its own engine; a domain refusal is a clear CLI error."""
+
+    async def main() -> T:
+        settings = get_settings()
+        engine = create_engine(settings)
+        try:
+            return await work(session_factory(engine), settings)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except DomainError as exc:
+        raise click.ClickException(exc.detail) from exc
+
+
+class _NoPublisher:
+    """For TaskKeeper in the CLI: purging publishes nothing."""
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        return None
+
+
+@click.group(name="tasks", help="Inspect and look after background tasks.")
+def tasks() -> None:
+    """Inspect and look after background tasks."""
+
+
+def _progress(task: Task) -> str:
+    if task.progress_total <= 0:
+        return "-"
+    return f"{task.progress_current}/{task.progress_total} ({100 * task.progress_current / task.progress_total:.0f}%)"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+@tasks.command(name="list", help="List tasks of every user (or one), newest first.")
+@click.option("--status", type=click.Choice(STATUSES), default=None)
+@click.option("--user", "login", default=None, metavar="USERNAME_OR_EMAIL")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def list_(status: str | None, login: str | None, limit: int) -> None:
+    async def work(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> str:
+        async with sessions() as session:
+            user_id = None
+            if login is not None:
+                user = await AccountService(session, Passwords(settings), settings).by_login(login)
+                if user is None:
+                    raise click.ClickException(f"No user with username or email {login!r}.")
+                user_id = user.id
+            found = await list_tasks(session, status=status, user_id=user_id, limit=limit)
+        if not found:
+            return "No tasks."
+        rows = [
+            [
+                str(row.task.id),
+                row.username,
+                row.task.kind,
+                row.task.status,
+                str(row.task.attempts),
+                _progress(row.task),
+                row.task.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            ]
+            for row in found
+        ]
+        return _table(["ID", "USER", "KIND", "STATUS", "ATTEMPTS", "PROGRESS", "CREATED (UTC)"], rows)
+
+    click.echo(_run_tasks(work))
+
+
+@tasks.command(name="retry", help="Queue a failed or cancelled task again.")
+@click.argument("task_id", type=click.UUID)
+def retry(task_id: UUID) -> None:
+    async def work(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> tuple[Task, str | None]:
+        async with sessions() as session:
+            owner = await task_owner(session, task_id)
+            if owner is None:
+                raise click.ClickException(f"No task with id {task_id}.")
+            service = TaskService(session, settings)
+            task, old_artifact = await service.retry(owner, task_id)
+            await session.commit()
+        await _publish(service.events, settings)
+        if old_artifact:
+            await LocalArtifacts(settings.artifact_path).delete(old_artifact)
+        return task, old_artifact
+
+    task, _ = _run_tasks(work)
+    settings = get_settings()
+    if settings.embedded_workers:
+        # This process's broker is in memory and nobody reads it: the web process's sweeper sends
+        # the task once it has been queued for TASK_RESEND_SECONDS.
+        click.echo(
+            f"Task {task.id} queued again (attempt {task.attempts}); the web process sends it "
+            f"within about {settings.task_resend_seconds + 60} s."
+        )
+    elif send_task(*task_message_args(task)):
+        click.echo(f"Task {task.id} queued again (attempt {task.attempts}).")
+    else:
+        click.echo(
+            f"Task {task.id} queued again (attempt {task.attempts}); "
+            "the broker is unreachable: the sweeper re-sends it."
+        )
+
+
+async def _publish(events: EventLog, settings: Settings) -> None:
+    """Tell live readers in services mode. A publish that fails is only late: readers re-read the table."""
+    if settings.embedded_workers:
+        return  # the web process's channels are in its memory, out of this process's reach
+    publisher = RedisPublisher(settings.redis_url, settings.redis_namespace)
+    try:
+        await events.publish(publisher)
+    except (redis.RedisError, OSError) as exc:
+        click.echo(f"Live readers were not told ({exc}); they catch up on their next heartbeat.", err=True)
+    finally:
+        await publisher.close()
+
+
+@tasks.command(name="purge", help="Delete finished tasks and their artifacts older than N days.")
+@click.option(
+    "--older-than-days",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Default: TASK_RETENTION_DAYS.",
+)
+def purge(older_than_days: int | None) -> None:
+    async def work(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> str:
+        if older_than_days is not None:
+            settings = msgspec.structs.replace(settings, task_retention_days=older_than_days)
+        keeper = TaskKeeper(sessions, _NoPublisher(), LocalArtifacts(settings.artifact_path), settings)
+        deleted = await keeper.purge()
+        noun = "task" if deleted == 1 else "tasks"
+        return f"Deleted {deleted} finished {noun} older than {settings.task_retention_days} days."
+
+    click.echo(_run_tasks(work))
+
+
 class OperatorCLIPlugin(CLIPluginProtocol):
     def on_cli_init(self, cli: click.Group) -> None:
         cli.add_command(users)
+        cli.add_command(tasks)

@@ -18,9 +18,10 @@ from advanced_alchemy.exceptions import (
     NotFoundError,
 )
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import ClientException, HTTPException, TooManyRequestsException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException
 from litestar.response import Template
+from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 from litestar.types import ExceptionHandlersMap
 
 from app.domain.accounts.errors import AlreadyTaken, InvalidCredentials, InvalidToken
@@ -30,6 +31,26 @@ E = TypeVar("E", bound=Exception)
 
 log = structlog.get_logger(__name__)
 API_PREFIX = "/api"
+
+
+class Conflicting(ClientException):
+    """For the API document: the request does not fit the resource's state."""
+
+    status_code = HTTP_409_CONFLICT
+    detail = "The request conflicts with the current state of the resource."
+
+
+class BreaksARule(ClientException):
+    """For the API document: a field breaks a rule; `errors` names each one."""
+
+    status_code = HTTP_422_UNPROCESSABLE_ENTITY
+    detail = "A field breaks a rule; `errors` names each one."
+
+
+class TooMany(TooManyRequestsException):
+    """For the API document: a limit is reached; Retry-After says when to try again."""
+
+    detail = "A limit is reached; try again after Retry-After seconds."
 
 
 def _title(status: int) -> str:

@@ -22,6 +22,7 @@ from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.schemas import KindOut, TaskOut, TaskRequest, task_out
 from app.domain.tasks.services import TaskService, describe_kinds, task_message_args
 from app.web.auth import requires_user
+from app.web.errors import BreaksARule, Conflicting, TooMany
 from app.workers.actors.tasks import send_task
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
@@ -54,7 +55,7 @@ class TasksController(Controller):
             "user already has MAX_ACTIVE_TASKS unfinished tasks."
         ),
         status_code=HTTP_202_ACCEPTED,
-        raises=[NotAuthorizedException, ValidationException],
+        raises=[NotAuthorizedException, ValidationException, Conflicting, BreaksARule, TooMany],
     )
     async def create(
         self,
@@ -111,7 +112,7 @@ class TasksController(Controller):
         operation_id="cancelTask",
         summary="Cancel a task (queued: at once; running: at its next step)",
         status_code=HTTP_202_ACCEPTED,
-        raises=ERRORS,
+        raises=[*ERRORS, Conflicting],
     )
     async def cancel(
         self,
@@ -132,7 +133,7 @@ class TasksController(Controller):
         operation_id="retryTask",
         summary="Queue a failed or cancelled task again",
         status_code=HTTP_202_ACCEPTED,
-        raises=ERRORS,
+        raises=[*ERRORS, Conflicting],
     )
     async def retry(
         self,
@@ -158,7 +159,7 @@ class TasksController(Controller):
         operation_id="deleteTask",
         summary="Delete a finished task and its artifact",
         status_code=HTTP_204_NO_CONTENT,
-        raises=ERRORS,
+        raises=[*ERRORS, Conflicting],
     )
     async def delete_task(
         self,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dramatiq
+import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
 from periodiq import PeriodiqMiddleware
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from app.config import Settings
 from app.workers.context import LogContext
@@ -38,11 +41,23 @@ def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Bro
     elif url.startswith(("amqp://", "amqps://")):
         broker = RabbitmqBroker(url=url, confirm_delivery=True)
     else:
-        broker = RedisBroker(url=url, namespace=settings.redis_namespace)  # type: ignore[no-untyped-call]
+        broker = RedisBroker(client=_redis_client(url), namespace=settings.redis_namespace)  # type: ignore[no-untyped-call]
     for middleware in extra:
         broker.add_middleware(middleware)
     _default_worker_timeout(settings.worker_poll_ms)
     return broker
+
+
+def _redis_client(url: str) -> redis.Redis:
+    """A broker client that gives up fast: a request must not hang on a Redis outage (the task is
+    committed already, and the sweeper sends it once Redis is back)."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+    )
 
 
 def _default_worker_timeout(milliseconds: int) -> None:

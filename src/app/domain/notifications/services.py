@@ -1,16 +1,24 @@
-"""Telling users things: notifications, written with their `notification.created` event."""
+"""Telling users things: notifications, written with their `notification.created` event.
+
+Also what a user does with them (list, count, read, delete: each change records a
+`notification.updated` event) and administrators' broadcasts, written in batches.
+"""
 
 from __future__ import annotations
 
-from uuid import UUID
+from collections.abc import Sequence
+from uuid import UUID, uuid4
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.domain.notifications.events import EventLog
+from app.domain.accounts.models import User
+from app.domain.clock import utcnow
+from app.domain.errors import InvalidInput, NotFound
+from app.domain.notifications.events import EventLog, EventPublisher
 from app.domain.notifications.models import Notification
 from app.domain.notifications.schemas import notification_out
 
@@ -50,3 +58,205 @@ async def notify_once(
     assert notification is not None
     await events.record(NOTIFICATION_CREATED, msgspec.to_builtins(notification_out(notification)), user_id=user_id)
     return notification
+
+
+NOTIFICATION_UPDATED = "notification.updated"
+SYSTEM = "system"
+BROADCAST_BATCH = 500
+TITLE_MAX = 200
+MESSAGE_MAX = 2000
+
+
+class BroadcastRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What an administrator sends: no `user_id` means every active user."""
+
+    title: str
+    message: str
+    user_id: UUID | None = None
+
+
+class Broadcast(msgspec.Struct, frozen=True, kw_only=True):
+    """A checked broadcast; `id` names it in every dedupe key, so a redelivery creates nothing twice."""
+
+    id: UUID
+    title: str
+    message: str
+    user_id: UUID | None = None
+
+
+def new_broadcast(request: BroadcastRequest) -> Broadcast:
+    """Check a broadcast request and give it its id; InvalidInput names each bad field."""
+    title, message = request.title.strip(), request.message.strip()
+    problems = {}
+    if not 1 <= len(title) <= TITLE_MAX:
+        problems["title"] = f"must be 1-{TITLE_MAX} characters"
+    if not 1 <= len(message) <= MESSAGE_MAX:
+        problems["message"] = f"must be 1-{MESSAGE_MAX} characters"
+    if problems:
+        raise InvalidInput(problems)
+    return Broadcast(id=uuid4(), title=title, message=message, user_id=request.user_id)
+
+
+def broadcast_dedupe_key(broadcast_id: UUID, user_id: UUID) -> str:
+    return f"broadcast:{broadcast_id}:{user_id}"
+
+
+class NotificationService:
+    """A user's notifications: list, count, mark read, delete. Changes record `notification.updated`."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.events = EventLog(session)
+
+    async def list(
+        self, user_id: UUID, *, unread: bool = False, limit: int, offset: int
+    ) -> tuple[Sequence[Notification], int]:
+        """A page of the user's notifications, newest first, and how many there are in all."""
+        where = [Notification.user_id == user_id]
+        if unread:
+            where.append(Notification.is_read.is_(False))
+        total = await self.session.scalar(select(func.count()).select_from(Notification).where(*where))
+        rows = await self.session.scalars(
+            select(Notification)
+            .where(*where)
+            .order_by(Notification.created_at.desc(), Notification.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return list(rows), int(total or 0)
+
+    async def unread_count(self, user_id: UUID) -> int:
+        count = await self.session.scalar(
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.user_id == user_id, Notification.is_read.is_(False))
+        )
+        return int(count or 0)
+
+    async def get(self, user_id: UUID, notification_id: UUID) -> Notification:
+        """The user's notification; NotFound also for another user's."""
+        notification = await self.session.scalar(
+            select(Notification).where(Notification.id == notification_id, Notification.user_id == user_id)
+        )
+        if notification is None:
+            raise NotFound("No such notification.")
+        return notification
+
+    async def mark_read(self, user_id: UUID, notification_id: UUID) -> Notification:
+        """Mark one notification read; reading it again changes nothing (read_at stays the first time)."""
+        notification = await self.get(user_id, notification_id)
+        if not notification.is_read:
+            notification.is_read = True
+            notification.read_at = utcnow()
+            await self.session.flush()
+            await self._record_updated(user_id, [notification.id])
+        return notification
+
+    async def mark_all_read(self, user_id: UUID) -> int:
+        """Mark every unread notification of the user read; returns how many changed."""
+        result = await self.session.execute(
+            update(Notification)
+            .where(Notification.user_id == user_id, Notification.is_read.is_(False))
+            .values(is_read=True, read_at=utcnow())
+            .returning(Notification.id)
+            .execution_options(synchronize_session=False)
+        )
+        ids = list(result.scalars())
+        if ids:
+            await self._record_updated(user_id, ids)
+        return len(ids)
+
+    async def delete(self, user_id: UUID, notification_id: UUID) -> None:
+        notification = await self.get(user_id, notification_id)
+        await self.session.delete(notification)
+        await self.session.flush()
+        await self._record_updated(user_id, [notification_id])
+
+    async def _record_updated(self, user_id: UUID, ids: Sequence[UUID]) -> None:
+        """The `notification.updated` event: last in the transaction, after the unread count it carries."""
+        unread = await self.unread_count(user_id)
+        await self.events.record(
+            NOTIFICATION_UPDATED, {"ids": [str(i) for i in ids], "unread": unread}, user_id=user_id
+        )
+
+
+async def count_recipients(session: AsyncSession, user_id: UUID | None) -> int:
+    """How many users a broadcast reaches: the named user (NotFound when unknown), else every active user."""
+    if user_id is not None:
+        if await session.get(User, user_id) is None:
+            raise NotFound("No such user.")
+        return 1
+    return int(await session.scalar(select(func.count()).select_from(User).where(User.is_active.is_(True))) or 0)
+
+
+async def _notify_batch(session: AsyncSession, events: EventLog, broadcast: Broadcast, user_ids: Sequence[UUID]) -> int:
+    """One notification per user unless its dedupe key exists, in one insert; an event for each one created."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    now = utcnow()
+    rows = [
+        {
+            "id": uuid4(),
+            "user_id": user_id,
+            "category": SYSTEM,
+            "title": broadcast.title,
+            "message": broadcast.message,
+            "is_read": False,
+            "dedupe_key": broadcast_dedupe_key(broadcast.id, user_id),
+            "created_at": now,
+        }
+        for user_id in user_ids
+    ]
+    created_ids = list(
+        await session.scalars(
+            insert(Notification)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(Notification.id)
+        )
+    )
+    if not created_ids:
+        return 0
+    created = await session.scalars(
+        select(Notification).where(Notification.id.in_(created_ids)).order_by(Notification.user_id)
+    )
+    count = 0
+    for notification in created:
+        data = msgspec.to_builtins(notification_out(notification))
+        await events.record(NOTIFICATION_CREATED, data, user_id=notification.user_id)
+        count += 1
+    return count
+
+
+async def deliver_broadcast(
+    sessions: async_sessionmaker[AsyncSession],
+    publisher: EventPublisher,
+    broadcast: Broadcast,
+    *,
+    batch_size: int = BROADCAST_BATCH,
+) -> int:
+    """Write a broadcast's notifications, `batch_size` users per transaction; returns how many were new.
+
+    Safe to run again with the same broadcast (a redelivered message): the dedupe keys make
+    the users it already reached get nothing twice. Each batch's events are published after
+    its commit.
+    """
+    after: UUID | None = None
+    created = 0
+    while True:
+        query = select(User.id).order_by(User.id).limit(batch_size)
+        if broadcast.user_id is not None:
+            query = query.where(User.id == broadcast.user_id)
+        else:
+            query = query.where(User.is_active.is_(True))
+        if after is not None:
+            query = query.where(User.id > after)
+        async with sessions() as session:
+            async with session.begin():
+                user_ids = list(await session.scalars(query))
+                if not user_ids:
+                    return created
+                events = EventLog(session)
+                created += await _notify_batch(session, events, broadcast, user_ids)
+            await events.publish(publisher)
+        after = user_ids[-1]

@@ -6,6 +6,7 @@ from datetime import timedelta
 from uuid import UUID
 
 import dramatiq
+import redis
 import structlog
 from periodiq import cron
 
@@ -70,7 +71,7 @@ def send_task(task_id: str, attempt: int) -> bool:
     """Hand a committed task to the broker; False when the broker is unreachable (the sweeper re-sends)."""
     try:
         run_task.send(task_id, attempt)
-    except dramatiq.errors.ConnectionError:
+    except (dramatiq.errors.ConnectionError, redis.RedisError):  # the Redis broker raises redis' own errors
         log.warning("task.send_failed", task_id=task_id, attempt=attempt)
         return False
     return True

@@ -1,0 +1,49 @@
+"""The API document says what errors look like: every 4xx/5xx is `application/problem+json`.
+
+Litestar describes the responses of `raises=[...]` with its own default error body;
+the service answers RFC 9457 problem details (see errors.py), so at start-up every
+error response of the document is pointed at one `Problem` schema.
+"""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Reference, Schema
+from litestar.openapi.spec.enums import OpenAPIType
+
+PROBLEM = "application/problem+json"
+
+PROBLEM_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["type", "title", "status", "detail"],
+    properties={
+        "type": Schema(type=OpenAPIType.STRING, description="A URI naming the problem; `about:blank` if none."),
+        "title": Schema(type=OpenAPIType.STRING),
+        "status": Schema(type=OpenAPIType.INTEGER),
+        "detail": Schema(type=OpenAPIType.STRING),
+        "errors": Schema(
+            type=OpenAPIType.ARRAY,
+            description="For invalid input: each field and what is wrong with it.",
+            items=Schema(
+                type=OpenAPIType.OBJECT,
+                required=["field", "message"],
+                properties={"field": Schema(type=OpenAPIType.STRING), "message": Schema(type=OpenAPIType.STRING)},
+            ),
+        ),
+    },
+)
+
+
+def document_problems(app: Litestar) -> None:
+    openapi = app.openapi_schema
+    if openapi.components.schemas is None:
+        openapi.components.schemas = {}
+    openapi.components.schemas["Problem"] = PROBLEM_SCHEMA
+    reference = OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))
+    for path_item in (openapi.paths or {}).values():
+        for operation in (path_item.get, path_item.post, path_item.put, path_item.patch, path_item.delete):
+            if operation is None or not operation.responses:
+                continue
+            for status, response in operation.responses.items():
+                if status[:1] in ("4", "5") and isinstance(response, OpenAPIResponse):
+                    response.content = {PROBLEM: reference}

@@ -1,0 +1,198 @@
+"""Processes a failure test owns: a private redis-server, a web process and workers with their own settings.
+
+Unlike the shared `live_server`, everything here is started and stopped by the test, so it
+can be killed, cut off from its broker or started again. Each stack talks to its own
+redis-server (no other worker of the run can take its messages) and to the run's database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dramatiq
+import httpx
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from tests.accounts import signed_in_headers
+from tests.servers import BIN, Process, free_port, spawn
+
+ROOT = Path(__file__).resolve().parents[1]
+FINISHED = {"succeeded", "failed", "cancelled"}
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.1) -> T:
+    """The first truthy answer of `check`, polling until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class RedisServer:
+    """A throw-away redis-server on its own port (no persistence), which a test may stop and start again."""
+
+    port: int = field(default_factory=free_port)
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> None:
+        executable = shutil.which("redis-server")
+        assert executable, "redis-server is not on PATH"
+        args = [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = spawn("redis", args, ROOT)
+
+        def answers() -> bool:
+            assert self.process is not None
+            assert self.process.popen.poll() is None, self.process.output()
+            try:
+                return bool(redis.Redis.from_url(self.url, socket_connect_timeout=1).ping())
+            except redis.RedisError:
+                return False
+
+        eventually(answers, timeout=timeout, what=f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(signal.SIGKILL, timeout=5)
+            self.process = None
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def send_message(redis_url: str, actor_name: str, *args: Any) -> None:
+    """Enqueue one message for `actor_name` the way `actor.send(*args)` would, on the broker at `redis_url`.
+
+    A bare broker with the service's namespace and the actors' default queue: the test
+    process's own broker points at the run's Redis, not at a test's private one.
+    """
+    from app.config import get_settings
+
+    broker = RedisBroker(url=redis_url, namespace=get_settings().redis_namespace)  # type: ignore[no-untyped-call]
+    try:
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name="default", actor_name=actor_name, args=args, kwargs={}, options={}
+        )
+        broker.enqueue(message)
+    finally:
+        broker.client.close()
+
+
+def live_members(group: int) -> list[int]:
+    """The processes of process group `group` that are still alive (not zombies), from /proc."""
+    members = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group and fields[0] != "Z":
+                members.append(int(status.parent.name))
+    return members
+
+
+@dataclass
+class Stack:
+    """One web process and at most one worker (`dramatiq` CLI, whose workers are its children)."""
+
+    env: dict[str, str]
+    url: str
+    web: Process
+    worker: Process | None = None
+    stopped: list[Process] = field(default_factory=list)
+
+    def start_worker(self) -> Process:
+        assert self.worker is None or self.worker.popen.poll() is not None, "a worker is already running"
+        args = [str(BIN / "dramatiq"), "app.workers", "--processes", "1", "--threads", "4"]
+        self.worker = spawn(f"worker-{uuid.uuid4().hex[:4]}", args, ROOT, self.env)
+        return self.worker
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker's whole process group: the CLI and every worker process it forked."""
+        assert self.worker is not None
+        group = self.worker.popen.pid
+        self.worker.stop(signal.SIGKILL, timeout=10)
+        self.stopped.append(self.worker)
+        self.worker = None
+        eventually(lambda: not live_members(group), timeout=10, what=f"every process of group {group} to be gone")
+
+    def processes(self) -> list[Process]:
+        return [self.web, *self.stopped, *([self.worker] if self.worker else [])]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.output()[-6000:]}" for p in self.processes())
+
+    def stop(self) -> None:
+        for process in [self.web, *([self.worker] if self.worker else [])]:
+            process.stop(signal.SIGTERM, timeout=10)
+
+
+@contextlib.contextmanager
+def stack(redis_url: str, *, worker: bool = True, settings: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A web process (and a worker, unless `worker=False`) on `redis_url` with extra `settings`, stopped at the end."""
+    port = free_port()
+    env = {"REDIS_URL": redis_url, **(settings or {})}
+    web = spawn("web", [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)], ROOT, env)
+    running = Stack(env=env, url=f"http://127.0.0.1:{port}", web=web)
+    try:
+        if worker:
+            running.start_worker()
+
+        def live() -> bool:
+            assert web.popen.poll() is None, f"web exited early\n{running.logs()}"
+            try:
+                return httpx.get(running.url + "/health/live", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        eventually(live, timeout=45, what="the web process", interval=0.2)
+        yield running
+    finally:
+        running.stop()
+
+
+@contextlib.contextmanager
+def user_client(url: str) -> Iterator[httpx.Client]:
+    """An httpx client on `url`, signed in as a new user."""
+    with httpx.Client(base_url=url, timeout=20) as client:
+        client.headers.update(signed_in_headers(client))
+        yield client
+
+
+def task_of(api: httpx.Client, task_id: str) -> dict[str, Any]:
+    response = api.get(f"/api/v1/tasks/{task_id}")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def wait_task(
+    api: httpx.Client, task_id: str, until: Callable[[dict[str, Any]], bool], *, timeout: float, what: str
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        task = task_of(api, task_id)
+        return task if until(task) else None
+
+    return eventually(check, timeout=timeout, what=f"task {task_id} {what}", interval=0.05)

@@ -1,0 +1,134 @@
+"""No job is lost: a worker killed mid-task, a broker outage at submission, a message delivered twice.
+
+Each test runs its own redis-server, web process and worker (real, separate processes)
+with short TASK_STALE_SECONDS / TASK_RESEND_SECONDS, and plays the scheduler itself by
+sending the `tasks.sweep` message, as periodiq does every minute.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.notifications.models import Event, Notification
+from tests.processes import (
+    FINISHED,
+    redis_server,
+    send_message,
+    stack,
+    task_of,
+    user_client,
+    wait_task,
+)
+
+pytestmark = pytest.mark.services
+
+STALE_SECONDS = 3
+RESEND_SECONDS = 2
+FAST = {"TASK_STALE_SECONDS": str(STALE_SECONDS), "TASK_RESEND_SECONDS": str(RESEND_SECONDS)}
+
+
+def submit(api: httpx.Client, **params: Any) -> dict[str, Any]:
+    response = api.post("/api/v1/tasks", json={"kind": "demo", "params": params})
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+async def notifications_for(db_session: AsyncSession, task_id: str) -> list[Notification]:
+    db_session.expire_all()
+    rows = await db_session.scalars(select(Notification).where(Notification.task_id == UUID(task_id)))
+    return list(rows)
+
+
+async def task_events(db_session: AsyncSession, task_id: str) -> list[dict[str, Any]]:
+    """The `task.updated` payloads of one task, oldest first."""
+    db_session.expire_all()
+    rows = await db_session.scalars(select(Event).where(Event.type == "task.updated").order_by(Event.id))
+    return [row.payload for row in rows if row.payload.get("id") == task_id]
+
+
+async def test_a_task_whose_worker_is_killed_is_handed_back_and_succeeds_once(
+    migrated: None, db_session: AsyncSession
+) -> None:
+    with redis_server() as broker, stack(broker.url, settings=FAST) as services, user_client(services.url) as api:
+        task = submit(api, steps=200, step_ms=50)
+        running = wait_task(
+            api,
+            task["id"],
+            lambda t: t["status"] == "running" and t["progress"]["current"] > 0,
+            timeout=30,
+            what="running with progress",
+        )
+        assert running["attempts"] == 1
+        services.kill_worker()
+        killed_at = time.monotonic()
+        time.sleep(0.5)  # a write the worker had already sent lands before the snapshot
+        frozen = task_of(api, task["id"])
+        assert (frozen["status"], frozen["attempts"]) == ("running", 1), frozen
+        assert frozen["progress"]["current"] < 200, "the task finished before its worker was killed"
+        services.start_worker()
+        time.sleep(max(0.0, STALE_SECONDS + 1.5 - (time.monotonic() - killed_at)))
+        assert task_of(api, task["id"])["progress"] == frozen["progress"], "a dead worker made progress"
+        send_message(broker.url, "tasks.sweep")
+        handed_back = wait_task(api, task["id"], lambda t: t["attempts"] == 2, timeout=20, what="handed back")
+        assert handed_back["status"] in ("queued", "running"), handed_back
+        done = wait_task(api, task["id"], lambda t: t["status"] in FINISHED, timeout=60, what="finished")
+        assert (done["status"], done["attempts"], done["result"]) == ("succeeded", 2, {"steps": 200}), done
+        assert done["progress"]["current"] == 200
+        time.sleep(0.5)  # anything still to come from the first attempt would have come by now
+        assert task_of(api, task["id"]) == done
+    notifications = await notifications_for(db_session, task["id"])
+    assert [(n.title, n.category) for n in notifications] == [("Task completed", "task")]
+
+
+async def test_tasks_submitted_while_the_broker_is_down_run_after_it_returns(
+    migrated: None, db_session: AsyncSession
+) -> None:
+    with redis_server() as broker, stack(broker.url, settings=FAST) as services, user_client(services.url) as api:
+        broker.stop()
+        codes = []
+        for _ in range(3):
+            response = api.post("/api/v1/tasks", json={"kind": "demo", "params": {"steps": 3, "step_ms": 10}})
+            codes.append(response.status_code)
+        # The rows are committed before the send is tried, whatever the answer was.
+        tasks = api.get("/api/v1/tasks").json()["items"]
+        assert len(tasks) == 3, tasks
+        assert {t["status"] for t in tasks} == {"queued"}
+        broker.start()
+        time.sleep(RESEND_SECONDS + 0.5)
+        send_message(broker.url, "tasks.sweep")
+        for task in tasks:
+            done = wait_task(api, task["id"], lambda t: t["status"] in FINISHED, timeout=60, what="finished")
+            assert (done["status"], done["attempts"], done["result"]) == ("succeeded", 1, {"steps": 3}), done
+        web_log = services.web.output()
+    for task in tasks:
+        assert len(await notifications_for(db_session, task["id"])) == 1
+    assert codes == [202] * 3, f"{codes}\n{web_log[-6000:]}"
+
+
+async def test_a_message_delivered_twice_runs_the_task_once(migrated: None, db_session: AsyncSession) -> None:
+    with redis_server() as broker, stack(broker.url, worker=False) as services, user_client(services.url) as api:
+        task = submit(api, steps=20, step_ms=50)  # the web process sends (task, 1) once
+        send_message(broker.url, "tasks.run", task["id"], 1)  # and the broker delivers it again
+        assert task_of(api, task["id"])["status"] == "queued"
+        services.start_worker()  # both copies wait in the queue: the worker's threads take them at once
+        done = wait_task(api, task["id"], lambda t: t["status"] in FINISHED, timeout=60, what="finished")
+        assert (done["status"], done["attempts"], done["result"]) == ("succeeded", 1, {"steps": 20}), done
+        send_message(broker.url, "tasks.run", task["id"], 1)  # a late copy, after the end
+        time.sleep(2)
+        assert task_of(api, task["id"]) == done
+    assert len(await notifications_for(db_session, task["id"])) == 1
+    events = await task_events(db_session, task["id"])
+    states = [(e["status"], e["progress"]["current"]) for e in events]
+    assert [s for s in states if s[0] == "queued"] == [("queued", 0)], states
+    assert [s for s in states if s[0] == "succeeded"] == [("succeeded", 20)], states
+    running = [current for status, current in states if status == "running"]
+    assert running[0] == 0, states  # one claim ...
+    assert running == sorted(set(running)), states  # ... then progress that only moves forward, never twice
+    assert states == [("queued", 0), *(("running", c) for c in running), ("succeeded", 20)], states
