@@ -179,12 +179,11 @@ async def isolated_tables() -> AsyncIterator[None]:
     if not _state.get("migrated"):
         return
     from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
 
     from app.config import get_settings
     from app.domain.database import create_engine
     from app.domain.models import metadata
-
-    from sqlalchemy.exc import DBAPIError
 
     settings = get_settings()
     engine = create_engine(settings)
