@@ -133,11 +133,12 @@ def test_another_users_task_is_not_found(api: httpx.Client, live_server: LiveSer
 def test_cancel_a_queued_task_at_once_and_a_running_one_at_its_next_step(api: httpx.Client) -> None:
     threads = get_settings().worker_threads
     long = [start(api, steps=1000, step_ms=50)["id"] for _ in range(threads + 2)]
-    queued = next(t for t in long if api.get(f"/api/v1/tasks/{t}").json()["status"] == "queued")
+    # The newest are the last to be claimed: one of them is still queued.
+    queued = next(t for t in reversed(long) if api.get(f"/api/v1/tasks/{t}").json()["status"] == "queued")
     response = api.post(f"/api/v1/tasks/{queued}/cancel")
     assert response.status_code == 202
     assert response.json()["status"] == "cancelled"
-    running = wait(api, long[0], {"running"})
+    running = wait(api, next(t for t in long if t != queued), {"running"})
     assert api.post(f"/api/v1/tasks/{running['id']}/cancel").status_code == 202
     stopped = wait(api, running["id"], timeout=10)
     assert stopped["status"] == "cancelled"

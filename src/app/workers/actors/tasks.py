@@ -79,7 +79,14 @@ def send_task(task_id: str, attempt: int) -> bool:
 
 @async_actor(actor_name="tasks.sweep", periodic=cron("* * * * *"), max_retries=0)
 async def sweep_tasks() -> None:
-    """Re-send tasks stuck in `queued`; hand back running tasks whose worker went silent."""
+    """Re-send tasks stuck in `queued`; hand back running tasks whose worker went silent.
+
+    Cron runs it at each minute; the scheduled run sends one follow-up 30 s later (which
+    sends none), so tasks are swept every half minute.
+    """
+    message = current_message.get()
+    if message is not None and "scheduled_at" in message.options:
+        sweep_tasks.send_with_options(delay=30_000)
     rt = runtime()
     keeper = TaskKeeper(rt.sessions, rt.publisher, artifacts(), get_settings())
     resend, handed_back = await keeper.sweep()
