@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import anyio
 import msgspec
 from litestar import Controller, Request, get, patch, post
 from litestar.di import NamedDependency
@@ -171,7 +172,8 @@ class AuthController(Controller):
         raw = await service.email_token(user, VERIFY)
         result = user_out(user)
         await db_session.commit()  # the account exists before its email is sent
-        enqueue_email(verification_email(user.email, user.username, verification_link(settings.base_url, raw)))
+        email = verification_email(user.email, user.username, verification_link(settings.base_url, raw))
+        await anyio.to_thread.run_sync(enqueue_email, email)  # the broker client blocks
         return result
 
     @post(
@@ -299,7 +301,8 @@ class AuthController(Controller):
         if found is not None:
             user, raw = found
             await db_session.commit()
-            enqueue_email(reset_email(user.email, user.username, reset_link(settings.base_url, raw)))
+            email = reset_email(user.email, user.username, reset_link(settings.base_url, raw))
+            await anyio.to_thread.run_sync(enqueue_email, email)
 
     @post(
         "/reset-password",

@@ -87,6 +87,7 @@ def alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
         engine_instance=create_engine(settings),
         session_config=AsyncSessionConfig(expire_on_commit=False),
         before_send_handler="autocommit",
+        enable_file_object_listener=False,  # no FileObject columns: skip inspecting every flush
         alembic_config=AlembicAsyncConfig(
             script_location=migrations_path(),
             version_table_name="alembic_version",

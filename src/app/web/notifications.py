@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
+import anyio
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
@@ -163,5 +164,5 @@ class AdminNotificationsController(Controller):
     ) -> BroadcastAccepted:
         broadcast = new_broadcast(data)
         recipients = await count_recipients(db_session, broadcast.user_id)
-        send_broadcast(broadcast)
+        await anyio.to_thread.run_sync(send_broadcast, broadcast)  # the broker client blocks
         return BroadcastAccepted(recipients=recipients)

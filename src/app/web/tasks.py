@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
+import anyio
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
@@ -72,7 +73,7 @@ class TasksController(Controller):
         await db_session.commit()  # the task exists before its message does
         if created:
             await service.events.publish(publisher)
-            send_task(*task_message_args(task))
+            await anyio.to_thread.run_sync(send_task, *task_message_args(task))  # the broker client blocks
         return Response(
             body,
             status_code=HTTP_202_ACCEPTED if created else HTTP_200_OK,
@@ -151,7 +152,7 @@ class TasksController(Controller):
         await service.events.publish(publisher)
         if old_artifact:
             await artifacts.delete(old_artifact)
-        send_task(*task_message_args(task))
+        await anyio.to_thread.run_sync(send_task, *task_message_args(task))
         return body
 
     @delete(

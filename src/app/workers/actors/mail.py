@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import aiosmtplib
+import dramatiq
 import msgspec
+import redis
 import structlog
 
 from app.config import Settings, get_settings
@@ -35,6 +37,15 @@ async def send_email(email: dict[str, str | None]) -> None:
     await deliver_or_drop(msgspec.convert(email, OutgoingEmail), get_settings())
 
 
-def enqueue_email(email: OutgoingEmail) -> None:
-    """Queue `email` for delivery; call it after the transaction that decided to send it has committed."""
-    send_email.send(msgspec.to_builtins(email))
+def enqueue_email(email: OutgoingEmail) -> bool:
+    """Queue `email` for delivery; call it after the transaction that decided to send it has committed.
+
+    False when the broker is unreachable: the email is logged as not sent (account emails
+    can be asked for again), and the request that wanted it still succeeds.
+    """
+    try:
+        send_email.send(msgspec.to_builtins(email))
+    except (dramatiq.errors.ConnectionError, redis.RedisError):
+        log.error("mail.not_queued", to=email.to, subject=email.subject)
+        return False
+    return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import UUID
 
+import anyio
 import dramatiq
 import redis
 import structlog
@@ -62,7 +63,8 @@ async def run_task(task_id: str, attempt: int) -> None:
         retry_in=_retry_in(retries),
     )
     if ended.email_to and ended.email_subject and ended.email_text:
-        enqueue_email(OutgoingEmail(to=ended.email_to, subject=ended.email_subject, text=ended.email_text))
+        email = OutgoingEmail(to=ended.email_to, subject=ended.email_subject, text=ended.email_text)
+        await anyio.to_thread.run_sync(enqueue_email, email)  # the broker client blocks: not on the loop
     if ended.outcome is Outcome.RETRY:
         raise RetryAttempt(f"task {task_id} attempt {attempt + retries} failed; the next one follows a backoff")
 
@@ -91,7 +93,7 @@ async def sweep_tasks() -> None:
     keeper = TaskKeeper(rt.sessions, rt.publisher, artifacts(), get_settings())
     resend, handed_back = await keeper.sweep()
     for task_id, attempt in resend:
-        send_task(str(task_id), attempt)
+        await anyio.to_thread.run_sync(send_task, str(task_id), attempt)
     if resend or handed_back:
         log.info("tasks.sweep", resent=len(resend), handed_back=handed_back)
 
