@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import time
@@ -139,3 +140,33 @@ async def test_a_bad_last_event_id_is_refused(live_server: LiveServer, value: st
         response = await client.get("/api/v1/events", headers={"Last-Event-ID": value})
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_user_may_hold_a_limited_number_of_streams(live_server: LiveServer) -> None:
+    """SSE_MAX_STREAMS_PER_USER (10 by default): one more is a 429 until one closes."""
+    headers = _auth(live_server)
+    async with (
+        contextlib.AsyncExitStack() as streams,
+        httpx.AsyncClient(
+            base_url=live_server.url, timeout=TIMEOUT, headers=headers, limits=httpx.Limits(max_connections=20)
+        ) as client,
+    ):
+        opened = []
+        for _ in range(10):
+            response = await streams.enter_async_context(client.stream("GET", "/api/v1/events"))
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            await anext(lines)  # the stream's generator runs: it is counted
+            opened.append((response, lines))
+        refused = await client.get("/api/v1/events")
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) > 0
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        await opened[0][0].aclose()
+        deadline = time.monotonic() + 10
+        while True:  # the server frees the closed stream at its next write (a heartbeat)
+            async with client.stream("GET", "/api/v1/events") as again:
+                if again.status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the closed stream was never freed"
+            await asyncio.sleep(0.2)

@@ -87,6 +87,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     oidc_audience: str = ""
 
     sse_heartbeat_seconds: float = 15.0
+    sse_max_streams_per_user: int = 10
     event_retention_hours: int = 72
 
     @property

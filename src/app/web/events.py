@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 from typing import Annotated, Any
 from uuid import UUID
@@ -20,7 +21,7 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.channels import ChannelsPlugin
 from litestar.di import NamedDependency
-from litestar.exceptions import NotAuthorizedException, ValidationException
+from litestar.exceptions import NotAuthorizedException, TooManyRequestsException, ValidationException
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -33,6 +34,9 @@ from app.web.metrics import SSE_CONNECTIONS
 
 #: How many events one read of the table sends at most; a longer backlog takes several reads.
 BATCH = 500
+
+#: Open streams per user in this process (counted while the stream's generator runs).
+_open_streams: Counter[UUID] = Counter()
 
 
 def _message(record: EventRecord) -> ServerSentEventMessage:
@@ -54,10 +58,12 @@ async def event_stream(
     last_id: int,
     heartbeat: float,
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
-    SSE_CONNECTIONS.inc()
     subscriber = await channels.subscribe(channels_for_reader(user_id))
     wakeups = subscriber.iter_events()
     next_wakeup: asyncio.Task[bytes] | None = None
+    SSE_CONNECTIONS.inc()
+    if user_id is not None:
+        _open_streams[user_id] += 1
     try:
         yield ServerSentEventMessage(comment="connected", data=None, retry=2000)
         while True:
@@ -78,6 +84,10 @@ async def event_stream(
                 yield ServerSentEventMessage(comment="keep-alive", data=None)
     finally:
         SSE_CONNECTIONS.dec()
+        if user_id is not None:
+            _open_streams[user_id] -= 1
+            if _open_streams[user_id] <= 0:
+                del _open_streams[user_id]
         if next_wakeup is not None:
             next_wakeup.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
@@ -117,7 +127,7 @@ class EventsController(Controller):
         media_type="text/event-stream",
         guards=[requires_user],
         security=[{"BearerToken": []}],
-        raises=[NotAuthorizedException, ValidationException],
+        raises=[NotAuthorizedException, ValidationException, TooManyRequestsException],
     )
     async def stream(
         self,
@@ -128,6 +138,11 @@ class EventsController(Controller):
         last_event_id_header: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
         last_event_id: Annotated[int | None, QueryParameter(ge=0, required=False)] = None,
     ) -> ServerSentEvent:
+        if _open_streams[request.user.id] >= settings.sse_max_streams_per_user:
+            raise TooManyRequestsException(
+                detail=f"You have {settings.sse_max_streams_per_user} live streams open already; close one first.",
+                headers={"Retry-After": "5"},
+            )
         after = _last_event_id(last_event_id_header, last_event_id)
         stream = event_stream(
             channels=channels,
