@@ -43,6 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "VAR_DIR": var_dir,
             "LOG_LEVEL": "WARNING",
             "SSE_HEARTBEAT_SECONDS": "1",
+            "SSE_SLOW_CLIENT_SECONDS": "2",
             "WORKER_HEARTBEAT_SECONDS": "0.5",
             "WORKER_THREADS": "4",
             "LITESTAR_APP": "app.web.app:create_app",

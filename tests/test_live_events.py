@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import signal
 import socket
 import time
 import uuid
+from typing import Any
 from urllib.parse import urlsplit
+from uuid import UUID
 
 import httpx
 import pytest
+from sqlalchemy import insert
 
-from tests.accounts import signed_in_headers
-from tests.servers import LiveServer
-from tests.sse import Event, collect, events
+from app.domain.models import Event
+from tests.accounts import ROOT, signed_in_headers
+from tests.processes import eventually
+from tests.servers import BIN, LiveServer, free_port, spawn
+from tests.sse import Event as StreamEvent
+from tests.sse import collect, events
 
 ROUND_TRIP = "diagnostic.round_trip"
 TIMEOUT = httpx.Timeout(20.0)
@@ -33,7 +41,7 @@ async def _round_trip(client: httpx.AsyncClient, request_id: str | None = None) 
     return str(response.json()["token"])
 
 
-async def _wait_for(client: httpx.AsyncClient, token: str, after: int = 0) -> Event:
+async def _wait_for(client: httpx.AsyncClient, token: str, after: int = 0) -> StreamEvent:
     """Read the stream from `after` until the round trip carrying `token` arrives (20 s at most)."""
     async with asyncio.timeout(20), client.stream("GET", f"/api/v1/events?last_event_id={after}") as response:
         async for item in events(response):
@@ -170,3 +178,80 @@ async def test_a_user_may_hold_a_limited_number_of_streams(live_server: LiveServ
                     break
             assert time.monotonic() < deadline, "the closed stream was never freed"
             await asyncio.sleep(0.2)
+
+
+def test_open_streams_end_when_the_server_stops(migrated: None) -> None:
+    """SIGTERM ends every stream at once (clients reconnect elsewhere), so the server stops cleanly.
+
+    The heartbeat is far longer than the test's patience: without draining, granian waits
+    for the streams and kills its worker after its own timeout.
+    """
+    port = free_port()
+    web = spawn(
+        "web-draining",
+        [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)],
+        ROOT,
+        {"SSE_HEARTBEAT_SECONDS": "600"},
+    )
+    server = LiveServer(url=f"http://127.0.0.1:{port}", processes=[web])
+    try:
+        with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+            eventually(lambda: _answers(client, "/health/live"), timeout=45, what="the web process", interval=0.2)
+            headers = signed_in_headers(client)
+            with client.stream("GET", "/api/v1/events", headers=headers) as response:
+                assert response.status_code == 200
+                lines = response.iter_lines()
+                assert next(lines) == ": connected"
+                os.killpg(web.popen.pid, signal.SIGTERM)
+                rest = list(lines)  # returns when the server ends the stream
+        assert web.popen.wait(timeout=30) == 0, server.logs()
+    finally:
+        web.stop()
+    assert not [line for line in rest if line.startswith("data:")]
+    assert "refused to gracefully stop" not in web.output(), web.output()
+
+
+def _answers(client: httpx.Client, path: str) -> bool:
+    try:
+        return client.get(path).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def _metric(client: httpx.AsyncClient, name: str) -> float:
+    text = (await client.get("/metrics")).text
+    match = re.search(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_a_stalled_reader_neither_delays_others_nor_stays_open(live_server: LiveServer, db_session: Any) -> None:
+    """A client that stops reading blocks only its own stream, which closes after SSE_SLOW_CLIENT_SECONDS (2 s here)."""
+    headers = _auth(live_server)
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT, headers=headers) as client:
+        user_id = UUID((await client.get("/api/v1/users/me")).json()["id"])
+        closed_before = await _metric(client, "app_sse_slow_clients_total")
+        # The stalled reader: a tiny receive buffer, the response headers read, then nothing.
+        url = urlsplit(live_server.url)
+        stalled = socket.create_connection((url.hostname or "127.0.0.1", url.port or 80))
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        request = f"GET /api/v1/events HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: {headers['Authorization']}\r\n"
+        stalled.sendall(request.encode() + b"\r\n")
+        assert stalled.recv(12) == b"HTTP/1.1 200"
+        # Far more than any socket buffer holds: 2,000 events of 4 KB for this user.
+        count = 2000
+        await db_session.execute(
+            insert(Event),
+            [{"user_id": user_id, "type": "test.bulk", "payload": {"i": i, "pad": "x" * 4096}} for i in range(count)],
+        )
+        await db_session.commit()
+        # Meanwhile another reader of the same user receives every one of them.
+        received = await collect(client, "/api/v1/events?last_event_id=0", count, event="test.bulk")
+        assert [event.data["i"] for event in received] == list(range(count))
+        # The server gives up on the stalled stream (it is counted) and frees it. (Its socket
+        # ends too, behind the megabytes still queued for it: too slow to read through here.)
+        deadline = time.monotonic() + 20
+        while await _metric(client, "app_sse_slow_clients_total") <= closed_before:
+            assert time.monotonic() < deadline, "the stalled stream was not closed"
+            await asyncio.sleep(0.2)
+        await _until_open_streams(client, 0)
+        stalled.close()

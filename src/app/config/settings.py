@@ -88,6 +88,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     sse_heartbeat_seconds: float = 15.0
     sse_max_streams_per_user: int = 10
+    sse_slow_client_seconds: float = 30.0
     event_retention_hours: int = 72
 
     @property

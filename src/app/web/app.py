@@ -51,6 +51,7 @@ from app.web.auth import AccessTokens, AuthMiddleware, session_config
 from app.web.channels import ChannelsPublisher, channels_plugin
 from app.web.cli import OperatorCLIPlugin
 from app.web.diagnostics import DiagnosticsController
+from app.web.draining import Draining
 from app.web.embedded_workers import EmbeddedWorkersPlugin
 from app.web.errors import exception_handlers, problem_details_config
 from app.web.events import EventsController
@@ -168,6 +169,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     from app.workers.embedded import EmbeddedWorkers
 
     assets = StaticAssets()
+    draining = Draining()
     channels = channels_plugin(settings)
     alchemy = alchemy_config(settings)
     sessions = session_factory(alchemy.get_engine())
@@ -213,9 +215,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "limiter": constant(limiter),
             "publisher": constant(ChannelsPublisher(channels)),
             "artifacts": constant(LocalArtifacts(settings.artifact_path)),
+            "draining": constant(draining),
         },
-        state=State({"access_tokens": tokens}),
-        lifespan=[MetricsRefresher(sessions, broker).lifespan],
+        state=State({"access_tokens": tokens, "settings": settings}),
+        lifespan=[draining.lifespan, MetricsRefresher(sessions, broker).lifespan],
         stores=stores,
         plugins=[
             _structlog(settings),

@@ -20,7 +20,7 @@ import anyio
 import dramatiq
 import structlog
 from dramatiq.common import dq_name
-from prometheus_client import REGISTRY, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -31,6 +31,7 @@ from app.domain.tasks.stats import Durations, task_stats
 log = structlog.get_logger(__name__)
 
 SSE_CONNECTIONS = Gauge("app_sse_connections", "Open server-sent event streams in this process")
+SSE_SLOW_CLIENTS = Counter("app_sse_slow_clients_total", "Streams closed because their client stopped reading")
 
 DEFAULT_QUEUE = "default"
 REFRESH_SECONDS = 10.0
