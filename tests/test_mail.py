@@ -26,7 +26,7 @@ from app.domain.accounts.emails import (
 )
 from app.workers import broker
 from app.workers.actors.mail import deliver_or_drop, enqueue_email, send_email
-from app.workers.mail import deliver, links_in
+from app.workers.mail import MailNotSent, MailRefused, deliver, links_in
 from tests.servers import free_port
 from tests.smtp import SmtpServer
 
@@ -187,13 +187,14 @@ async def test_eml_file_names_sort_by_time() -> None:
     assert sorted(new) == in_order
 
 
-async def test_a_dead_smtp_server_makes_deliver_raise_so_the_actor_retries() -> None:
+async def test_a_dead_smtp_server_makes_deliver_raise_so_the_message_is_tried_again() -> None:
     settings = smtp_settings(free_port())  # nothing listens there
     email = OutgoingEmail(to=unique_address(), subject="lost", text="hello")
     started = time.monotonic()
-    with pytest.raises(aiosmtplib.SMTPConnectError):
+    with pytest.raises(MailNotSent) as raised:
         await deliver(email, settings)
-    with pytest.raises(aiosmtplib.SMTPConnectError):
+    assert isinstance(raised.value.__cause__, aiosmtplib.SMTPConnectError)
+    with pytest.raises(MailNotSent):
         await deliver_or_drop(email, settings)
     assert time.monotonic() - started < 5
 
@@ -201,10 +202,43 @@ async def test_a_dead_smtp_server_makes_deliver_raise_so_the_actor_retries() -> 
 async def test_a_permanently_refused_recipient_is_dropped_not_retried(own_smtp: SmtpServer) -> None:
     settings = smtp_settings(own_smtp.port)
     email = OutgoingEmail(to=REFUSED, subject="refused", text="hello")
-    with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+    with pytest.raises(MailRefused):
         await deliver(email, settings)
     await deliver_or_drop(email, settings)  # logged, no exception: Dramatiq will not retry it
     assert all(m.message["Subject"] != "refused" for m in own_smtp.messages)
+
+
+async def test_the_breaker_stops_trying_a_dead_server_then_tries_again() -> None:
+    """After SMTP_BREAKER_FAILURES failures the server is not even dialled until the breaker's time is up."""
+    later = SmtpServer()  # its port is chosen; nothing listens there until it starts below
+    settings = msgspec.structs.replace(
+        smtp_settings(later.port), smtp_breaker_failures=2, smtp_breaker_reset_seconds=1.0
+    )
+    email = OutgoingEmail(to=unique_address(), subject="breaker", text="hello")
+    for _ in range(2):
+        with pytest.raises(MailNotSent) as raised:
+            await deliver(email, settings)
+        assert isinstance(raised.value.__cause__, aiosmtplib.SMTPConnectError)
+    with later:
+        # The server is back, but the breaker is open: no connection is attempted.
+        with pytest.raises(MailNotSent) as raised:
+            await deliver(email, settings)
+        assert raised.value.__cause__ is None
+        assert "breaker" in str(raised.value)
+        assert later.messages == []
+        time.sleep(1.1)
+        await deliver(email, settings)  # half-open: one try, which succeeds and closes the breaker
+        await deliver(email, settings)
+        assert [m.message["Subject"] for m in later.messages] == ["breaker", "breaker"]
+
+
+async def test_refusals_do_not_open_the_breaker(own_smtp: SmtpServer) -> None:
+    settings = msgspec.structs.replace(smtp_settings(own_smtp.port), smtp_breaker_failures=1)
+    for _ in range(3):
+        with pytest.raises(MailRefused):
+            await deliver(OutgoingEmail(to=REFUSED, subject="no", text="x"), settings)
+    await deliver(OutgoingEmail(to=unique_address(), subject="still open", text="x"), settings)
+    assert own_smtp.wait_for(lambda m: m.message["Subject"] == "still open")
 
 
 # --- the actor ----------------------------------------------------------------------------

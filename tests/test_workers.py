@@ -38,6 +38,7 @@ def test_housekeeping_is_scheduled() -> None:
     assert scheduled == {
         "maintenance.purge_events": "@hourly",
         "tasks.sweep": "* * * * *",
+        "notifications.send_due_emails": "* * * * *",
         "tasks.purge": "@hourly",
     }
 

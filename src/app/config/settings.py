@@ -74,6 +74,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     smtp_tls: bool = False
     smtp_timeout_seconds: float = 10.0
     mail_from: str = "Jobs <no-reply@localhost>"
+    smtp_breaker_failures: int = 5
+    smtp_breaker_reset_seconds: float = 30.0
+    mail_lease_seconds: float = 120.0
+    mail_retry_min_seconds: float = 30.0
+    mail_retry_max_seconds: float = 3600.0
+    mail_give_up_hours: float = 72.0
 
     artifact_dir: str = ""
     max_active_tasks: int = 20

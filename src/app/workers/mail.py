@@ -2,7 +2,12 @@
 
 Embedded (nothing configured) a person trying the product has no mail server, so each
 message is written as an RFC 5322 file and its links are logged, ready to follow.
-A failed SMTP send raises, so the actor that called `deliver` is retried.
+A failed send raises MailNotSent (try again later) or MailRefused (never will be).
+
+SMTP goes through a circuit breaker (purgatory, one per worker process): after
+SMTP_BREAKER_FAILURES failures in a row the server is not tried for
+SMTP_BREAKER_RESET_SECONDS, so a dead server costs each waiting message nothing rather
+than a connection timeout, and it is not hammered while it restarts.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from pathlib import Path
 import aiosmtplib
 import anyio
 import structlog
+from purgatory import AsyncCircuitBreakerFactory
+from purgatory.domain.model import OpenedState
+from purgatory.typing import CircuitName
 
 from app.config import Settings
 from app.domain.accounts.emails import OutgoingEmail
@@ -25,6 +33,48 @@ from app.domain.accounts.emails import OutgoingEmail
 log = structlog.get_logger(__name__)
 
 LINK = re.compile(r"https?://[^\s<>\"']+")
+BREAKER = "smtp"
+
+
+class MailNotSent(Exception):
+    """The mail server did not take the message this time (down, timed out, a temporary 4xx); try later."""
+
+
+class MailRefused(Exception):
+    """The mail server refused the message for good (5xx for every recipient): trying again cannot help."""
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A refusal about this message, not a sign that the server is down."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return all(error.code >= 500 for error in exc.recipients)
+    return isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 500
+
+
+def _log_breaker(name: CircuitName, event_type: str, event: object) -> None:
+    if event_type == "state_changed":
+        state = getattr(event, "state", "")
+        if state == "opened":
+            log.warning("mail.server_down", breaker=name)
+        elif state == "closed":
+            log.info("mail.server_back", breaker=name)
+
+
+_breakers: dict[tuple[int, float], AsyncCircuitBreakerFactory] = {}
+
+
+def _breaker_factory(settings: Settings) -> AsyncCircuitBreakerFactory:
+    """One breaker store per process and breaker setting (tests use several settings in one process)."""
+    key = (settings.smtp_breaker_failures, settings.smtp_breaker_reset_seconds)
+    if key not in _breakers:
+        factory = AsyncCircuitBreakerFactory(
+            default_threshold=settings.smtp_breaker_failures,
+            default_ttl=settings.smtp_breaker_reset_seconds,
+            exclude=[(Exception, _permanent)],
+        )
+        factory.add_listener(_log_breaker)
+        _breakers[key] = factory
+    return _breakers[key]
 
 
 def links_in(text: str) -> list[str]:
@@ -68,7 +118,20 @@ def _start_tls(settings: Settings) -> bool | None:
 
 
 async def send_smtp(message: EmailMessage, settings: Settings) -> None:
-    """Send through SMTP_HOST; raises aiosmtplib.SMTPException (or a subclass) on any failure."""
+    """Send through SMTP_HOST, behind the breaker; raises MailNotSent or MailRefused."""
+    try:
+        breaker = await _breaker_factory(settings).get_breaker(f"{BREAKER}:{settings.smtp_host}:{settings.smtp_port}")
+        async with breaker:
+            await _send(message, settings)
+    except OpenedState:
+        raise MailNotSent("the mail server is failing; not tried until its breaker closes") from None
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        if _permanent(exc):
+            raise MailRefused(str(exc)) from exc
+        raise MailNotSent(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _send(message: EmailMessage, settings: Settings) -> None:
     await aiosmtplib.send(
         message,
         hostname=settings.smtp_host,

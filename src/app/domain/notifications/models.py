@@ -8,7 +8,7 @@ from uuid import UUID
 
 from advanced_alchemy.base import IdentityBase, UUIDv7Base
 from advanced_alchemy.types import DateTimeUTC, JsonB
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.domain.clock import utcnow
@@ -34,7 +34,10 @@ class Notification(UUIDv7Base):
     """What a user is told, kept until they delete it. `dedupe_key` makes "once per event" a constraint."""
 
     __tablename__ = "notification"
-    __table_args__ = (Index("ix_notification_user_id_created_at", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_notification_user_id_created_at", "user_id", "created_at"),
+        Index("ix_notification_email_due_at", "email_due_at"),
+    )
 
     user_id: Mapped[UUID] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"))
     category: Mapped[str] = mapped_column(String(16))
@@ -45,3 +48,8 @@ class Notification(UUIDv7Base):
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
     read_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    #: The email about it (see notifications.emails): NULL (none wanted), pending, sent, refused or abandoned.
+    email_status: Mapped[str | None] = mapped_column(String(16), default=None)
+    email_attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    #: When a pending email may next be tried; NULL once it is no longer pending.
+    email_due_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)

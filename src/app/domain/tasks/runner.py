@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.clock import utcnow
+from app.domain.notifications.emails import want_email
 from app.domain.notifications.events import EventLog, EventPublisher
 from app.domain.notifications.services import notify_once
 from app.domain.tasks.artifacts import ArtifactStore
@@ -48,12 +49,10 @@ class Outcome(Enum):
 
 @dataclass(frozen=True)
 class Ended:
-    """What the door does after an attempt ends: email the owner about `notification`, if any."""
+    """What the door does after an attempt ends: hand `email_notification`'s pending email to the mailer, if any."""
 
     outcome: Outcome
-    email_to: str | None = None
-    email_subject: str | None = None
-    email_text: str | None = None
+    email_notification: UUID | None = None
 
 
 class _Lost(Exception):
@@ -202,7 +201,7 @@ class TaskRunner:
     async def _end(
         self, context: _Context, status: str, *, result: dict[str, Any] | None = None, error: str | None = None
     ) -> Ended:
-        email: tuple[str, str, str] | None = None
+        email: UUID | None = None
         async with self.sessions() as session, session.begin():
             values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "result": result}
             if status == SUCCEEDED:
@@ -219,12 +218,10 @@ class TaskRunner:
         await events.publish(self.publisher)
         if status != SUCCEEDED and context.artifact_key:
             await self.artifacts.delete(context.artifact_key)
-        if email is None:
-            return Ended(Outcome.FINISHED)
-        return Ended(Outcome.FINISHED, email_to=email[0], email_subject=email[1], email_text=email[2])
+        return Ended(Outcome.FINISHED, email_notification=email)
 
-    async def _notify(self, session: AsyncSession, events: EventLog, task: Task) -> tuple[str, str, str] | None:
-        """One notification per ended attempt; the email to send when the owner wants one."""
+    async def _notify(self, session: AsyncSession, events: EventLog, task: Task) -> UUID | None:
+        """One notification per ended attempt; its id when its owner wants it by email (written pending)."""
         ok = task.status == SUCCEEDED
         title = "Task completed" if ok else "Task failed"
         message = f"“{task.title}” {'completed' if ok else 'failed'}" + ("." if ok else f": {task.error}")
@@ -239,7 +236,6 @@ class TaskRunner:
             dedupe_key=f"task:{task.id}:{task.attempts}:{task.status}",
         )
         owner = await session.get(User, task.user_id)
-        if created is None or owner is None or not owner.email_notifications:
+        if created is None or owner is None or not want_email(created, owner):
             return None
-        link = f"{self.settings.base_url}/tasks/{task.id}"
-        return owner.email, f"{title}: {task.title}", f"{message}\n\nSee it at {link}\n"
+        return created.id

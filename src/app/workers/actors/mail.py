@@ -1,34 +1,39 @@
-"""Sending email off the request path, retried with exponential backoff when the server fails."""
+"""Sending email off the request path.
+
+Account emails (`mail.send`) are retried by Dramatiq with exponential backoff. Emails
+about notifications (`notifications.email`) live in the notification's row until sent
+(see app.domain.notifications.emails): the actor claims one, sends it and records the
+outcome, and `notifications.send_due_emails` hands back whatever is still due, so no
+notification email is lost to a crash, a broker outage or a dead mail server.
+"""
 
 from __future__ import annotations
 
-import aiosmtplib
+from uuid import UUID
+
+import anyio
 import dramatiq
 import msgspec
 import redis
 import structlog
+from periodiq import cron
 
 from app.config import Settings, get_settings
 from app.domain.accounts.emails import OutgoingEmail
-from app.workers.context import async_actor
-from app.workers.mail import deliver
+from app.domain.notifications.emails import NotificationEmails
+from app.workers.context import async_actor, current_message
+from app.workers.mail import MailNotSent, MailRefused, deliver
+from app.workers.runtime import runtime
 
 log = structlog.get_logger(__name__)
 
 
 async def deliver_or_drop(email: OutgoingEmail, settings: Settings) -> None:
-    """Deliver `email`; a permanent (5xx) refusal of every recipient is logged and dropped.
-
-    Anything else (connection refused, timeout, a temporary 4xx refusal such as greylisting)
-    raises, so that Dramatiq retries the message.
-    """
+    """Deliver `email`; a permanent refusal is logged and dropped, MailNotSent propagates (so Dramatiq retries)."""
     try:
         await deliver(email, settings)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        if any(error.code < 500 for error in exc.recipients):
-            raise
-        refusals = [f"{error.recipient}: {error.code} {error.message}" for error in exc.recipients]
-        log.warning("mail.refused", to=email.to, subject=email.subject, refusals=refusals)
+    except MailRefused as exc:
+        log.warning("mail.refused", to=email.to, subject=email.subject, error=str(exc))
 
 
 @async_actor(actor_name="mail.send", max_retries=5, min_backoff=1_000, max_backoff=60_000)
@@ -49,3 +54,56 @@ def enqueue_email(email: OutgoingEmail) -> bool:
         log.error("mail.not_queued", to=email.to, subject=email.subject)
         return False
     return True
+
+
+@async_actor(actor_name="notifications.email", max_retries=0)
+async def email_notification(notification_id: str) -> None:
+    """Send the pending email of one notification, once, and record how it went."""
+    settings = get_settings()
+    rt = runtime()
+    key = UUID(notification_id)
+    async with rt.session() as session, session.begin():
+        email = await NotificationEmails(session, settings).claim(key)
+    if email is None:
+        return  # already sent, or another worker holds it
+    try:
+        await deliver(email, settings)
+    except MailRefused as exc:
+        async with rt.session() as session, session.begin():
+            await NotificationEmails(session, settings).refused(key)
+        log.warning("mail.refused", notification_id=notification_id, to=email.to, error=str(exc))
+    except MailNotSent as exc:
+        async with rt.session() as session, session.begin():
+            status = await NotificationEmails(session, settings).failed(key)
+        log.warning("mail.not_sent", notification_id=notification_id, to=email.to, error=str(exc), status=status)
+    else:
+        async with rt.session() as session, session.begin():
+            await NotificationEmails(session, settings).sent(key)
+
+
+def queue_notification_email(notification_id: UUID) -> bool:
+    """Hand a committed pending email to a worker; False when the broker is unreachable (the sweeper will)."""
+    try:
+        email_notification.send(str(notification_id))
+    except (dramatiq.errors.ConnectionError, redis.RedisError):
+        log.warning("mail.not_queued", notification_id=str(notification_id))
+        return False
+    return True
+
+
+@async_actor(actor_name="notifications.send_due_emails", periodic=cron("* * * * *"), max_retries=0)
+async def send_due_emails() -> None:
+    """Queue every pending notification email whose time has come (first tries missed, retries, leases run out).
+
+    Cron runs it each minute; the scheduled run sends one follow-up 30 s later, as the task sweeper does.
+    """
+    message = current_message.get()
+    if message is not None and "scheduled_at" in message.options:
+        send_due_emails.send_with_options(delay=30_000)
+    async with runtime().session() as session:
+        due = await NotificationEmails(session, get_settings()).due()
+    for notification_id in due:
+        if not await anyio.to_thread.run_sync(queue_notification_email, notification_id):
+            break
+    if due:
+        log.info("mail.due_queued", count=len(due))

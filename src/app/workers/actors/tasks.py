@@ -12,12 +12,11 @@ import structlog
 from periodiq import cron
 
 from app.config import get_settings
-from app.domain.accounts.emails import OutgoingEmail
 from app.domain.tasks.artifacts import LocalArtifacts
 from app.domain.tasks.kinds import KINDS
 from app.domain.tasks.maintenance import TaskKeeper
 from app.domain.tasks.runner import Outcome, TaskRunner
-from app.workers.actors.mail import enqueue_email
+from app.workers.actors.mail import queue_notification_email
 from app.workers.context import async_actor, current_message
 from app.workers.runtime import runtime
 
@@ -62,9 +61,9 @@ async def run_task(task_id: str, attempt: int) -> None:
         last_try=retries >= settings.task_max_attempts - 1,
         retry_in=_retry_in(retries),
     )
-    if ended.email_to and ended.email_subject and ended.email_text:
-        email = OutgoingEmail(to=ended.email_to, subject=ended.email_subject, text=ended.email_text)
-        await anyio.to_thread.run_sync(enqueue_email, email)  # the broker client blocks: not on the loop
+    if ended.email_notification is not None:
+        # The broker client blocks: not on the loop. If this fails, the due-email sweep sends it.
+        await anyio.to_thread.run_sync(queue_notification_email, ended.email_notification)
     if ended.outcome is Outcome.RETRY:
         raise RetryAttempt(f"task {task_id} attempt {attempt + retries} failed; the next one follows a backoff")
 
