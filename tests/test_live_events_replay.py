@@ -93,7 +93,7 @@ def test_replay_misses_nothing_while_events_are_written_concurrently(live_server
     with httpx.Client(base_url=live_server.url, timeout=30) as client:
         headers = signed_in_headers(client)
 
-    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(holds=writers, cuts=cuts)
     def check(holds: list[list[int]], cuts: list[int]) -> None:
         asyncio.run(scenario(live_server, headers, holds, cuts))
