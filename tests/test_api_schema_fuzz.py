@@ -34,7 +34,7 @@ CONFIG = schemathesis.Config.from_dict(
         "seed": 20261123,
         "generation": {"database": "none", "max-examples": MAX_EXAMPLES},
         # The coverage phase walks every boundary of every parameter: hundreds of requests per operation.
-        "phases": {"coverage": {"enabled": False}},
+        "phases": {"coverage": {"enabled": True}},
     }
 )
 

@@ -1,0 +1,227 @@
+"""Faults under load: a worker killed mid-task, Redis restarted, Postgres restarted, one after another.
+
+Each scenario runs its own Postgres cluster and redis-server (tests/chaos.py), a web
+process and a worker on them, and a steady load: users submitting demo tasks and
+listening to their live events, reconnecting with Last-Event-ID when a stream drops.
+The test plays the scheduler (a `tasks.sweep` message every second). After the faults
+it waits until no task is queued or running, and then checks that
+
+- every accepted task (202) ended exactly once, and a submission that got no answer
+  (5xx, broken connection) either left no task or one that ended: none is stuck;
+- every ended task has exactly one notification (one `notification.created` event);
+- every live-event client saw exactly the event log of its user: no gap, no duplicate,
+  in order, across all its reconnections;
+- the web process still stops cleanly.
+
+Live events come only through wake-ups here (SSE_HEARTBEAT_SECONDS is longer than the
+test), so a channel that stopped listening after the Redis restart shows as a client
+that never catches up. `make test` runs the short scenario (each fault once, small
+load); `make chaos` runs the long one (`chaos` marker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import asyncpg
+import pytest
+
+from tests.chaos import Facts, Load, PostgresServer, migrate, postgres_bin, postgres_server, read_facts, send_sweeps
+from tests.processes import FINISHED, RedisServer, Stack, eventually, redis_server, stack
+
+pytestmark = pytest.mark.services
+
+DOWN_SECONDS = 2.0
+SETTINGS = {
+    "TASK_STALE_SECONDS": "3",
+    "TASK_RESEND_SECONDS": "2",
+    "MAX_ACTIVE_TASKS": "100000",
+    "SSE_HEARTBEAT_SECONDS": "600",
+    "SSE_MAX_STREAMS_PER_USER": "100",
+}
+
+Fault = Callable[[Stack, RedisServer, PostgresServer], None]
+
+
+def kill_worker(services: Stack, broker: RedisServer, database: PostgresServer) -> None:
+    """SIGKILL the worker (and every process it forked) while it runs tasks, then start a new one."""
+    eventually(lambda: running_tasks(database.url), timeout=30, what="a running task")
+    services.kill_worker()
+    services.start_worker()
+
+
+def restart_redis(services: Stack, broker: RedisServer, database: PostgresServer) -> None:
+    """Stop redis-server (no persistence: every queued message is gone), start it again on the same port."""
+    broker.stop()
+    time.sleep(DOWN_SECONDS)
+    broker.start()
+
+
+def restart_postgres(services: Stack, broker: RedisServer, database: PostgresServer) -> None:
+    """Crash Postgres (immediate shutdown: every connection breaks), start it again after a while."""
+    database.crash()
+    time.sleep(DOWN_SECONDS)
+    database.start()
+
+
+def running_tasks(database_url: str) -> int:
+    async def count() -> int:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return int(await connection.fetchval("SELECT count(*) FROM task WHERE status = 'running'"))
+        finally:
+            await connection.close()
+
+    return asyncio.run(count())
+
+
+def unfinished_tasks(database_url: str) -> int:
+    async def count() -> int:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return int(await connection.fetchval("SELECT count(*) FROM task WHERE status IN ('queued', 'running')"))
+        finally:
+            await connection.close()
+
+    return asyncio.run(count())
+
+
+async def run_scenario(faults: list[Fault], *, users: int, listeners: int, submit_every: float, settle: float) -> None:
+    bindir = postgres_bin()
+    if bindir is None:
+        pytest.skip("restarting Postgres needs the Postgres server programs (initdb, pg_ctl) to run a private cluster")
+    with postgres_server(bindir) as database, redis_server() as broker:
+        await asyncio.to_thread(migrate, database.url)
+        settings = {**SETTINGS, "DATABASE_URL": database.url}
+        with stack(broker.url, settings=settings) as services:
+            load = Load(services.url, users=users, listeners_per_user=listeners, submit_every=submit_every)
+            await load.start()
+            sweeping = asyncio.Event()
+            sweeper = asyncio.create_task(send_sweeps(broker.url, sweeping))
+            try:
+                await asyncio.sleep(settle)
+                for fault in faults:
+                    await asyncio.to_thread(fault, services, broker, database)
+                    await asyncio.sleep(settle)
+                await load.stop_submitting()
+                await asyncio.to_thread(
+                    eventually,
+                    lambda: unfinished_tasks(database.url) == 0,
+                    timeout=120,
+                    what="every task to end",
+                    interval=0.5,
+                )
+                facts = await read_facts(database.url)
+                await asyncio.to_thread(
+                    eventually,
+                    lambda: caught_up(load, facts),
+                    timeout=60,
+                    what="every live-event client to receive its user's last event",
+                    interval=0.2,
+                )
+            except BaseException:
+                print(services.logs())
+                raise
+            finally:
+                sweeping.set()
+                await sweeper
+                await load.stop_listening()
+        web_exit = services.web.popen.returncode
+    print(summary(load, facts))  # shown with -s, and with the report of a failure
+    check(load, facts)
+    assert web_exit != -signal.SIGKILL, "the web process did not stop on SIGTERM"
+
+
+def summary(load: Load, facts: Facts) -> str:
+    outcomes = Counter(task["status"] for task in facts.tasks.values())
+    attempts = Counter(task["attempts"] for task in facts.tasks.values())
+    unanswered = Counter(reason for user in load.people for reason in user.unknown)
+    connections = [(listener.connections, listener.broken) for user in load.people for listener in user.listeners]
+    refused = Counter(code for user in load.people for listener in user.listeners for code in listener.refused)
+    events = sum(len(rows) for rows in facts.events.values())
+    return (
+        f"tasks {dict(outcomes)}, attempts {dict(attempts)}, unanswered submissions {dict(unanswered)}; "
+        f"{events} events; (stream connections, broken) per client {connections}, refused {dict(refused)}"
+    )
+
+
+def expected_events(facts: Facts, user_id: str) -> list[tuple[int, str]]:
+    mine = [(event_id, kind) for event_id, kind, _ in facts.events.get(user_id, [])]
+    return sorted(mine + facts.broadcast)
+
+
+def caught_up(load: Load, facts: Facts) -> bool:
+    for user in load.people:
+        last = expected_events(facts, user.id)[-1][0]
+        if any(listener.last_id < last for listener in user.listeners):
+            return False
+    return True
+
+
+def check(load: Load, facts: Facts) -> None:
+    problems: list[str] = []
+    accepted = {task_id for user in load.people for task_id in user.accepted}
+    assert accepted, "no task was accepted"
+    for user in load.people:
+        assert user.refused == [], f"submissions refused with {user.refused}"
+        theirs = {task_id for task_id, task in facts.tasks.items() if str(task["user_id"]) == user.id}
+        missing = set(user.accepted) - theirs
+        assert not missing, f"accepted tasks that do not exist: {missing}"
+        extra = theirs - set(user.accepted)
+        assert len(extra) <= len(user.unknown), f"{len(extra)} tasks beyond the {len(user.unknown)} unanswered ones"
+
+    for task_id, task in facts.tasks.items():
+        if task["status"] not in FINISHED:
+            problems.append(f"task {task_id} is stuck {task['status']}")
+            continue
+        user_events = facts.events[str(task["user_id"])]
+        states = [
+            payload["status"] for _, kind, payload in user_events if kind == "task.updated" and payload["id"] == task_id
+        ]
+        ends = [state for state in states if state in FINISHED]
+        if ends != [task["status"]] or states[-1] != task["status"]:
+            problems.append(f"task {task_id} ({task['status']}) ended {ends} in its events {states}")
+        notes = facts.notifications.get(task_id, [])
+        created = [
+            payload
+            for _, kind, payload in user_events
+            if kind == "notification.created" and payload["task_id"] == task_id
+        ]
+        wanted = 0 if task["status"] == "cancelled" else 1
+        if len(notes) != wanted or len(created) != wanted:
+            problems.append(f"task {task_id} ({task['status']}): {len(notes)} notifications, {len(created)} events")
+        elif wanted:
+            title = "Task completed" if task["status"] == "succeeded" else "Task failed"
+            key = f"task:{task_id}:{task['attempts']}:{task['status']}"
+            if (notes[0]["title"], notes[0]["dedupe_key"]) != (title, key):
+                problems.append(f"task {task_id}: notification {notes[0]}")
+
+    for user in load.people:
+        expected = expected_events(facts, user.id)
+        for number, listener in enumerate(user.listeners):
+            if listener.received != expected:
+                got = Counter(listener.received)
+                duplicates = [item for item, times in got.items() if times > 1]
+                gaps = [item for item in expected if item not in got]
+                problems.append(
+                    f"user {user.id} listener {number} ({listener.connections} connections): "
+                    f"{len(listener.received)} events of {len(expected)}; duplicates {duplicates[:5]}, "
+                    f"missing {gaps[:5]}, in order: {listener.received == sorted(listener.received)}"
+                )
+    outcomes = Counter(task["status"] for task in facts.tasks.values())
+    assert not problems, f"{outcomes}\n" + "\n".join(problems[:40])
+
+
+async def test_tasks_notifications_and_live_events_survive_each_fault_once() -> None:
+    await run_scenario([kill_worker, restart_redis, restart_postgres], users=2, listeners=1, submit_every=0.4, settle=3)
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(900)
+async def test_tasks_notifications_and_live_events_survive_repeated_faults_under_load() -> None:
+    rounds = [kill_worker, restart_redis, restart_postgres] * 3
+    await run_scenario(rounds, users=4, listeners=2, submit_every=0.25, settle=4)
