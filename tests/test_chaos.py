@@ -11,6 +11,7 @@ it waits until no task is queued or running, and then checks that
 - every ended task has exactly one notification (one `notification.created` event);
 - every live-event client saw exactly the event log of its user: no gap, no duplicate,
   in order, across all its reconnections;
+- a submission the service could not take got a 503 (Retry-After), not a 500;
 - the web process still stops cleanly.
 
 Live events come only through wake-ups here (SSE_HEARTBEAT_SECONDS is longer than the
@@ -28,9 +29,20 @@ from collections import Counter
 from collections.abc import Callable
 
 import asyncpg
+import httpx
 import pytest
 
-from tests.chaos import Facts, Load, PostgresServer, migrate, postgres_bin, postgres_server, read_facts, send_sweeps
+from tests.chaos import (
+    Facts,
+    Load,
+    PostgresServer,
+    migrate,
+    postgres_bin,
+    postgres_server,
+    read_facts,
+    send_sweeps,
+    sign_up,
+)
 from tests.processes import FINISHED, RedisServer, Stack, eventually, redis_server, stack
 
 pytestmark = pytest.mark.services
@@ -168,6 +180,7 @@ def check(load: Load, facts: Facts) -> None:
     assert accepted, "no task was accepted"
     for user in load.people:
         assert user.refused == [], f"submissions refused with {user.refused}"
+        assert set(user.unknown) <= {"503", "connection"}, f"unanswered submissions: {user.unknown}"
         theirs = {task_id for task_id, task in facts.tasks.items() if str(task["user_id"]) == user.id}
         missing = set(user.accepted) - theirs
         assert not missing, f"accepted tasks that do not exist: {missing}"
@@ -225,3 +238,32 @@ async def test_tasks_notifications_and_live_events_survive_each_fault_once() -> 
 async def test_tasks_notifications_and_live_events_survive_repeated_faults_under_load() -> None:
     rounds = [kill_worker, restart_redis, restart_postgres] * 3
     await run_scenario(rounds, users=4, listeners=2, submit_every=0.25, settle=4)
+
+
+async def test_while_postgres_is_down_the_api_answers_503_with_retry_after() -> None:
+    """Found by the scenario above: requests during a Postgres restart were 500s ("an unexpected error").
+
+    Nothing is wrong with the request and nothing was written, so the answer is a 503
+    problem with Retry-After, which a client may simply repeat; and the same process
+    serves again as soon as Postgres is back.
+    """
+    bindir = postgres_bin()
+    if bindir is None:
+        pytest.skip("restarting Postgres needs the Postgres server programs (initdb, pg_ctl) to run a private cluster")
+    with postgres_server(bindir) as database, redis_server() as broker:
+        await asyncio.to_thread(migrate, database.url)
+        with stack(broker.url, worker=False, settings={"DATABASE_URL": database.url}) as services:
+            async with httpx.AsyncClient(base_url=services.url, timeout=20) as client:
+                user = await sign_up(client)
+                client.headers.update(user.headers)
+                assert (await client.get("/api/v1/tasks")).status_code == 200  # the pool holds a connection now
+                database.crash()
+                for method, path in [("GET", "/api/v1/tasks"), ("POST", "/api/v1/tasks"), ("GET", "/api/v1/tasks")]:
+                    response = await client.request(method, path, json={"kind": "demo", "params": {"steps": 1}})
+                    assert response.status_code == 503, response.text
+                    assert response.headers["content-type"].startswith("application/problem+json")
+                    assert response.headers["retry-after"] == "5"
+                    assert response.json()["status"] == 503
+                database.start()
+                assert (await client.get("/api/v1/tasks")).json()["total"] == 0
+                assert (await client.post("/api/v1/tasks", json={"kind": "demo"})).status_code == 202
