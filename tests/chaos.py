@@ -139,6 +139,7 @@ class User:
     accepted: list[str] = field(default_factory=list)  # ids of tasks answered 202
     unknown: list[str] = field(default_factory=list)  # submissions without an answer (5xx, broken connection)
     refused: list[int] = field(default_factory=list)  # 4xx answers (none expected)
+    cancels: list[str] = field(default_factory=list)  # answers to cancel requests (202, 409, 503, "connection")
     listeners: list[Listener] = field(default_factory=list)
 
 
@@ -208,7 +209,8 @@ class Load:
         await asyncio.gather(*self._listening, return_exceptions=True)
 
     async def _submit(self, user: User) -> None:
-        rng = random.Random(len(user.accepted))
+        """Post a demo task every `submit_every` seconds (give or take half); every 5th time, cancel the one before."""
+        rng = random.Random(user.id)
         async with httpx.AsyncClient(base_url=self.url, timeout=10, headers=user.headers) as client:
             while not self._stopping.is_set():
                 body = {"kind": "demo", "params": {"steps": self.steps, "step_ms": self.step_ms}}
@@ -223,8 +225,20 @@ class Load:
                         user.unknown.append(str(response.status_code))
                     else:
                         user.refused.append(response.status_code)
+                if len(user.accepted) % 5 == 4:
+                    await self._cancel(client, user, user.accepted[-2])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.submit_every * rng.uniform(0.5, 1.5))
+
+    @staticmethod
+    async def _cancel(client: httpx.AsyncClient, user: User, task_id: str) -> None:
+        """Cancel a task that may be queued, running or already ended (409)."""
+        try:
+            response = await client.post(f"/api/v1/tasks/{task_id}/cancel")
+        except httpx.TransportError:
+            user.cancels.append("connection")
+        else:
+            user.cancels.append(str(response.status_code))
 
     async def _listen(self, user: User, listener: Listener) -> None:
         """Hold the stream open; after a drop, reconnect with Last-Event-ID (as EventSource does, after `retry`).

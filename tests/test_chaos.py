@@ -8,9 +8,12 @@ it waits until no task is queued or running, and then checks that
 
 - every accepted task (202) ended exactly once, and a submission that got no answer
   (5xx, broken connection) either left no task or one that ended: none is stuck;
-- every ended task has exactly one notification (one `notification.created` event);
+- every ended task has exactly one notification (one `notification.created` event),
+  except the ones cancelled (submitters cancel every fifth task: queued, running or
+  already ended), which have none;
 - every live-event client saw exactly the event log of its user: no gap, no duplicate,
   in order, across all its reconnections;
+- /health/ready answers 200 again (database, broker and a worker heartbeat);
 - a submission the service could not take got a 503 (Retry-After), not a 500;
 - the web process still stops cleanly.
 
@@ -44,6 +47,7 @@ from tests.chaos import (
     sign_up,
 )
 from tests.processes import FINISHED, RedisServer, Stack, eventually, redis_server, stack
+from tests.servers import LiveServer, wait_ready
 
 pytestmark = pytest.mark.services
 
@@ -128,6 +132,7 @@ async def run_scenario(faults: list[Fault], *, users: int, listeners: int, submi
                     interval=0.5,
                 )
                 facts = await read_facts(database.url)
+                await asyncio.to_thread(wait_ready, LiveServer(url=services.url, processes=[services.web]))
                 await asyncio.to_thread(
                     eventually,
                     lambda: caught_up(load, facts),
@@ -154,9 +159,11 @@ def summary(load: Load, facts: Facts) -> str:
     unanswered = Counter(reason for user in load.people for reason in user.unknown)
     connections = [(listener.connections, listener.broken) for user in load.people for listener in user.listeners]
     refused = Counter(code for user in load.people for listener in user.listeners for code in listener.refused)
+    cancels = Counter(answer for user in load.people for answer in user.cancels)
     events = sum(len(rows) for rows in facts.events.values())
     return (
-        f"tasks {dict(outcomes)}, attempts {dict(attempts)}, unanswered submissions {dict(unanswered)}; "
+        f"tasks {dict(outcomes)}, attempts {dict(attempts)}, unanswered submissions {dict(unanswered)}, "
+        f"cancel answers {dict(cancels)}; "
         f"{events} events; (stream connections, broken) per client {connections}, refused {dict(refused)}"
     )
 
@@ -181,6 +188,7 @@ def check(load: Load, facts: Facts) -> None:
     for user in load.people:
         assert user.refused == [], f"submissions refused with {user.refused}"
         assert set(user.unknown) <= {"503", "connection"}, f"unanswered submissions: {user.unknown}"
+        assert set(user.cancels) <= {"202", "409", "503", "connection"}, f"cancel answers: {user.cancels}"
         theirs = {task_id for task_id, task in facts.tasks.items() if str(task["user_id"]) == user.id}
         missing = set(user.accepted) - theirs
         assert not missing, f"accepted tasks that do not exist: {missing}"
