@@ -84,6 +84,18 @@ def restart_postgres(services: Stack, broker: RedisServer, database: PostgresSer
     database.start()
 
 
+def everything_at_once(services: Stack, broker: RedisServer, database: PostgresServer) -> None:
+    """Kill the worker mid-task, then lose Redis and Postgres together for longer than TASK_STALE_SECONDS."""
+    eventually(lambda: running_tasks(database.url), timeout=30, what="a running task")
+    services.kill_worker()
+    broker.stop()
+    database.crash()
+    time.sleep(2 * DOWN_SECONDS)
+    database.start()
+    broker.start()
+    services.start_worker()
+
+
 def running_tasks(database_url: str) -> int:
     async def count() -> int:
         connection = await asyncpg.connect(database_url)
@@ -246,6 +258,13 @@ async def test_tasks_notifications_and_live_events_survive_each_fault_once() -> 
 async def test_tasks_notifications_and_live_events_survive_repeated_faults_under_load() -> None:
     rounds = [kill_worker, restart_redis, restart_postgres] * 3
     await run_scenario(rounds, users=4, listeners=2, submit_every=0.25, settle=4)
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(900)
+async def test_tasks_notifications_and_live_events_survive_faults_together() -> None:
+    faults = [everything_at_once, restart_postgres, everything_at_once]
+    await run_scenario(faults, users=3, listeners=2, submit_every=0.25, settle=4)
 
 
 async def test_while_postgres_is_down_the_api_answers_503_with_retry_after() -> None:
