@@ -29,7 +29,7 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import httpx
@@ -48,6 +48,7 @@ from tests.chaos import (
 )
 from tests.processes import FINISHED, RedisServer, Stack, eventually, redis_server, stack
 from tests.servers import LiveServer, wait_ready
+from tests.sse import Event, events
 
 pytestmark = pytest.mark.services
 
@@ -294,3 +295,46 @@ async def test_while_postgres_is_down_the_api_answers_503_with_retry_after() -> 
                 database.start()
                 assert (await client.get("/api/v1/tasks")).json()["total"] == 0
                 assert (await client.post("/api/v1/tasks", json={"kind": "demo"})).status_code == 202
+
+
+async def test_a_stream_ends_cleanly_when_postgres_goes_away_and_resumes_after() -> None:
+    """Found by the scenario above: every open stream broke off mid-response, each with a traceback in the log.
+
+    Now a stream whose database read fails ends like any finished response, and the
+    client's reconnection with Last-Event-ID (after `retry`) gets what came meanwhile.
+    """
+    bindir = postgres_bin()
+    if bindir is None:
+        pytest.skip("restarting Postgres needs the Postgres server programs (initdb, pg_ctl) to run a private cluster")
+    with postgres_server(bindir) as database, redis_server() as broker:
+        await asyncio.to_thread(migrate, database.url)
+        settings = {"DATABASE_URL": database.url, "SSE_HEARTBEAT_SECONDS": "0.5"}
+        with stack(broker.url, worker=False, settings=settings) as services:
+            async with httpx.AsyncClient(base_url=services.url, timeout=20) as client:
+                user = await sign_up(client)
+                client.headers.update(user.headers)
+                first = (await client.post("/api/v1/tasks", json={"kind": "demo"})).json()["id"]
+                async with client.stream("GET", "/api/v1/events") as response, asyncio.timeout(20):
+                    stream = events(response)
+                    seen = await until_task(stream, first)
+                    database.crash()
+                    # The next heartbeat reads the table, finds no database and ends the response:
+                    # reading it to its end raises nothing (a broken-off chunked body would).
+                    assert [event async for event in stream] == []
+                database.start()
+                second = (await client.post("/api/v1/tasks", json={"kind": "demo"})).json()["id"]
+                resume = {"Last-Event-ID": str(seen[-1].id)}
+                async with client.stream("GET", "/api/v1/events", headers=resume) as response, asyncio.timeout(20):
+                    resumed = await until_task(events(response), second)
+                assert [(e.event, e.data["id"]) for e in resumed] == [("task.updated", second)]
+        assert "Exception caught after response started" not in services.web.output()
+
+
+async def until_task(stream: AsyncIterator[Event], task_id: str) -> list[Event]:
+    """The stream's next events, up to and including the first `task.updated` of `task_id`."""
+    found = []
+    async for event in stream:
+        found.append(event)
+        if event.event == "task.updated" and event.data["id"] == task_id:
+            return found
+    raise AssertionError(f"the stream ended before task {task_id} showed up: {found}")
