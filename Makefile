@@ -12,7 +12,7 @@ UV = $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN = $(UV) run --frozen --no-sync
 VENDOR := src/app/web/static/vendor
 
-.PHONY: help install run web worker scheduler migrate test test-embedded test-services lint bench assets clean
+.PHONY: help install run web worker scheduler migrate test test-embedded test-services chaos lint bench assets clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ test-embedded: install
 
 test-services: install
 	TEST_MODE=services $(RUN) pytest
+
+chaos: install ## Long fault runs: workers killed, Redis and Postgres restarted under load (needs initdb, redis-server).
+	TEST_MODE=services $(RUN) pytest -m chaos tests/test_chaos.py
 
 bench: install ## Run the benchmarks and write docs/benchmarks.md.
 	$(RUN) python -m bench

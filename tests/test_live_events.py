@@ -20,7 +20,7 @@ from sqlalchemy import insert
 
 from app.domain.models import Event
 from tests.accounts import ROOT, signed_in_headers
-from tests.processes import eventually
+from tests.processes import eventually, redis_server, stack
 from tests.servers import BIN, LiveServer, free_port, spawn
 from tests.sse import Event as StreamEvent
 from tests.sse import collect, events
@@ -255,3 +255,41 @@ async def test_a_stalled_reader_neither_delays_others_nor_stays_open(live_server
             await asyncio.sleep(0.2)
         await _until_open_streams(client, 0)
         stalled.close()
+
+
+@pytest.mark.services
+async def test_live_events_keep_coming_after_redis_restarts(migrated: None) -> None:
+    """Found by tests/test_chaos.py: after a Redis restart a web process's channels stopped for good.
+
+    Its listening task died with the connection (no wake-ups for any stream again), its
+    publishing task died at the first failed publish, and a stream opened while Redis
+    was away never got its subscription. The heartbeat here is longer than the test, so
+    every event below arrives through a wake-up.
+    """
+    settings = {"SSE_HEARTBEAT_SECONDS": "600"}
+    demo = {"kind": "demo", "params": {"steps": 1}}
+    with redis_server() as broker, stack(broker.url, worker=False, settings=settings) as services:
+        headers = _auth(LiveServer(url=services.url))
+        async with (
+            httpx.AsyncClient(base_url=services.url, timeout=TIMEOUT, headers=headers) as client,
+            client.stream("GET", "/api/v1/events") as before,
+        ):
+            assert before.status_code == 200
+            broker.stop()
+            during_outage = await client.post("/api/v1/tasks", json=demo)  # its publish fails
+            assert during_outage.status_code == 202, during_outage.text
+            async with client.stream("GET", "/api/v1/events?last_event_id=0") as opened_meanwhile:
+                assert opened_meanwhile.status_code == 200, await opened_meanwhile.aread()
+                broker.start()
+                after = await client.post("/api/v1/tasks", json=demo)
+                assert after.status_code == 202, after.text
+                wanted = {during_outage.json()["id"], after.json()["id"]}
+                for stream in (before, opened_meanwhile):
+                    seen: set[str] = set()
+                    async with asyncio.timeout(20):
+                        async for item in events(stream):
+                            if item.event == "task.updated":
+                                seen.add(item.data["id"])
+                            if seen >= wanted:
+                                break
+    assert services.web.popen.returncode != -signal.SIGKILL, f"the web process did not stop\n{services.logs()}"

@@ -17,12 +17,14 @@ from advanced_alchemy.exceptions import (
     IntegrityError,
     NotFoundError,
 )
+from asyncpg.exceptions import AdminShutdownError, CannotConnectNowError, CrashShutdownError, PostgresConnectionError
 from litestar import MediaType, Request, Response
 from litestar.exceptions import ClientException, HTTPException, TooManyRequestsException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException
 from litestar.response import Template
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 from litestar.types import ExceptionHandlersMap
+from sqlalchemy.exc import DBAPIError
 
 from app.domain.accounts.errors import AlreadyTaken, InvalidCredentials, InvalidToken
 from app.domain.errors import Conflict, DomainError, InvalidInput, LimitReached, NotFound
@@ -131,7 +133,38 @@ def from_domain_error(exc: DomainError) -> ProblemDetailsException:
     return problem(400, exc.detail)
 
 
+#: What a database that is restarting, failing over or out of reach raises (asyncpg, or the socket below it).
+DATABASE_DOWN = (
+    ConnectionError,
+    PostgresConnectionError,
+    CannotConnectNowError,
+    AdminShutdownError,
+    CrashShutdownError,
+)
+RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when `exc`, or what it was raised from, says the database could not be reached."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DATABASE_DOWN) or (isinstance(current, DBAPIError) and current.connection_invalidated):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def from_unexpected(exc: Exception) -> ProblemDetailsException:
+    """A 500 for a bug; a 503 with Retry-After while the database is out of reach (nothing was written)."""
+    if database_unavailable(exc):
+        log.warning("request.database_unavailable", error=str(exc))
+        return problem(
+            503,
+            "The database is not answering; try again in a few seconds.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     log.error("request.unhandled_exception", exc_info=exc)
     return problem(500, "An unexpected error occurred; it has been logged.")
 

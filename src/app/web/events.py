@@ -34,6 +34,7 @@ from app.domain.accounts.models import User
 from app.domain.notifications.events import EventLog, EventRecord, channels_for_reader
 from app.web.auth import requires_user
 from app.web.draining import Draining
+from app.web.errors import database_unavailable
 from app.web.metrics import SSE_CONNECTIONS, SSE_SLOW_CLIENTS
 
 log = structlog.get_logger(__name__)
@@ -51,9 +52,20 @@ def _message(record: EventRecord) -> ServerSentEventMessage:
 
 async def _read_after(
     sessions: async_sessionmaker[AsyncSession], after_id: int, user_id: UUID | None
-) -> Sequence[EventRecord]:
-    async with sessions() as session:
-        return await EventLog(session).after(after_id, user_id=user_id, limit=BATCH)
+) -> Sequence[EventRecord] | None:
+    """The next events after `after_id`; None when the database cannot be reached.
+
+    The stream then ends cleanly instead of breaking off with a traceback: the client
+    comes back after `retry` with its Last-Event-ID, and misses nothing.
+    """
+    try:
+        async with sessions() as session:
+            return await EventLog(session).after(after_id, user_id=user_id, limit=BATCH)
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        log.warning("events.database_unavailable", error=str(exc))
+        return None
 
 
 async def event_stream(
@@ -75,13 +87,14 @@ async def event_stream(
     try:
         yield ServerSentEventMessage(comment="connected", data=None, retry=2000)
         while True:
-            # Send everything after last_id, in as many reads as the backlog needs.
-            while batch := await _read_after(sessions, last_id, user_id):
-                for record in batch:
-                    yield _message(record)
-                    last_id = record.id
-                if len(batch) < BATCH:
-                    break
+            batch = await _read_after(sessions, last_id, user_id)
+            if batch is None:
+                return
+            for record in batch:
+                yield _message(record)
+                last_id = record.id
+            if len(batch) == BATCH:
+                continue  # more backlog: read on at once
             if next_wakeup is None:
                 next_wakeup = asyncio.ensure_future(anext(wakeups))
             done, _ = await asyncio.wait({next_wakeup, stopping}, timeout=heartbeat, return_when=FIRST_COMPLETED)

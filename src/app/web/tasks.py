@@ -20,7 +20,7 @@ from app.domain.accounts.models import User
 from app.domain.notifications.events import EventPublisher
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from app.domain.tasks.artifacts import ArtifactStore
-from app.domain.tasks.schemas import KindOut, TaskOut, TaskRequest, task_out
+from app.domain.tasks.schemas import KindOut, TaskOut, TaskRequest, TaskStatus, task_out
 from app.domain.tasks.services import TaskService, describe_kinds, task_message_args
 from app.web.auth import requires_user
 from app.web.errors import BreaksARule, Conflicting, TooMany
@@ -86,9 +86,7 @@ class TasksController(Controller):
         request: Request[User, Any, Any],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
-        status: Annotated[
-            str | None, QueryParameter(description="queued, running, succeeded, failed or cancelled")
-        ] = None,
+        status: Annotated[TaskStatus | None, QueryParameter(description="Only tasks with this status.")] = None,
         kind: Annotated[str | None, QueryParameter()] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
         offset: Annotated[int, QueryParameter(ge=0)] = 0,

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+import redis
 import redis.asyncio
+import structlog
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
@@ -22,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings, get_settings
 from app.domain.database import create_engine, session_factory
 from app.domain.notifications.events import EventPublisher
+
+log = structlog.get_logger(__name__)
 
 
 def channels_key_prefix(namespace: str) -> str:
@@ -37,7 +41,11 @@ class RedisPublisher:
         self._backend = RedisChannelsPubSubBackend(redis=self._client, key_prefix=channels_key_prefix(namespace))
 
     async def publish(self, channel: str, data: bytes) -> None:
-        await self._backend.publish(data, [channel])
+        """Publish, or log why not: the event is in the table, so a lost publish is only late."""
+        try:
+            await self._backend.publish(data, [channel])
+        except (redis.RedisError, OSError) as exc:
+            log.warning("events.publish_failed", channel=channel, error=str(exc))
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
 
 from app.domain.tasks.models import Task
+
+#: A task's status, as the API names it (`GET /api/v1/tasks?status=` accepts only these).
+TaskStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
