@@ -190,8 +190,7 @@ class SignInPages(Controller):
             if is_htmx(request):
                 return fragment("partials/reset_form.html", context, status)
             return await page(request, db_session, "reset_password.html", context, status)
-        await db_session.commit()
-        sign_out_browser(request)
+        await db_session.commit()  # every session of that user ends (its credentials version changed)
         return go(request, "/login", "Your password is set. Sign in with it.")
 
     @get("/verify-email")

@@ -140,7 +140,7 @@ class AdminPages(Controller):
             await artifacts.delete(old_artifact)
         await anyio.to_thread.run_sync(send_task, *message_args)
         if is_htmx(request):
-            return Response(content="", media_type="text/html")  # the failed task's row goes away
+            return Response(content="", media_type="text/html", status_code=200)  # the failed task's row goes away
         return go(request, "/admin", f"Trying “{title}” again.")
 
     @post("/broadcast")

@@ -273,7 +273,7 @@ class TaskPages(Controller):
             await artifacts.delete(artifact)
         message = f"Deleted “{title}”."
         if is_htmx(request) and view != "detail":
-            return Response(content="", media_type="text/html")  # the row's outerHTML becomes nothing
+            return Response(content="", media_type="text/html", status_code=200)  # the row's outerHTML becomes nothing
         return go(request, "/dashboard", message)
 
     @get("/tasks/{task_id:uuid}/result")
