@@ -41,6 +41,12 @@ def post(client: httpx.Client, path: str, data: dict[str, str] | None = None, **
     return client.post(path, data={**(data or {}), "_csrf_token": csrf(client)}, **kwargs)  # type: ignore[arg-type]
 
 
+def assert_forms_carry_the_csrf_token(html: str) -> None:
+    forms = re.findall(r"<form\b[^>]*method=\"post\".*?</form>", html, re.S)
+    for form in forms:
+        assert 'name="_csrf_token"' in form, form
+
+
 def h1(html: str) -> str:
     found = re.search(r"<h1\b[^>]*>(.*?)</h1>", html, re.S)
     assert found, html
@@ -146,6 +152,7 @@ def test_pages_render_for_a_signed_in_user(browser: httpx.Client) -> None:
         assert 'action="/logout"' in html
         assert ">Sign out</button>" in html
         assert 'hx-ext="sse" sse-connect="/api/v1/events"' in html
+        assert_forms_carry_the_csrf_token(html)
         assert not re.search(r"\sstyle=|\son[a-z]+=", html), path
 
 
@@ -285,6 +292,7 @@ def test_the_dashboard_starts_a_task_and_follows_it_to_the_end(browser: httpx.Cl
 
     task_id = start_task(browser, title="Quick one", steps="3", step_ms="0")
     row = browser.get("/dashboard").text
+    assert_forms_carry_the_csrf_token(row)
     assert re.search(
         r'role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="\d+" '
         r'aria-label="Progress of Quick one"',
@@ -293,6 +301,7 @@ def test_the_dashboard_starts_a_task_and_follows_it_to_the_end(browser: httpx.Cl
     wait_until(lambda: task_status(browser, task_id) == "succeeded")
     detail = browser.get(f"/tasks/{task_id}").text
     assert h1(detail) == "Quick one"
+    assert_forms_carry_the_csrf_token(detail)
     assert 'aria-valuenow="100"' in detail
     assert ">100%</span>" in detail
     assert ">Download result</a>" in detail
@@ -378,6 +387,7 @@ def test_notifications_mark_read_and_delete(browser: httpx.Client) -> None:
         wait_until(lambda: task_status(browser, task_id) == "succeeded")  # noqa: B023 - used at once
     wait_until(lambda: 'aria-label="Notifications, 3 unread"' in browser.get("/notifications").text)
     page = browser.get("/notifications").text
+    assert_forms_carry_the_csrf_token(page)
     assert h1(page) == "Notifications"
     assert page.count(">Mark read</button>") == 3
     ids = re.findall(r'id="notification-([0-9a-f-]{36})"', page)
@@ -397,6 +407,10 @@ def test_notifications_mark_read_and_delete(browser: httpx.Client) -> None:
     assert ">Mark read</button>" not in after
     assert '<span id="unread-count" class="badge">0</span>' in after
     assert browser.get("/notifications/bell", headers=HTMX).text.count('id="unread-count"') == 1
+    refreshed = browser.get("/notifications/list", headers=HTMX)
+    assert is_fragment(refreshed)
+    assert refreshed.text.count('id="bell"') == 1  # one out-of-band bell, not one per item
+    assert refreshed.text.count('class="notification"') == 2
 
 
 def test_account_profile_and_password(browser: httpx.Client) -> None:
@@ -447,6 +461,7 @@ def test_admin_page(browser: httpx.Client, live_server: LiveServer) -> None:
         wait_until(lambda: task_status(other, failing) == "failed", timeout=60)
 
         page = browser.get("/admin")
+        assert_forms_carry_the_csrf_token(page.text)
         assert page.status_code == 200
         assert h1(page.text) == "Admin"
         for heading in ("Users", "Queue", "Workers", "Failed tasks", "Broadcast"):

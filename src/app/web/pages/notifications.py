@@ -74,7 +74,7 @@ class NotificationPages(Controller):
         await db_session.commit()
         await service.events.publish(publisher)
         if is_htmx(request):
-            return fragment("partials/notification.html", {"n": notification, "unread": unread, "bell_oob": True})
+            return fragment("partials/notification.html", {"n": notification, "unread": unread, "item_bell": True})
         return go(request, "/notifications")
 
     @post("/read-all")
