@@ -14,14 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.domain.accounts.models import User
 from app.domain.notifications.events import EventPublisher
 from app.domain.notifications.services import NotificationService
-from app.web.pages.rendering import fragment, go, is_htmx, page, requires_signed_in
+from app.web.pages.rendering import fragment, go, is_htmx, live_from, page, requires_signed_in
 
 PAGE_SIZE = 20
 
 
 async def notification_list(service: NotificationService, user: User, offset: int = 0) -> dict[str, Any]:
+    last_event_id = await live_from(service.session)  # first: the rows read next are at least this new
     rows, total = await service.list(user.id, limit=PAGE_SIZE, offset=offset)
     return {
+        "last_event_id": last_event_id,
         "notifications": rows,
         "total": total,
         "offset": offset,

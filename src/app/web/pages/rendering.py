@@ -52,15 +52,25 @@ def is_htmx(request: Request[Any, Any, Any]) -> bool:
 
 
 async def layout(request: Request[Any, Any, Any], db_session: AsyncSession) -> dict[str, Any]:
-    """The base layout's context: the user, the bell's count, and the event id the live stream starts after."""
+    """The base layout's context: the user, the bell's count, and the event id the live stream starts after.
+
+    The event id is read before the count, so an event between the two reads is sent again rather than
+    missed. A page showing more live data reads its own `last_event_id` before that data (see `live_from`).
+    """
     user = current_user(request)
     if user is None:
         return {"user": None}
+    last_event_id = await live_from(db_session)
     return {
         "user": user,
+        "last_event_id": last_event_id,
         "unread": await NotificationService(db_session).unread_count(user.id),
-        "last_event_id": await EventLog(db_session).last_id(),
     }
+
+
+async def live_from(db_session: AsyncSession) -> int:
+    """The newest event id: read it before what a page shows, and the stream started after it misses nothing."""
+    return await EventLog(db_session).last_id()
 
 
 async def page(

@@ -18,12 +18,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.errors import Conflict, DomainError, LimitReached
-from app.domain.notifications.events import EventLog, EventPublisher
+from app.domain.notifications.events import EventPublisher
 from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.kinds import KINDS, Kind, get_kind
 from app.domain.tasks.schemas import TaskRequest, task_out
 from app.domain.tasks.services import TaskService, task_message_args
-from app.web.pages.rendering import field_errors, form_data, fragment, go, is_htmx, page, requires_signed_in, say
+from app.web.pages.rendering import (
+    field_errors,
+    form_data,
+    fragment,
+    go,
+    is_htmx,
+    live_from,
+    page,
+    requires_signed_in,
+    say,
+)
 from app.web.pages.task_forms import param_fields, read_params
 from app.workers.actors.tasks import send_task
 
@@ -50,13 +60,14 @@ def start_form(kind_name: str | None = None, form: dict[str, str] | None = None,
 
 
 async def task_list(service: TaskService, user: User, offset: int = 0) -> dict[str, Any]:
+    last_event_id = await service.events.last_id()  # first: the tasks read next are at least this new
     tasks, total = await service.list(user, status=None, kind=None, limit=PAGE_SIZE, offset=offset)
     return {
         "tasks": [task_out(t) for t in tasks],
         "total": total,
         "offset": offset,
         "page_size": PAGE_SIZE,
-        "last_event_id": await service.events.last_id(),
+        "last_event_id": last_event_id,
     }
 
 
@@ -142,8 +153,9 @@ class TaskPages(Controller):
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
     ) -> Template:
+        last_event_id = await live_from(db_session)
         task = task_out(await TaskService(db_session, settings).get(request.user, task_id))
-        return await page(request, db_session, "task.html", {"task": task})
+        return await page(request, db_session, "task.html", {"task": task, "last_event_id": last_event_id})
 
     @get("/tasks/{task_id:uuid}/row")
     async def row(
@@ -175,7 +187,7 @@ class TaskPages(Controller):
         error: str | None = None,
         status_code: int = 200,
     ) -> Template:
-        last_event_id = await EventLog(db_session).last_id()  # read first: the task is at least this new
+        last_event_id = await live_from(db_session)  # read first: the task is at least this new
         task = task_out(await TaskService(db_session, settings).get(request.user, task_id))
         template = "partials/task_panel.html" if view == "detail" else "partials/task_row.html"
         return fragment(template, {"task": task, "error": error, "last_event_id": last_event_id}, status_code)
