@@ -471,6 +471,11 @@ def test_admin_page(browser: httpx.Client, live_server: LiveServer) -> None:
         assert "Breaks" in page.text
         assert "pid" in page.text
 
+        status = browser.get("/admin/status", headers=HTMX)
+        assert is_fragment(status)
+        assert 'id="admin-status"' in status.text
+        assert "waiting" in status.text
+
         found = browser.get("/admin", params={"q": somebody["username"]}, headers={**HTMX, "HX-Target": "user-list"})
         assert is_fragment(found)
         assert somebody["username"] in found.text

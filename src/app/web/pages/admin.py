@@ -28,7 +28,7 @@ from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.models import FAILED
 from app.domain.tasks.schemas import task_out
 from app.domain.tasks.services import TaskService, task_message_args
-from app.domain.tasks.stats import list_tasks, task_owner
+from app.domain.tasks.stats import count_by_status, list_tasks, task_owner
 from app.web.metrics import queue_depth
 from app.web.pages.rendering import field_errors, form_data, fragment, go, is_htmx, page, requires_admin, say
 from app.workers.actors.notifications import send_broadcast
@@ -55,6 +55,14 @@ async def _queues(broker: dramatiq.Broker) -> dict[str, int] | None:
         return None
 
 
+async def _status(db_session: AsyncSession, broker: dramatiq.Broker, heartbeats: HeartbeatStore) -> dict[str, Any]:
+    return {
+        "queues": await _queues(broker),
+        "workers": await _workers(heartbeats),
+        "by_status": await count_by_status(db_session),
+    }
+
+
 async def _overview(
     db_session: AsyncSession,
     accounts: AccountService,
@@ -68,8 +76,7 @@ async def _overview(
         "q": q or "",
         "users": users,
         "users_total": total,
-        "queues": await _queues(broker),
-        "workers": await _workers(heartbeats),
+        **await _status(db_session, broker, heartbeats),
         "failed": [{"task": task_out(row.task), "username": row.username} for row in failed],
         "broadcast": {"form": {}, "errors": {}},
     }
@@ -95,6 +102,16 @@ class AdminPages(Controller):
         if is_htmx(request) and request.headers.get("hx-target") == "user-list":
             return fragment("partials/admin_users.html", context)
         return await page(request, db_session, "admin.html", context)
+
+    @get("/status")
+    async def status(
+        self,
+        db_session: NamedDependency[AsyncSession],
+        broker: NamedDependency[dramatiq.Broker],
+        heartbeats: NamedDependency[HeartbeatStore],
+    ) -> Template:
+        """The queue and workers part of the page, which refreshes itself."""
+        return fragment("partials/admin_status.html", await _status(db_session, broker, heartbeats))
 
     @post("/users/{user_id:uuid}")
     async def set_flags(
