@@ -126,6 +126,18 @@ def test_visitor_pages_render_with_the_layout(browser: httpx.Client) -> None:
         assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), path
 
 
+def test_scripts_and_styles_are_served_with_their_types(browser: httpx.Client) -> None:
+    """With `X-Content-Type-Options: nosniff` a browser refuses a script or style of another type."""
+    html = browser.get("/").text
+    types = {".js": "text/javascript", ".css": "text/css"}
+    urls = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
+    assert len(urls) == 4, urls  # app.css, htmx, its SSE extension, app.js
+    for url in urls:
+        response = browser.get(url)
+        assert response.status_code == 200, url
+        assert response.headers["content-type"].startswith(types[url[url.rindex(".") :]]), url
+
+
 def test_signed_out_browsers_are_sent_to_sign_in(browser: httpx.Client) -> None:
     for path in ("/dashboard", "/notifications", "/account", "/admin", f"/tasks/{uuid.uuid4()}"):
         response = browser.get(path)
