@@ -182,7 +182,7 @@ def render_problem(request: Request[Any, Any, Any], exc: ProblemDetailsException
         "detail": exc.detail,
         "user": request.scope.get("user"),
     }
-    if htmx:  # a failed swap: say so in a toast, whatever element asked
+    if htmx:  # say so in a toast, whatever element asked (htmx-config lets htmx swap error answers)
         headers = {**(exc.headers or {}), "HX-Retarget": "#toasts", "HX-Reswap": "beforeend"}
         return Template(
             template_name="partials/error_toast.html",

@@ -78,7 +78,7 @@ class SignInPages(Controller):
             context = {"form": form, "errors": errors, "error": error}
             status = 422 if isinstance(exc, InvalidInput) else 409
             if is_htmx(request):
-                return fragment("partials/register_form.html", context, status)
+                return fragment("partials/register_form.html", context)
             return await page(request, db_session, "register.html", context, status)
         raw = await service.email_token(user, VERIFY)
         await db_session.commit()  # the account exists before its email is sent
@@ -117,7 +117,7 @@ class SignInPages(Controller):
             await limiter.count(key, settings.login_window_seconds)
             context = {"form": {"username": username}, "error": "Wrong username or password.", "next": form.get("next")}
             if is_htmx(request):
-                return fragment("partials/login_form.html", context, 401)
+                return fragment("partials/login_form.html", context)
             return await page(request, db_session, "login.html", context, 401)
         await limiter.clear(key)
         await db_session.commit()  # a password hash redone with new parameters
@@ -147,7 +147,7 @@ class SignInPages(Controller):
         if not email_address:
             context = {"form": form, "errors": {"email": "Enter the email address of your account."}}
             if is_htmx(request):
-                return fragment("partials/forgot_form.html", context, 422)
+                return fragment("partials/forgot_form.html", context)
             return await page(request, db_session, "forgot_password.html", context, 422)
         await limiter.take(f"forgot:{client_address(request)}", settings.forgot_password_per_hour, 3600)
         found = await AccountService(db_session, passwords, settings).reset_token_for(email_address)
@@ -188,7 +188,7 @@ class SignInPages(Controller):
             context = {"token": token, "errors": errors, "error": error}
             status = 422 if isinstance(exc, InvalidInput) else 400
             if is_htmx(request):
-                return fragment("partials/reset_form.html", context, status)
+                return fragment("partials/reset_form.html", context)
             return await page(request, db_session, "reset_password.html", context, status)
         await db_session.commit()  # every session of that user ends (its credentials version changed)
         return go(request, "/login", "Your password is set. Sign in with it.")
@@ -238,7 +238,7 @@ class AccountPages(Controller):
             errors, _ = field_errors(exc)
             context = {"user": request.user, "profile": {"errors": errors, "full_name": form.get("full_name")}}
             if is_htmx(request):
-                return fragment("partials/profile_form.html", context, 422)
+                return fragment("partials/profile_form.html", context)
             return await page(request, db_session, "account.html", {**context, "password": {}}, 422)
         await db_session.commit()
         if is_htmx(request):
@@ -266,7 +266,7 @@ class AccountPages(Controller):
                 errors, status = field_errors(exc)[0], 422
             context = {"password": {"errors": errors}}
             if is_htmx(request):
-                return fragment("partials/password_form.html", context, status)
+                return fragment("partials/password_form.html", context)
             return await page(request, db_session, "account.html", {**context, "profile": {}}, status)
         await db_session.commit()
         sign_in_browser(request, user)  # this browser stays signed in; every other session ends

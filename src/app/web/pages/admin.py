@@ -177,7 +177,7 @@ class AdminPages(Controller):
             errors, _ = field_errors(exc)
             context = {"broadcast": {"form": form, "errors": errors}}
             if is_htmx(request):
-                return fragment("partials/broadcast_form.html", context, 422)
+                return fragment("partials/broadcast_form.html", context)
             overview = await _overview(db_session, AccountService(db_session, passwords, settings), broker, heartbeats)
             return await page(request, db_session, "admin.html", {**overview, **context}, 422)
         recipients = await count_recipients(db_session, None)

@@ -87,8 +87,14 @@ async def page(
     )
 
 
-def fragment(template: str, context: dict[str, Any] | None = None, status_code: int = 200) -> Template:
-    return Template(template_name=template, context=context or {}, status_code=status_code)
+def fragment(template: str, context: dict[str, Any] | None = None) -> Template:
+    """An htmx answer: a 200, also for a form sent back with its errors (they are in the markup).
+
+    A mistake in a form is expected, not an error of the page: browsers log every 4xx answer to a
+    script's request as a console error. The plain form post gets the 4xx with the whole page; what
+    is not a form's mistake (CSRF, not found, a limit) keeps its status and shows as a toast.
+    """
+    return Template(template_name=template, context=context or {}, status_code=200)
 
 
 def go(request: Request[Any, Any, Any], path: str, message: str | None = None) -> Response[Any]:

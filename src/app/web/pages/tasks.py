@@ -141,7 +141,7 @@ class TaskPages(Controller):
                 return go(request, "/dashboard", message)
         start = {**start_form(kind.name, form), "errors": errors, "error": error}
         if is_htmx(request):
-            return fragment("partials/start_form.html", {"start": start}, status)
+            return fragment("partials/start_form.html", {"start": start})
         listing = await task_list(service, request.user)
         return await page(request, db_session, "dashboard.html", {"start": start, **listing}, status)
 
@@ -185,12 +185,11 @@ class TaskPages(Controller):
         settings: Settings,
         view: str,
         error: str | None = None,
-        status_code: int = 200,
     ) -> Template:
         last_event_id = await live_from(db_session)  # read first: the task is at least this new
         task = task_out(await TaskService(db_session, settings).get(request.user, task_id))
         template = "partials/task_panel.html" if view == "detail" else "partials/task_row.html"
-        return fragment(template, {"task": task, "error": error, "last_event_id": last_event_id}, status_code)
+        return fragment(template, {"task": task, "error": error, "last_event_id": last_event_id})
 
     async def _after_action(
         self,
@@ -216,7 +215,7 @@ class TaskPages(Controller):
     ) -> Response[Any]:
         await db_session.rollback()
         if is_htmx(request):
-            return await self._fragment(request, task_id, db_session, settings, view, exc.detail, 409)
+            return await self._fragment(request, task_id, db_session, settings, view, exc.detail)
         say(request, exc.detail, "error")
         return go(request, f"/tasks/{task_id}" if view == "detail" else "/dashboard")
 

@@ -217,11 +217,12 @@
     element.querySelectorAll("[data-task-id]").forEach(catchUp);
   });
 
-  // After a form comes back with errors, put the keyboard on the first field to fix.
-  document.addEventListener("htmx:afterSwap", (event) => {
-    const target = event.detail.target;
-    if (!(target instanceof Element) || !target.isConnected) return;
-    const invalid = target.querySelector('[aria-invalid="true"]');
-    if (invalid) invalid.focus();
+  // After a form comes back with errors, put the keyboard on the first field to fix (the swap
+  // replaced the button that had the focus).
+  document.addEventListener("htmx:afterSettle", () => {
+    const focused = document.activeElement;
+    if (focused && focused !== document.body) return;
+    const invalid = document.querySelector('[aria-invalid="true"]');
+    if (invalid instanceof HTMLElement) invalid.focus();
   });
 })();
