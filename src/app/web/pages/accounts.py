@@ -264,7 +264,7 @@ class AccountPages(Controller):
                 errors, status = {"current_password": "The current password is wrong."}, 400
             else:
                 errors, status = field_errors(exc)[0], 422
-            context = {"password": {"errors": errors}}
+            context = {"user": request.user, "password": {"errors": errors}}
             if is_htmx(request):
                 return fragment("partials/password_form.html", context)
             return await page(request, db_session, "account.html", {**context, "profile": {}}, status)
@@ -272,5 +272,5 @@ class AccountPages(Controller):
         sign_in_browser(request, user)  # this browser stays signed in; every other session ends
         message = "Password changed. Other devices have been signed out."
         if is_htmx(request):
-            return fragment("partials/password_form.html", {"password": {"saved": message}})
+            return fragment("partials/password_form.html", {"user": user, "password": {"saved": message}})
         return go(request, "/account", message)
