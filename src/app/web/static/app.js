@@ -190,10 +190,6 @@
     opened = true;
   });
 
-  document.addEventListener("htmx:sseError", () => {
-    document.documentElement.dataset.live = "reconnecting";
-  });
-
   // --- htmx set-up ----------------------------------------------------------------------------
 
   // Deferred scripts run in order once the document is parsed, before htmx processes it: the
@@ -205,7 +201,22 @@
     htmx.createEventSource = (url) => {
       const separator = url.includes("?") ? "&" : "?";
       const full = lastEventId ? url + separator + "last_event_id=" + lastEventId : url;
-      return new EventSource(full, { withCredentials: true });
+      const source = new EventSource(full, { withCredentials: true });
+      // While the browser reconnects by itself (readyState CONNECTING, sending Last-Event-ID), the
+      // extension need not hear of the error (htmx would log it to the console); once the stream is
+      // closed for good, the extension opens a new one, with backoff.
+      let extensionHandler = null;
+      Object.defineProperty(source, "onerror", {
+        get: () => extensionHandler,
+        set: (handler) => {
+          extensionHandler = handler;
+        },
+      });
+      source.addEventListener("error", (event) => {
+        document.documentElement.dataset.live = "reconnecting";
+        if (source.readyState === EventSource.CLOSED && extensionHandler) extensionHandler(event);
+      });
+      return source;
     };
   }
 
