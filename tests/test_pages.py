@@ -119,6 +119,9 @@ def test_visitor_pages_render_with_the_layout(browser: httpx.Client) -> None:
         assert '<nav aria-label="Main"' in html
         assert "<footer" in html
         assert 'href="/login">Sign in</a>' in html
+        # One link of each name, so that a reader (or a test) finding it by its name finds one.
+        assert html.count(">Sign in</a>") == 1
+        assert html.count(">Create account</a>") == 1
         assert ">Create account</a>" in html
         assert 'id="toasts" class="toasts" role="status" aria-live="polite"' in html
         assert "sse-connect" not in html  # no live stream without a user
