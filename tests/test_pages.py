@@ -520,3 +520,37 @@ def test_admin_page(browser: httpx.Client, live_server: LiveServer) -> None:
         assert is_fragment(htmx)
         assert "Broadcast sent to 2 users." in htmx.text
         wait_until(lambda: "Tonight at ten." in browser.get("/notifications").text)
+
+
+def test_an_unexpected_error_is_a_page_saying_so() -> None:
+    """A 500 on a page is the layout with "Something went wrong" and nothing about internals."""
+    from litestar import Litestar, get
+    from litestar.plugins.jinja import JinjaTemplateEngine
+    from litestar.template.config import TemplateConfig
+    from litestar.testing import TestClient
+
+    from app.web.app import TEMPLATES
+    from app.web.assets import StaticAssets
+    from app.web.errors import exception_handlers
+
+    @get("/boom", sync_to_thread=False)
+    def boom() -> None:
+        raise RuntimeError("a secret detail")
+
+    assets = StaticAssets()
+    templates = TemplateConfig(
+        directory=TEMPLATES,
+        engine=JinjaTemplateEngine,
+        engine_callback=lambda engine: engine.engine.globals.update(static_url=assets.url),
+    )
+    app = Litestar([boom], exception_handlers=exception_handlers(), template_config=templates)
+    with TestClient(app) as client:
+        page = client.get("/boom")
+        assert page.status_code == 500
+        assert page.headers["content-type"].startswith("text/html")
+        assert h1(page.text) == "Something went wrong"
+        assert "a secret detail" not in page.text
+        toast = client.get("/boom", headers=HTMX)
+        assert toast.status_code == 500
+        assert toast.headers["hx-retarget"] == "#toasts"
+        assert is_fragment(toast)
