@@ -146,8 +146,9 @@ def test_signed_out_browsers_are_sent_to_sign_in(browser: httpx.Client) -> None:
         response = browser.get(path)
         assert response.status_code == 303, path
         assert response.headers["location"] == f"/login?next={path}"
-    htmx = browser.get("/dashboard/tasks", headers=HTMX)
-    assert htmx.headers["hx-redirect"] == "/login?next=/dashboard/tasks"
+    here = str(browser.base_url).rstrip("/") + "/dashboard?offset=20"
+    htmx = browser.get("/dashboard/tasks", headers={**HTMX, "HX-Current-URL": here})
+    assert htmx.headers["hx-redirect"] == "/login?next=/dashboard"  # the page, not the fragment
 
 
 def test_pages_render_for_a_signed_in_user(browser: httpx.Client) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import structlog
 from advanced_alchemy.exceptions import (
@@ -162,6 +162,18 @@ def _heading(status: int) -> str:
     return PAGE_HEADINGS.get(status) or ("Something went wrong" if status >= 500 else _title(status))
 
 
+def _to_sign_in(request: Request[Any, Any, Any], htmx: bool) -> Response[Any]:
+    """Sign in first, then back to the page: the one asked for, or for htmx the one the browser shows."""
+    page = urlsplit(request.headers.get("hx-current-url", "")).path if htmx else request.url.path
+    if htmx or request.method == "GET":
+        target = "/login?next=" + quote(page, safe="/") if page.startswith("/") else "/login"
+    else:
+        target = "/login"
+    if htmx:
+        return Response(content="", headers={"HX-Redirect": target})
+    return Redirect(path=target, status_code=303)
+
+
 def render_problem(request: Request[Any, Any, Any], exc: ProblemDetailsException) -> Response[Any]:
     """Problem JSON under /api; for pages, an HTML error page (htmx: a toast), and sign-in for a 401."""
     if not _wants_page(request):
@@ -171,10 +183,7 @@ def render_problem(request: Request[Any, Any, Any], exc: ProblemDetailsException
     status = exc.status_code
     htmx = request.headers.get("hx-request") == "true"
     if status == 401:
-        target = "/login" if request.method != "GET" else "/login?next=" + quote(request.url.path, safe="/")
-        if htmx:
-            return Response(content="", headers={"HX-Redirect": target})
-        return Redirect(path=target, status_code=303)
+        return _to_sign_in(request, htmx)
     context = {
         "status": status,
         "title": exc.title or _title(status),
