@@ -16,6 +16,7 @@ import pytest
 from tests.accounts import PASSWORD, litestar_cli, new_identity, token_from_mail
 from tests.servers import LiveServer
 from tests.smtp import SmtpServer
+from tests.sse import events
 
 CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
 HTMX = {"HX-Request": "true"}
@@ -391,6 +392,34 @@ def test_task_actions_plain_and_with_htmx(browser: httpx.Client) -> None:
     wait_until(lambda: task_status(browser, second) == "succeeded")
     gone = post(browser, f"/tasks/{second}/delete", {"view": "detail"})
     assert "Deleted “Demo job”." in follow(browser, gone).text
+
+
+async def test_the_live_stream_starts_where_the_page_was_rendered(browser: httpx.Client) -> None:
+    """The page names the newest event it shows; the stream from there brings the next task's updates only."""
+    sign_up(browser)
+    earlier = start_task(browser, steps="1", step_ms="0")
+    wait_until(lambda: task_status(browser, earlier) == "succeeded")
+    dashboard = browser.get("/dashboard").text
+    found = re.search(r'<body hx-ext="sse" sse-connect="/api/v1/events" data-last-event-id="(\d+)"', dashboard)
+    assert found, dashboard
+    rendered = int(found.group(1))
+    assert f'id="task-{earlier}"' in dashboard
+    assert 'aria-valuenow="100"' in dashboard
+
+    later = start_task(browser, title="After the page", steps="3", step_ms="0")
+    cookies = {"session": browser.cookies["session"]}
+    async with httpx.AsyncClient(base_url=str(browser.base_url), cookies=cookies, timeout=30) as client:
+        updates = []
+        async with client.stream("GET", f"/api/v1/events?last_event_id={rendered}") as response:
+            assert response.status_code == 200
+            async for event in events(response):
+                assert event.id > rendered
+                if event.event == "task.updated":
+                    updates.append(event.data)
+                    if event.data["status"] == "succeeded":
+                        break
+    assert {update["id"] for update in updates} == {later}  # nothing from before the page
+    assert updates[-1]["progress"]["percent"] == 100
 
 
 # --- notifications and the account ------------------------------------------------------------------
