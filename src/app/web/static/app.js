@@ -228,12 +228,14 @@
     element.querySelectorAll("[data-task-id]").forEach(catchUp);
   });
 
-  // After a form comes back with errors, put the keyboard on the first field to fix (the swap
+  // After a form comes back with errors, put the keyboard on its first field to fix (the swap
   // replaced the button that had the focus).
-  document.addEventListener("htmx:afterSettle", () => {
-    const focused = document.activeElement;
-    if (focused && focused !== document.body) return;
-    const invalid = document.querySelector('[aria-invalid="true"]');
+  document.addEventListener("htmx:afterSettle", (event) => {
+    const config = event.detail.requestConfig;
+    const form = config ? config.elt : null;
+    if (!(form instanceof HTMLFormElement)) return;
+    const action = form.getAttribute("action");
+    const invalid = document.querySelector('form[action="' + action + '"] [aria-invalid="true"]');
     if (invalid instanceof HTMLElement) invalid.focus();
   });
 })();
