@@ -21,6 +21,7 @@ from app.domain.errors import Conflict, DomainError, LimitReached
 from app.domain.notifications.events import EventPublisher
 from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.kinds import KINDS, Kind, get_kind
+from app.domain.tasks.models import Task
 from app.domain.tasks.schemas import TaskRequest, task_out
 from app.domain.tasks.services import TaskService, task_message_args
 from app.web.pages.rendering import (
@@ -59,11 +60,17 @@ def start_form(kind_name: str | None = None, form: dict[str, str] | None = None,
     }
 
 
+def _cancelling(task: Task) -> set[UUID]:
+    """The ids (this one, or none) of running tasks asked to stop, which the page says are being cancelled."""
+    return {task.id} if task.cancel_requested else set()
+
+
 async def task_list(service: TaskService, user: User, offset: int = 0) -> dict[str, Any]:
     last_event_id = await service.events.last_id()  # first: the tasks read next are at least this new
     tasks, total = await service.list(user, status=None, kind=None, limit=PAGE_SIZE, offset=offset)
     return {
         "tasks": [task_out(t) for t in tasks],
+        "cancelling": {t.id for t in tasks if t.cancel_requested},
         "total": total,
         "offset": offset,
         "page_size": PAGE_SIZE,
@@ -154,8 +161,9 @@ class TaskPages(Controller):
         settings: NamedDependency[Settings],
     ) -> Template:
         last_event_id = await live_from(db_session)
-        task = task_out(await TaskService(db_session, settings).get(request.user, task_id))
-        return await page(request, db_session, "task.html", {"task": task, "last_event_id": last_event_id})
+        task = await TaskService(db_session, settings).get(request.user, task_id)
+        context = {"task": task_out(task), "cancelling": _cancelling(task), "last_event_id": last_event_id}
+        return await page(request, db_session, "task.html", context)
 
     @get("/tasks/{task_id:uuid}/row")
     async def row(
@@ -187,9 +195,10 @@ class TaskPages(Controller):
         error: str | None = None,
     ) -> Template:
         last_event_id = await live_from(db_session)  # read first: the task is at least this new
-        task = task_out(await TaskService(db_session, settings).get(request.user, task_id))
+        task = await TaskService(db_session, settings).get(request.user, task_id)
         template = "partials/task_panel.html" if view == "detail" else "partials/task_row.html"
-        return fragment(template, {"task": task, "error": error, "last_event_id": last_event_id})
+        context = {"task": task_out(task), "cancelling": _cancelling(task), "error": error}
+        return fragment(template, {**context, "last_event_id": last_event_id})
 
     async def _after_action(
         self,
