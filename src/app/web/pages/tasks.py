@@ -107,7 +107,7 @@ class TaskPages(Controller):
 
     @get("/dashboard/task-params")
     async def params_fragment(self, kind: Annotated[str | None, QueryParameter(required=False)] = None) -> Template:
-        return fragment("partials/task_params.html", start_form(kind))
+        return fragment("partials/task_params.html", {**start_form(kind), "swapped": True})
 
     @post("/tasks")
     async def start(
