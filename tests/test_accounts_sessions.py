@@ -52,7 +52,7 @@ def sign_in(browser: httpx.Client, identity: dict[str, str]) -> httpx.Response:
     form = {"username": identity["username"], "password": PASSWORD, "_csrf_token": csrf_token(browser)}
     response = browser.post("/login", data=form)
     assert response.status_code == 303, response.text
-    assert response.headers["location"] == "/"
+    assert response.headers["location"] == "/dashboard"
     return response
 
 
@@ -92,7 +92,7 @@ def test_sign_in_needs_the_csrf_token_and_sets_a_safe_session_cookie(
 
     signed_in = browser.post("/login", data={**form, "_csrf_token": token})
     assert signed_in.status_code == 303
-    assert signed_in.headers["location"] == "/"
+    assert signed_in.headers["location"] == "/dashboard"
     (cookie,) = [c for c in signed_in.headers.get_list("set-cookie") if c.startswith("session=")]
     attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
     assert "httponly" in attributes, cookie

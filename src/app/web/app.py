@@ -27,6 +27,7 @@ from litestar.middleware.logging import LoggingMiddlewareConfig
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.flash import FlashConfig, FlashPlugin
 from litestar.plugins.htmx import HTMXPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.plugins.problem_details import ProblemDetailsPlugin
@@ -61,7 +62,7 @@ from app.web.metrics import MetricsRefresher
 from app.web.notifications import AdminNotificationsController, NotificationsController
 from app.web.oidc import OIDCIdentities, OIDCVerifier
 from app.web.openapi import document_problems
-from app.web.pages import PagesController
+from app.web.pages import PAGE_CONTROLLERS
 from app.web.request_id import RequestIdMiddleware
 from app.web.security import SecurityHeadersMiddleware
 from app.web.tasks import TaskKindsController, TasksController
@@ -184,12 +185,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     embedded = [EmbeddedWorkersPlugin(EmbeddedWorkers(broker, settings), channels)] if settings.embedded_workers else []
 
+    templates = TemplateConfig(
+        directory=TEMPLATES,
+        engine=JinjaTemplateEngine,
+        engine_callback=lambda engine: engine.engine.globals.update(static_url=assets.url),
+    )
+
     def constant(value: Any) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
     return Litestar(
         route_handlers=[
-            PagesController,
+            *PAGE_CONTROLLERS,
             HealthController,
             EventsController,
             DiagnosticsController,
@@ -226,6 +233,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             channels,
             ProblemDetailsPlugin(problem_details_config()),
             HTMXPlugin(),
+            FlashPlugin(FlashConfig(template_config=templates)),
             GranianPlugin(),
             OperatorCLIPlugin(),
             *embedded,  # after `channels`: see EmbeddedWorkersPlugin
@@ -248,11 +256,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if settings.cors_origin_list
         else None,
         openapi_config=_openapi(assets),
-        template_config=TemplateConfig(
-            directory=TEMPLATES,
-            engine=JinjaTemplateEngine,
-            engine_callback=lambda engine: engine.engine.globals.update(static_url=assets.url),
-        ),
+        template_config=templates,
         debug=settings.app_env == "development" and settings.log_level.upper() == "DEBUG",
         on_startup=[document_problems],
     )

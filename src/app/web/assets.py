@@ -10,6 +10,7 @@ A hashed name is served as immutable; a plain name still works, revalidated each
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 from pathlib import Path, PurePosixPath
 
 from litestar import get
@@ -62,4 +63,12 @@ def serve_static(name: FromPath[str], assets: NamedDependency[StaticAssets]) -> 
         raise NotFoundException(detail=f"No static file {name}")
     path, immutable = found
     cache = IMMUTABLE if immutable else REVALIDATE
-    return File(path, content_disposition_type="inline", headers={cache.HEADER_NAME: cache.to_header()})
+    # The type comes from the file's own name (a hashed URL has none Litestar would guess from);
+    # with `nosniff`, a browser runs no script and applies no style served as octet-stream.
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return File(
+        path,
+        media_type=media_type,
+        content_disposition_type="inline",
+        headers={cache.HEADER_NAME: cache.to_header()},
+    )

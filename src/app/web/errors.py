@@ -1,5 +1,9 @@
 """Errors: problem details (RFC 9457) under /api, HTML error pages elsewhere.
 
+A page that needs a signed-in user sends a browser without one to /login (a 303, or
+HX-Redirect for htmx); any other error of a page is an HTML page, or for an htmx
+request a toast swapped into `#toasts`.
+
 Every problem has `type`, `title`, `status` and `detail`; validation problems add
 `errors: [{field, message}]`. Unexpected exceptions become a 500 whose detail says
 nothing about internals (the log has the traceback and the request id).
@@ -10,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 import structlog
 from advanced_alchemy.exceptions import (
@@ -21,7 +26,7 @@ from asyncpg.exceptions import AdminShutdownError, CannotConnectNowError, CrashS
 from litestar import MediaType, Request, Response
 from litestar.exceptions import ClientException, HTTPException, TooManyRequestsException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException
-from litestar.response import Template
+from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DBAPIError
@@ -173,16 +178,64 @@ def _is_api(request: Request[Any, Any, Any]) -> bool:
     return request.url.path.startswith(API_PREFIX)
 
 
+#: Paths for programs, not people: they answer problem JSON unless the client asks for HTML.
+MACHINE_PREFIXES = (API_PREFIX, "/health", "/metrics", "/static", "/schema")
+PAGE_HEADINGS = {403: "Forbidden", 404: "Page not found"}
+
+
+def _wants_page(request: Request[Any, Any, Any]) -> bool:
+    if _is_api(request):
+        return False
+    if request.url.path.startswith(MACHINE_PREFIXES):
+        return "text/html" in request.headers.get("accept", "")
+    return True
+
+
+def _heading(status: int) -> str:
+    return PAGE_HEADINGS.get(status) or ("Something went wrong" if status >= 500 else _title(status))
+
+
+def _to_sign_in(request: Request[Any, Any, Any], htmx: bool) -> Response[Any]:
+    """Sign in first, then back to the page: the one asked for, or for htmx the one the browser shows."""
+    page = urlsplit(request.headers.get("hx-current-url", "")).path if htmx else request.url.path
+    if htmx or request.method == "GET":
+        target = "/login?next=" + quote(page, safe="/") if page.startswith("/") else "/login"
+    else:
+        target = "/login"
+    if htmx:
+        return Response(content="", headers={"HX-Redirect": target})
+    return Redirect(path=target, status_code=303)
+
+
 def render_problem(request: Request[Any, Any, Any], exc: ProblemDetailsException) -> Response[Any]:
-    """Problem JSON under /api; an HTML error page for pages."""
-    if _is_api(request) or "text/html" not in request.headers.get("accept", ""):
+    """Problem JSON under /api; for pages, an HTML error page (htmx: a toast), and sign-in for a 401."""
+    if not _wants_page(request):
         response = exc.to_response(request)
         response.headers.update(exc.headers or {})
         return response
     status = exc.status_code
+    htmx = request.headers.get("hx-request") == "true"
+    if status == 401:
+        return _to_sign_in(request, htmx)
+    context = {
+        "status": status,
+        "title": exc.title or _title(status),
+        "heading": _heading(status),
+        "detail": exc.detail,
+        "user": request.scope.get("user"),
+    }
+    if htmx:  # say so in a toast, whatever element asked (htmx-config lets htmx swap error answers)
+        headers = {**(exc.headers or {}), "HX-Retarget": "#toasts", "HX-Reswap": "beforeend"}
+        return Template(
+            template_name="partials/error_toast.html",
+            context=context,
+            status_code=status,
+            media_type=MediaType.HTML,
+            headers=headers,
+        )
     return Template(
         template_name="error.html",
-        context={"status": status, "title": exc.title or _title(status), "detail": exc.detail},
+        context=context,
         status_code=status,
         media_type=MediaType.HTML,
         headers=exc.headers,

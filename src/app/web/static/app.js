@@ -1,7 +1,241 @@
-// The project's own script. htmx and its SSE extension do the live work; nothing inline.
-document.addEventListener("htmx:sseError", () => {
-  document.documentElement.dataset.live = "reconnecting";
-});
-document.addEventListener("htmx:sseOpen", () => {
-  document.documentElement.dataset.live = "open";
-});
+// The project's own script (no inline script anywhere: the CSP forbids it).
+//
+// Live updates: <body sse-connect="/api/v1/events"> (htmx's SSE extension) holds the event
+// stream of a signed-in user. This script listens to its events and applies them by id:
+//   task.updated          -> the task's row or panel: status, progress bar, message; when the
+//                            status changes, the server's fragment is fetched again (its buttons
+//                            change); a task that ends shows a toast.
+//   notification.created  -> the bell's count is fetched again; the notifications page reloads its list.
+//   notification.updated  -> the bell shows the unread count the event carries.
+// Nothing is lost across a dropped connection: each stream starts after the last event id this
+// page saw (the browser sends Last-Event-ID itself when it reconnects; a new stream gets
+// ?last_event_id=), and after a reconnect the visible fragments are fetched again.
+(function () {
+  "use strict";
+
+  const FINAL = ["succeeded", "failed", "cancelled"];
+  const TOAST_MS = 6000;
+  const toasted = new Set();
+  const latest = new Map(); // task id -> {eventId, task}: the newest state this page has seen
+  const wired = new WeakSet();
+  let lastEventId = 0;
+  let opened = false;
+
+  function readLastEventId() {
+    const value = parseInt(document.body.dataset.lastEventId || "0", 10);
+    if (!Number.isNaN(value) && value > lastEventId) lastEventId = value;
+  }
+
+  // --- toasts -----------------------------------------------------------------------------
+
+  function dismiss(toast) {
+    if (!toast.isConnected || toast.classList.contains("leaving")) return;
+    toast.classList.add("leaving");
+    window.setTimeout(() => toast.remove(), 400);
+  }
+
+  function scheduleFade(toast) {
+    window.setTimeout(() => dismiss(toast), TOAST_MS);
+  }
+
+  function toast(text, kind) {
+    const box = document.getElementById("toasts");
+    if (!box) return;
+    const item = document.createElement("div");
+    item.className = "toast" + (kind ? " toast-" + kind : "");
+    const message = document.createElement("p");
+    message.textContent = text;
+    const close = document.createElement("button");
+    close.type = "button";
+    close.className = "toast-close";
+    close.setAttribute("aria-label", "Dismiss");
+    close.textContent = "×";
+    item.append(message, close);
+    box.append(item);
+    scheduleFade(item);
+  }
+
+  document.addEventListener("click", (event) => {
+    const close = event.target instanceof Element ? event.target.closest(".toast-close") : null;
+    if (close) dismiss(close.closest(".toast"));
+  });
+
+  // --- the bell -----------------------------------------------------------------------------
+
+  function setUnread(count) {
+    const bell = document.getElementById("bell");
+    const number = document.getElementById("unread-count");
+    if (!bell || !number) return;
+    number.textContent = String(count);
+    bell.setAttribute("aria-label", "Notifications, " + count + " unread");
+    bell.classList.toggle("has-unread", count > 0);
+  }
+
+  let bellTimer = 0;
+  function refreshBell() {
+    window.clearTimeout(bellTimer);
+    bellTimer = window.setTimeout(() => {
+      if (document.getElementById("bell")) {
+        htmx.ajax("GET", "/notifications/bell", { target: "#bell", swap: "outerHTML" });
+      }
+    }, 150);
+  }
+
+  // --- tasks --------------------------------------------------------------------------------
+
+  function applyTask(element, task) {
+    const percent = Math.max(0, Math.min(100, Math.floor(task.progress.percent)));
+    const bar = element.querySelector('[role="progressbar"]');
+    if (bar) {
+      bar.setAttribute("aria-valuenow", String(percent));
+      const meter = bar.querySelector("progress");
+      if (meter) meter.value = percent;
+      const text = bar.querySelector(".progress-text");
+      if (text) text.textContent = percent + "%";
+    }
+    const status = element.querySelector(".status");
+    if (status) {
+      status.textContent = task.status;
+      status.className = "status status-" + task.status;
+    }
+    const message = element.querySelector(".task-message");
+    if (message) message.textContent = task.error || (task.progress && task.progress.message) || "";
+  }
+
+  function refetch(element, taskId) {
+    const isPanel = element.id === "task-panel";
+    const url = "/tasks/" + taskId + (isPanel ? "/panel" : "/row");
+    htmx.ajax("GET", url, { target: element, swap: "outerHTML" });
+  }
+
+  let listTimer = 0;
+  function refreshTaskList() {
+    window.clearTimeout(listTimer);
+    listTimer = window.setTimeout(() => htmx.trigger(document.body, "tasks-changed"), 200);
+  }
+
+  function onTask(event) {
+    const task = JSON.parse(event.data);
+    const eventId = parseInt(event.lastEventId || "0", 10);
+    latest.set(task.id, { eventId, task });
+    const elements = document.querySelectorAll('[data-task-id="' + task.id + '"]');
+    elements.forEach((element) => {
+      const changed = element.dataset.status !== task.status;
+      applyTask(element, task);
+      if (changed) refetch(element, task.id);
+    });
+    if (!elements.length && document.getElementById("task-list")) refreshTaskList();
+    if (FINAL.includes(task.status)) {
+      const key = task.id + ":" + task.attempts + ":" + task.status;
+      if (!toasted.has(key)) {
+        toasted.add(key);
+        const words = { succeeded: "succeeded", failed: "failed", cancelled: "was cancelled" };
+        toast(task.title + " " + words[task.status], task.status);
+      }
+    }
+  }
+
+  // A fragment rendered before the newest event this page saw is brought up to date at once.
+  function catchUp(element) {
+    const known = latest.get(element.dataset.taskId);
+    const rendered = parseInt(element.dataset.eventId || "0", 10);
+    if (known && known.eventId > rendered && element.dataset.status === known.task.status) {
+      applyTask(element, known.task);
+    } else if (known && known.eventId > rendered) {
+      refetch(element, known.task.id);
+    }
+  }
+
+  // --- notifications ------------------------------------------------------------------------
+
+  function onNotificationCreated(event) {
+    const notification = JSON.parse(event.data);
+    refreshBell();
+    htmx.trigger(document.body, "notifications-changed");
+    if (notification.category === "system") toast(notification.title + ": " + notification.message, "");
+  }
+
+  function onNotificationUpdated(event) {
+    const data = JSON.parse(event.data);
+    if (typeof data.unread === "number") setUnread(data.unread);
+  }
+
+  // --- the stream -----------------------------------------------------------------------------
+
+  function remember(handler) {
+    return (event) => {
+      const id = parseInt(event.lastEventId || "0", 10);
+      if (!Number.isNaN(id) && id > lastEventId) lastEventId = id;
+      handler(event);
+    };
+  }
+
+  function wire(source) {
+    if (wired.has(source)) return;
+    wired.add(source);
+    source.addEventListener("task.updated", remember(onTask));
+    source.addEventListener("notification.created", remember(onNotificationCreated));
+    source.addEventListener("notification.updated", remember(onNotificationUpdated));
+  }
+
+  function refreshVisible() {
+    document.querySelectorAll(".live-fragment").forEach((element) => htmx.trigger(element, "app:refresh"));
+    refreshBell();
+  }
+
+  document.addEventListener("htmx:sseOpen", (event) => {
+    document.documentElement.dataset.live = "open";
+    wire(event.detail.source);
+    if (opened) refreshVisible(); // back after a drop: fetch what is on screen again
+    opened = true;
+  });
+
+  // --- htmx set-up ----------------------------------------------------------------------------
+
+  // Deferred scripts run in order once the document is parsed, before htmx processes it: the
+  // stream htmx opens for <body> already uses this.
+  readLastEventId();
+  if (window.htmx) {
+    // Every stream (the first, and a new one after the browser gave up on the old) starts after the
+    // last event this page has seen: the page was rendered as of data-last-event-id.
+    htmx.createEventSource = (url) => {
+      const separator = url.includes("?") ? "&" : "?";
+      const full = lastEventId ? url + separator + "last_event_id=" + lastEventId : url;
+      const source = new EventSource(full, { withCredentials: true });
+      // While the browser reconnects by itself (readyState CONNECTING, sending Last-Event-ID), the
+      // extension need not hear of the error (htmx would log it to the console); once the stream is
+      // closed for good, the extension opens a new one, with backoff.
+      let extensionHandler = null;
+      Object.defineProperty(source, "onerror", {
+        get: () => extensionHandler,
+        set: (handler) => {
+          extensionHandler = handler;
+        },
+      });
+      source.addEventListener("error", (event) => {
+        document.documentElement.dataset.live = "reconnecting";
+        if (source.readyState === EventSource.CLOSED && extensionHandler) extensionHandler(event);
+      });
+      return source;
+    };
+  }
+
+  document.addEventListener("htmx:load", (event) => {
+    const element = event.detail.elt;
+    if (!(element instanceof Element)) return;
+    if (element.classList.contains("toast")) scheduleFade(element);
+    if (element.dataset.taskId) catchUp(element);
+    element.querySelectorAll("[data-task-id]").forEach(catchUp);
+  });
+
+  // After a form comes back with errors, put the keyboard on its first field to fix (the swap
+  // replaced the button that had the focus).
+  document.addEventListener("htmx:afterSettle", (event) => {
+    const config = event.detail.requestConfig;
+    const form = config ? config.elt : null;
+    if (!(form instanceof HTMLFormElement)) return;
+    const action = form.getAttribute("action");
+    const invalid = document.querySelector('form[action="' + action + '"] [aria-invalid="true"]');
+    if (invalid instanceof HTMLElement) invalid.focus();
+  });
+})();

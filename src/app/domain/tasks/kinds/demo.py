@@ -11,9 +11,14 @@ from app.domain.tasks.kinds.base import Kind, TaskContext
 
 
 class DemoParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    steps: Annotated[int, msgspec.Meta(ge=1, le=10_000, description="How many steps")] = 100
-    step_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000, description="Milliseconds per step")] = 100
-    fail_at_step: Annotated[int, msgspec.Meta(ge=1, description="This step raises (to try failures)")] | None = None
+    steps: Annotated[int, msgspec.Meta(ge=1, le=10_000, title="Steps", description="How many steps")] = 100
+    step_ms: Annotated[
+        int, msgspec.Meta(ge=0, le=60_000, title="Step duration (ms)", description="Milliseconds per step")
+    ] = 100
+    fail_at_step: (
+        Annotated[int, msgspec.Meta(ge=1, title="Fail at step", description="This step raises (to try failures)")]
+        | None
+    ) = None
 
 
 class StepFailed(RuntimeError):

@@ -7,7 +7,7 @@ import hashlib
 import io
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from sqlalchemy import func, literal, select, tuple_
@@ -33,8 +33,8 @@ MODELS: dict[str, type[Task] | type[Notification]] = {"tasks": Task, "notificati
 
 
 class ExportParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    dataset: Literal["tasks", "notifications"]
-    format: Literal["csv", "json"] = "csv"
+    dataset: Annotated[Literal["tasks", "notifications"], msgspec.Meta(title="Data", description="What to export")]
+    format: Annotated[Literal["csv", "json"], msgspec.Meta(title="Format", description="The file's format")] = "csv"
 
 
 def _cell(value: Any) -> Any:

@@ -1,0 +1,276 @@
+"""Account pages: the start page, sign-up, sign-in and out, email links (verify, reset) and /account."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+from litestar.response import Redirect, Template
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.domain.accounts.emails import reset_email, reset_link, verification_email, verification_link
+from app.domain.accounts.errors import InvalidCredentials, InvalidToken
+from app.domain.accounts.models import User
+from app.domain.accounts.passwords import Passwords
+from app.domain.accounts.schemas import ProfileChange, Registration
+from app.domain.accounts.services import VERIFY, AccountService
+from app.domain.errors import DomainError, InvalidInput
+from app.web.accounts import client_address
+from app.web.auth import sign_in_browser, sign_out_browser
+from app.web.limits import Limiter
+from app.web.pages.rendering import (
+    current_user,
+    field_errors,
+    form_data,
+    fragment,
+    go,
+    is_htmx,
+    page,
+    requires_signed_in,
+    safe_next,
+)
+from app.workers.actors.mail import enqueue_email
+
+
+class SignInPages(Controller):
+    """Pages for visitors: what this is, sign-up, sign-in, and the links sent by email."""
+
+    include_in_schema = False
+
+    @get("/", name="home")
+    async def home(self, request: Request[Any, Any, Any], db_session: NamedDependency[AsyncSession]) -> Response[Any]:
+        if current_user(request) is not None:
+            return Redirect(path="/dashboard", status_code=303)
+        return await page(request, db_session, "index.html")
+
+    @get("/register")
+    async def register_page(
+        self, request: Request[Any, Any, Any], db_session: NamedDependency[AsyncSession]
+    ) -> Response[Any]:
+        return await page(request, db_session, "register.html", {"form": {}, "errors": {}})
+
+    @post("/register")
+    async def register(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
+        settings: NamedDependency[Settings],
+    ) -> Response[Any]:
+        form = await form_data(request)
+        await limiter.take(f"register:{client_address(request)}", settings.registrations_per_hour, 3600)
+        service = AccountService(db_session, passwords, settings)
+        registration = Registration(
+            email=form.get("email", ""),
+            username=form.get("username", ""),
+            password=form.get("password", ""),
+            full_name=form.get("full_name") or None,
+        )
+        try:
+            user = await service.register(registration)
+        except DomainError as exc:
+            errors, error = field_errors(exc)
+            context = {"form": form, "errors": errors, "error": error}
+            status = 422 if isinstance(exc, InvalidInput) else 409
+            if is_htmx(request):
+                return fragment("partials/register_form.html", context)
+            return await page(request, db_session, "register.html", context, status)
+        raw = await service.email_token(user, VERIFY)
+        await db_session.commit()  # the account exists before its email is sent
+        email = verification_email(user.email, user.username, verification_link(settings.base_url, raw))
+        await anyio.to_thread.run_sync(enqueue_email, email)  # the broker client blocks
+        sign_in_browser(request, user)
+        return go(request, "/dashboard", f"Welcome, {user.username}! We sent a link to {user.email} to confirm it.")
+
+    @get("/login", name="login")
+    async def login_page(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        next_path: Annotated[str | None, QueryParameter(name="next", required=False)] = None,
+    ) -> Response[Any]:
+        return await page(request, db_session, "login.html", {"form": {}, "next": safe_next(next_path)})
+
+    @post("/login")
+    async def login(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
+        settings: NamedDependency[Settings],
+    ) -> Response[Any]:
+        form = await form_data(request)
+        username = form.get("username", "")
+        key = f"login:{username.strip().lower()}:{client_address(request)}"
+        await limiter.refuse_if_over(key, settings.login_failures_per_window, settings.login_window_seconds)
+        try:
+            user = await AccountService(db_session, passwords, settings).authenticate(
+                username, form.get("password", "")
+            )
+        except InvalidCredentials:
+            await limiter.count(key, settings.login_window_seconds)
+            context = {"form": {"username": username}, "error": "Wrong username or password.", "next": form.get("next")}
+            if is_htmx(request):
+                return fragment("partials/login_form.html", context)
+            return await page(request, db_session, "login.html", context, 401)
+        await limiter.clear(key)
+        await db_session.commit()  # a password hash redone with new parameters
+        sign_in_browser(request, user)
+        return go(request, safe_next(form.get("next")))
+
+    @post("/logout")
+    async def logout(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        sign_out_browser(request)
+        return go(request, "/")
+
+    @get("/forgot-password")
+    async def forgot_page(self, request: Request[Any, Any, Any], db_session: NamedDependency[AsyncSession]) -> Template:
+        return await page(request, db_session, "forgot_password.html", {"form": {}, "errors": {}})
+
+    @post("/forgot-password")
+    async def forgot(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
+        settings: NamedDependency[Settings],
+    ) -> Response[Any]:
+        form = await form_data(request)
+        email_address = form.get("email", "").strip()
+        if not email_address:
+            context = {"form": form, "errors": {"email": "Enter the email address of your account."}}
+            if is_htmx(request):
+                return fragment("partials/forgot_form.html", context)
+            return await page(request, db_session, "forgot_password.html", context, 422)
+        await limiter.take(f"forgot:{client_address(request)}", settings.forgot_password_per_hour, 3600)
+        found = await AccountService(db_session, passwords, settings).reset_token_for(email_address)
+        if found is not None:
+            user, raw = found
+            await db_session.commit()
+            email = reset_email(user.email, user.username, reset_link(settings.base_url, raw))
+            await anyio.to_thread.run_sync(enqueue_email, email)
+        sent = "If an account has this address, we have sent it a link to set a new password."
+        if is_htmx(request):
+            return fragment("partials/forgot_form.html", {"form": {}, "errors": {}, "sent": sent})
+        return go(request, "/forgot-password", sent)
+
+    @get("/reset-password")
+    async def reset_page(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        token: Annotated[str, QueryParameter(required=False)] = "",
+    ) -> Template:
+        return await page(request, db_session, "reset_password.html", {"token": token, "errors": {}})
+
+    @post("/reset-password")
+    async def reset(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        settings: NamedDependency[Settings],
+    ) -> Response[Any]:
+        form = await form_data(request)
+        token = form.get("token", "")
+        try:
+            await AccountService(db_session, passwords, settings).reset_password(token, form.get("password", ""))
+        except (InvalidInput, InvalidToken) as exc:
+            await db_session.rollback()  # a bad new password must not use up the link
+            errors, error = field_errors(exc)
+            context = {"token": token, "errors": errors, "error": error}
+            status = 422 if isinstance(exc, InvalidInput) else 400
+            if is_htmx(request):
+                return fragment("partials/reset_form.html", context)
+            return await page(request, db_session, "reset_password.html", context, status)
+        await db_session.commit()  # every session of that user ends (its credentials version changed)
+        return go(request, "/login", "Your password is set. Sign in with it.")
+
+    @get("/verify-email")
+    async def verify_email(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        settings: NamedDependency[Settings],
+        token: Annotated[str, QueryParameter(required=False)] = "",
+    ) -> Template:
+        try:
+            user = await AccountService(db_session, passwords, settings).verify_email(token)
+        except InvalidToken as exc:
+            return await page(request, db_session, "verify_email.html", {"verified": None, "error": exc.detail}, 400)
+        await db_session.commit()
+        return await page(request, db_session, "verify_email.html", {"verified": user.email})
+
+
+class AccountPages(Controller):
+    """/account: profile, email preference and password of the signed-in user."""
+
+    path = "/account"
+    include_in_schema = False
+    guards = [requires_signed_in]
+
+    @get()
+    async def account(self, request: Request[User, Any, Any], db_session: NamedDependency[AsyncSession]) -> Template:
+        return await page(request, db_session, "account.html", {"profile": {}, "password": {}})
+
+    @post("/profile")
+    async def profile(
+        self,
+        request: Request[User, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        settings: NamedDependency[Settings],
+    ) -> Response[Any]:
+        form = await form_data(request)
+        user = await db_session.merge(request.user, load=False)
+        change = ProfileChange(full_name=form.get("full_name", ""), email_notifications="email_notifications" in form)
+        try:
+            await AccountService(db_session, passwords, settings).update_profile(user, change)
+        except InvalidInput as exc:
+            errors, _ = field_errors(exc)
+            context = {"user": request.user, "profile": {"errors": errors, "full_name": form.get("full_name")}}
+            if is_htmx(request):
+                return fragment("partials/profile_form.html", context)
+            return await page(request, db_session, "account.html", {**context, "password": {}}, 422)
+        await db_session.commit()
+        if is_htmx(request):
+            return fragment("partials/profile_form.html", {"user": user, "profile": {"saved": "Profile saved."}})
+        return go(request, "/account", "Profile saved.")
+
+    @post("/password")
+    async def password(
+        self,
+        request: Request[User, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        settings: NamedDependency[Settings],
+    ) -> Response[Any]:
+        form = await form_data(request)
+        user = await db_session.merge(request.user, load=False)
+        service = AccountService(db_session, passwords, settings)
+        try:
+            await service.change_password(user, form.get("current_password", ""), form.get("new_password", ""))
+        except (InvalidInput, InvalidCredentials) as exc:
+            await db_session.rollback()
+            if isinstance(exc, InvalidCredentials):
+                errors, status = {"current_password": "The current password is wrong."}, 400
+            else:
+                errors, status = field_errors(exc)[0], 422
+            context = {"user": request.user, "password": {"errors": errors}}
+            if is_htmx(request):
+                return fragment("partials/password_form.html", context)
+            return await page(request, db_session, "account.html", {**context, "profile": {}}, status)
+        await db_session.commit()
+        sign_in_browser(request, user)  # this browser stays signed in; every other session ends
+        message = "Password changed. Other devices have been signed out."
+        if is_htmx(request):
+            return fragment("partials/password_form.html", {"user": user, "password": {"saved": message}})
+        return go(request, "/account", message)
