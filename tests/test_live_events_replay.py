@@ -15,7 +15,7 @@ from uuid import UUID
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from app.config import get_settings
 from app.domain.database import create_engine, session_factory
@@ -27,16 +27,19 @@ from tests.sse import events
 
 TYPE = "test.concurrent"
 
-#: One list per writer: how long (ms) each of its transactions stays open after its insert.
-writers = st.lists(st.lists(st.integers(0, 40), min_size=1, max_size=4), min_size=2, max_size=5)
+#: One list per writer: for each of its transactions, how long (ms) it stays open after its insert, and
+#: whether its event is for everyone (user NULL) rather than for the reader's user.
+writers = st.lists(
+    st.lists(st.tuples(st.integers(0, 40), st.booleans()), min_size=1, max_size=4), min_size=2, max_size=5
+)
 #: After how many received events the reader drops the stream and resumes it.
 cuts = st.lists(st.integers(1, 8), max_size=3)
 
 
-async def write(sessions: object, user_id: UUID, writer: int, holds: list[int]) -> None:
-    for n, hold in enumerate(holds):
+async def write(sessions: object, user_id: UUID, writer: int, holds: list[tuple[int, bool]]) -> None:
+    for n, (hold, for_everyone) in enumerate(holds):
         async with sessions() as session, session.begin():  # type: ignore[operator]
-            await EventLog(session).record(TYPE, {"writer": writer, "n": n}, user_id=user_id)
+            await EventLog(session).record(TYPE, {"writer": writer, "n": n}, user_id=None if for_everyone else user_id)
             await asyncio.sleep(hold / 1000)
 
 
@@ -62,7 +65,9 @@ async def read(client: httpx.AsyncClient, expected: int, cuts: list[int]) -> lis
     return received
 
 
-async def scenario(live_server: LiveServer, headers: dict[str, str], holds: list[list[int]], cuts: list[int]) -> None:
+async def scenario(
+    live_server: LiveServer, headers: dict[str, str], holds: list[list[tuple[int, bool]]], cuts: list[int]
+) -> None:
     engine = create_engine(get_settings())
     sessions = session_factory(engine)
     try:
@@ -71,7 +76,13 @@ async def scenario(live_server: LiveServer, headers: dict[str, str], holds: list
             async with sessions() as session:
                 await session.execute(select(Event).where(Event.user_id == user_id).limit(1))  # warm the pool
                 before = set(
-                    (await session.scalars(select(Event.id).where(Event.user_id == user_id, Event.type == TYPE))).all()
+                    (
+                        await session.scalars(
+                            select(Event.id).where(
+                                or_(Event.user_id == user_id, Event.user_id.is_(None)), Event.type == TYPE
+                            )
+                        )
+                    ).all()
                 )
             expected = len(before) + sum(len(h) for h in holds)
             reader = asyncio.create_task(asyncio.wait_for(read(client, expected, cuts), 60))
@@ -80,7 +91,9 @@ async def scenario(live_server: LiveServer, headers: dict[str, str], holds: list
         async with sessions() as session:
             written = (
                 await session.scalars(
-                    select(Event.id).where(Event.user_id == user_id, Event.type == TYPE).order_by(Event.id)
+                    select(Event.id)
+                    .where(or_(Event.user_id == user_id, Event.user_id.is_(None)), Event.type == TYPE)
+                    .order_by(Event.id)
                 )
             ).all()
     finally:
@@ -95,7 +108,7 @@ def test_replay_misses_nothing_while_events_are_written_concurrently(live_server
 
     @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(holds=writers, cuts=cuts)
-    def check(holds: list[list[int]], cuts: list[int]) -> None:
+    def check(holds: list[list[tuple[int, bool]]], cuts: list[int]) -> None:
         asyncio.run(scenario(live_server, headers, holds, cuts))
 
     check()

@@ -1,10 +1,15 @@
 """The event log service: write events inside the caller's transaction, read them back in order.
 
-Event ids are handed out in commit order so that a reader who has seen id N never
-later meets a smaller id: on Postgres every event insert first takes one transaction
-advisory lock, held until commit (SQLite serialises writers anyway). Writers therefore
-queue for the short time between their event insert and their commit, which is why the
-event insert should be the last statement of a transaction.
+Event ids are handed out in commit order, as each reader sees them: a reader who has
+seen id N never later meets a smaller id among its events (its user's and those for
+everyone). On Postgres each event insert first takes transaction advisory locks, held
+until commit (SQLite serialises writers anyway): an event for one user takes the
+"everyone" lock shared and that user's lock exclusively; an event for everyone takes the
+"everyone" lock exclusively. So writers for different users never wait for each other
+(only ids that no single reader sees can commit out of order), while two writers that a
+reader could both see are serialised. Locks are always taken in that order (everyone,
+then user), so they cannot deadlock each other. A writer holds its locks from its event
+insert to its commit, which is why the event insert should come late in a transaction.
 """
 
 from __future__ import annotations
@@ -20,8 +25,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.notifications.models import Event
 
-#: Arbitrary constant naming the advisory lock that orders event ids.
+#: Arbitrary constant naming the advisory lock that orders events for everyone against all others.
 EVENT_ORDER_LOCK = 7_406_281_113
+#: First key of the two-key advisory locks that order one user's events (the second is from the user id).
+USER_EVENT_LOCKS = 740_628
+
+
+def _user_lock_key(user_id: UUID) -> int:
+    """A 32-bit key from the user id's random tail; two users sharing one only queue behind each other."""
+    return int.from_bytes(user_id.bytes[-4:], "big", signed=True)
 BROADCAST_CHANNEL = "events.all"
 
 
@@ -65,13 +77,24 @@ class EventLog:
 
     async def record(self, event_type: str, data: dict[str, Any], *, user_id: UUID | None = None) -> EventRecord:
         if self.session.bind is not None and self.session.bind.dialect.name == "postgresql":
-            await self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_ORDER_LOCK})
+            await self._order(user_id)
         row = Event(user_id=user_id, type=event_type, payload=data)
         self.session.add(row)
         await self.session.flush()
         record = _record(row)
         self.pending.append(record)
         return record
+
+    async def _order(self, user_id: UUID | None) -> None:
+        """Take the advisory locks that keep this event's id in commit order for its readers (see above)."""
+        if user_id is None:
+            await self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_ORDER_LOCK})
+            return
+        await self.session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": EVENT_ORDER_LOCK})
+        await self.session.execute(
+            text("SELECT pg_advisory_xact_lock(:space, :key)"),
+            {"space": USER_EVENT_LOCKS, "key": _user_lock_key(user_id)},
+        )
 
     async def publish(self, publisher: EventPublisher) -> None:
         """Publish what this log recorded; call after the transaction committed.
