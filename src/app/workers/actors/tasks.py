@@ -7,7 +7,6 @@ from uuid import UUID
 
 import anyio
 import dramatiq
-import redis
 import structlog
 from periodiq import cron
 
@@ -20,6 +19,7 @@ from app.domain.tasks.runner import Outcome, TaskRunner
 from app.workers.actors.mail import enqueue_email
 from app.workers.context import async_actor, current_message
 from app.workers.runtime import runtime
+from app.workers.schedules import BROKER_DOWN
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +73,7 @@ def send_task(task_id: str, attempt: int) -> bool:
     """Hand a committed task to the broker; False when the broker is unreachable (the sweeper re-sends)."""
     try:
         run_task.send(task_id, attempt)
-    except (dramatiq.errors.ConnectionError, redis.RedisError):  # the Redis broker raises redis' own errors
+    except BROKER_DOWN:  # the Redis broker raises redis' own errors
         log.warning("task.send_failed", task_id=task_id, attempt=attempt)
         return False
     return True
