@@ -13,13 +13,11 @@ from typing import Any
 
 import dramatiq
 import pendulum
-import redis
 import structlog
 
-log = structlog.get_logger(__name__)
+from app.workers.errors import BROKER_DOWN
 
-#: What sending a message raises while the broker is out of reach (Redis' own errors, or Dramatiq's).
-BROKER_DOWN = (dramatiq.errors.ConnectionError, redis.RedisError)
+log = structlog.get_logger(__name__)
 
 
 class PeriodicActor(dramatiq.Actor[Any, Any]):

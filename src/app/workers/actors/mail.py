@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import aiosmtplib
-import dramatiq
 import msgspec
-import redis
 import structlog
 
 from app.config import Settings, get_settings
 from app.domain.accounts.emails import OutgoingEmail
 from app.workers.context import async_actor
+from app.workers.errors import BROKER_DOWN
 from app.workers.mail import deliver
 
 log = structlog.get_logger(__name__)
@@ -45,7 +44,7 @@ def enqueue_email(email: OutgoingEmail) -> bool:
     """
     try:
         send_email.send(msgspec.to_builtins(email))
-    except (dramatiq.errors.ConnectionError, redis.RedisError):
+    except BROKER_DOWN:
         log.error("mail.not_queued", to=email.to, subject=email.subject)
         return False
     return True

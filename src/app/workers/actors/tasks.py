@@ -18,8 +18,8 @@ from app.domain.tasks.maintenance import TaskKeeper
 from app.domain.tasks.runner import Outcome, TaskRunner
 from app.workers.actors.mail import enqueue_email
 from app.workers.context import async_actor, current_message
+from app.workers.errors import BROKER_DOWN
 from app.workers.runtime import runtime
-from app.workers.schedules import BROKER_DOWN
 
 log = structlog.get_logger(__name__)
 
