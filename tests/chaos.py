@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 import random
 import shutil
 import subprocess
@@ -34,20 +33,18 @@ from tests.processes import ROOT, eventually, send_message
 from tests.servers import BIN, free_port
 from tests.sse import events
 
-POSTGRES_PROGRAMS = ("initdb", "pg_ctl")
+POSTGRES_PROGRAMS = ("initdb", "pg_ctl", "postgres", "psql")
 
 
 def postgres_bin() -> Path | None:
-    """The folder of the Postgres server programs (PATH, else `pg_config --bindir`); None when not installed."""
+    """The folder of the Postgres server programs (beside `initdb` on PATH, else `pg_config --bindir`), if any."""
+    folders = []
     if found := shutil.which("initdb"):
-        return Path(found).resolve().parent
+        folders.append(Path(found).resolve().parent)
     if pg_config := shutil.which("pg_config"):
-        folder = Path(
-            subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
-        )
-        if all((folder / program).exists() for program in POSTGRES_PROGRAMS):
-            return folder
-    return None
+        bindir = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+        folders.append(Path(bindir))
+    return next((f for f in folders if all((f / program).exists() for program in POSTGRES_PROGRAMS)), None)
 
 
 @dataclass
@@ -64,9 +61,9 @@ class PostgresServer:
 
     def _run(self, *args: str, timeout: float = 60) -> None:
         prefix: list[str] = []
-        if os.geteuid() == 0:  # initdb and postgres refuse root
+        if os.geteuid() == 0:  # initdb and postgres refuse root: run them as the `postgres` system account
             shutil.chown(self.root, user="postgres")
-            prefix = ["runuser", "-u", pwd.getpwnam("postgres").pw_name, "--"]
+            prefix = ["runuser", "-u", "postgres", "--"]
         result = subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=timeout, cwd=self.root)
         assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout}\n{result.stderr}\n{self.log()}"
 
@@ -168,7 +165,7 @@ async def sign_up(client: httpx.AsyncClient) -> User:
 
 @dataclass
 class Load:
-    """Submitters and listeners for `users` users, running until `stop()`."""
+    """Submitters and listeners for `users` users, from `start()` until `stop_submitting()` and `stop_listening()`."""
 
     url: str
     users: int
@@ -209,7 +206,7 @@ class Load:
         await asyncio.gather(*self._listening, return_exceptions=True)
 
     async def _submit(self, user: User) -> None:
-        """Post a demo task every `submit_every` seconds (give or take half); every 5th time, cancel the one before."""
+        """Post a demo task every `submit_every` seconds (give or take half); after every 5th, cancel the one before."""
         rng = random.Random(user.id)
         async with httpx.AsyncClient(base_url=self.url, timeout=10, headers=user.headers) as client:
             while not self._stopping.is_set():
@@ -221,12 +218,12 @@ class Load:
                 else:
                     if response.status_code == 202:
                         user.accepted.append(response.json()["id"])
+                        if len(user.accepted) % 5 == 0:
+                            await self._cancel(client, user, user.accepted[-2])
                     elif response.status_code >= 500:
                         user.unknown.append(str(response.status_code))
                     else:
                         user.refused.append(response.status_code)
-                if len(user.accepted) % 5 == 4:
-                    await self._cancel(client, user, user.accepted[-2])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.submit_every * rng.uniform(0.5, 1.5))
 

@@ -307,6 +307,9 @@ async def test_while_postgres_is_down_streams_end_cleanly_and_requests_get_503()
                     resumed = await until_task(events(response), second)
                 assert [(e.event, e.data["id"]) for e in resumed] == [("task.updated", second)]
                 assert (await client.get("/api/v1/tasks")).json()["total"] == 2
+                paths = (await client.get("/schema/openapi.json")).json()["paths"]
+                for path, method in [("/api/v1/tasks", "get"), ("/api/v1/tasks", "post"), ("/api/v1/events", "get")]:
+                    assert "503" in paths[path][method]["responses"], (path, method)
         assert "Exception caught after response started" not in services.web.output()
 
 

@@ -7,6 +7,9 @@ sending the `tasks.sweep` message, as periodiq does every minute.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 from uuid import UUID
@@ -19,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.domain.notifications.models import Event, Notification
 from tests.processes import (
     FINISHED,
+    ROOT,
+    RedisServer,
     redis_server,
     send_message,
     stack,
@@ -150,3 +155,34 @@ async def test_a_redis_restart_mid_task_costs_the_task_nothing(migrated: None, d
         done = wait_task(api, task["id"], lambda t: t["status"] in FINISHED, timeout=60, what="finished")
         assert (done["status"], done["attempts"], done["error"]) == ("succeeded", 1, None), (done, services.logs())
     assert len(await notifications_for(db_session, task["id"])) == 1
+
+
+SCHEDULE_ONCE = """
+import pendulum, periodiq
+from app.workers import broker
+from app.workers.schedules import periodic_actors
+actors = periodic_actors(broker)
+periodiq.Scheduler(actors=actors).send_actors(actors, now=pendulum.now())
+print("the scheduler lives on")
+"""
+
+
+def test_the_scheduler_outlives_a_broker_outage() -> None:
+    """Found while restarting Redis: periodiq's scheduler process died at the first tick that found Redis away.
+
+    With it went every later sweep (lost tasks stayed queued for good), and under
+    `make run` honcho stops every process when one exits. This runs periodiq's own
+    Scheduler against a Redis that is not there.
+    """
+    dead = RedisServer()  # a free port nobody listens on
+    result = subprocess.run(
+        [sys.executable, "-c", SCHEDULE_ONCE],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": dead.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the scheduler lives on" in result.stdout
+    assert "schedule.send_failed" in result.stdout + result.stderr

@@ -79,6 +79,7 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
                 continue
             try:
                 if self._out_of_step or self._pub_sub.connection is None:
+                    lost = True  # publishes may have been missed while out of step: wake everyone once repaired
                     await self._resubscribe()
                 message = await self._pub_sub.get_message(ignore_subscribe_messages=True, timeout=1)
             except REDIS_DOWN as exc:

@@ -162,7 +162,7 @@ def database_unavailable(exc: BaseException) -> bool:
 
 
 def from_unexpected(exc: Exception) -> ProblemDetailsException:
-    """A 500 for a bug; a 503 with Retry-After while the database is out of reach (nothing was written)."""
+    """A 500 for a bug; a 503 with Retry-After while the database is out of reach (not the request's fault)."""
     if database_unavailable(exc):
         log.warning("request.database_unavailable", error=str(exc))
         return problem(

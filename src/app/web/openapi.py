@@ -2,13 +2,14 @@
 
 Litestar describes the responses of `raises=[...]` with its own default error body;
 the service answers RFC 9457 problem details (see errors.py), so at start-up every
-error response of the document is pointed at one `Problem` schema.
+error response of the document is pointed at one `Problem` schema, and every operation
+under /api gets the 503 it answers while the database is out of reach.
 """
 
 from __future__ import annotations
 
 from litestar import Litestar
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Reference, Schema
+from litestar.openapi.spec import OpenAPIHeader, OpenAPIMediaType, OpenAPIResponse, Reference, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
 PROBLEM = "application/problem+json"
@@ -40,10 +41,20 @@ def document_problems(app: Litestar) -> None:
         openapi.components.schemas = {}
     openapi.components.schemas["Problem"] = PROBLEM_SCHEMA
     reference = OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))
-    for path_item in (openapi.paths or {}).values():
+    for path, path_item in (openapi.paths or {}).items():
         for operation in (path_item.get, path_item.post, path_item.put, path_item.patch, path_item.delete):
             if operation is None or not operation.responses:
                 continue
             for status, response in operation.responses.items():
                 if status[:1] in ("4", "5") and isinstance(response, OpenAPIResponse):
                     response.content = {PROBLEM: reference}
+            if path.startswith("/api/"):
+                operation.responses.setdefault(
+                    "503",
+                    OpenAPIResponse(
+                        description="The database is out of reach for the moment: try again after `Retry-After` "
+                        "seconds (with the same `Idempotency-Key`, a task is not started twice).",
+                        headers={"Retry-After": OpenAPIHeader(schema=Schema(type=OpenAPIType.INTEGER))},
+                        content={PROBLEM: reference},
+                    ),
+                )

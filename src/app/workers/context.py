@@ -18,6 +18,8 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import CurrentMessage, Middleware
 
+from app.workers.schedules import PeriodicActor
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -79,6 +81,8 @@ def async_actor(
 
             return loop_thread.run_coroutine(with_context())
 
+        if "periodic" in options:
+            options.setdefault("actor_class", PeriodicActor)
         return dramatiq.actor(run, **options)
 
     return decorate

@@ -15,7 +15,35 @@ import dramatiq
 import pendulum
 import structlog
 
+from app.workers.errors import BROKER_DOWN
+
 log = structlog.get_logger(__name__)
+
+
+class PeriodicActor(dramatiq.Actor[Any, Any]):
+    """A periodic actor whose scheduled sends outlive a broker outage.
+
+    periodiq's scheduler sends each due actor with a `scheduled_at` option, and an
+    exception there ends the `periodiq` process for good (and with it `make run`, whose
+    honcho stops every process when one exits). A scheduled send that fails is logged
+    instead: the next tick sends again, and every periodic job is safe to run late.
+    """
+
+    def send_with_options(
+        self,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        delay: Any = None,
+        **options: Any,
+    ) -> dramatiq.Message[Any]:
+        if "scheduled_at" not in options:
+            return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+        try:
+            return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+        except BROKER_DOWN as exc:
+            log.warning("schedule.send_failed", actor=self.actor_name, error=str(exc))
+            return self.message_with_options(args=args, kwargs=kwargs, **options)
 
 
 def periodic_actors(broker: dramatiq.Broker) -> list[dramatiq.Actor[Any, Any]]:

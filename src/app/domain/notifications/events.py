@@ -34,6 +34,8 @@ USER_EVENT_LOCKS = 740_628
 def _user_lock_key(user_id: UUID) -> int:
     """A 32-bit key from the user id's random tail; two users sharing one only queue behind each other."""
     return int.from_bytes(user_id.bytes[-4:], "big", signed=True)
+
+
 BROADCAST_CHANNEL = "events.all"
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 from uuid import UUID
 
 import anyio
-import dramatiq
 import msgspec
-import redis
 import structlog
 from periodiq import cron
 
@@ -22,6 +20,7 @@ from app.config import Settings, get_settings
 from app.domain.accounts.emails import OutgoingEmail
 from app.domain.notifications.emails import NotificationEmails
 from app.workers.context import async_actor, current_message
+from app.workers.errors import BROKER_DOWN
 from app.workers.mail import MailNotSent, MailRefused, deliver
 from app.workers.runtime import runtime
 
@@ -50,7 +49,7 @@ def enqueue_email(email: OutgoingEmail) -> bool:
     """
     try:
         send_email.send(msgspec.to_builtins(email))
-    except (dramatiq.errors.ConnectionError, redis.RedisError):
+    except BROKER_DOWN:
         log.error("mail.not_queued", to=email.to, subject=email.subject)
         return False
     return True
@@ -85,7 +84,7 @@ def queue_notification_email(notification_id: UUID) -> bool:
     """Hand a committed pending email to a worker; False when the broker is unreachable (the sweeper will)."""
     try:
         email_notification.send(str(notification_id))
-    except (dramatiq.errors.ConnectionError, redis.RedisError):
+    except BROKER_DOWN:
         log.warning("mail.not_queued", notification_id=str(notification_id))
         return False
     return True

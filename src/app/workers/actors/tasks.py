@@ -7,7 +7,6 @@ from uuid import UUID
 
 import anyio
 import dramatiq
-import redis
 import structlog
 from periodiq import cron
 
@@ -18,6 +17,7 @@ from app.domain.tasks.maintenance import TaskKeeper
 from app.domain.tasks.runner import Outcome, TaskRunner
 from app.workers.actors.mail import queue_notification_email
 from app.workers.context import async_actor, current_message
+from app.workers.errors import BROKER_DOWN
 from app.workers.runtime import runtime
 
 log = structlog.get_logger(__name__)
@@ -72,7 +72,7 @@ def send_task(task_id: str, attempt: int) -> bool:
     """Hand a committed task to the broker; False when the broker is unreachable (the sweeper re-sends)."""
     try:
         run_task.send(task_id, attempt)
-    except (dramatiq.errors.ConnectionError, redis.RedisError):  # the Redis broker raises redis' own errors
+    except BROKER_DOWN:  # the Redis broker raises redis' own errors
         log.warning("task.send_failed", task_id=task_id, attempt=attempt)
         return False
     return True
