@@ -23,7 +23,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from tests.accounts import signed_in_headers
-from tests.servers import BIN, Process, free_port, spawn
+from tests.servers import BIN, STARTUP_TIMEOUT, Process, free_port, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -168,7 +168,7 @@ def stack(redis_url: str, *, worker: bool = True, settings: dict[str, str] | Non
             except httpx.HTTPError:
                 return False
 
-        eventually(live, timeout=45, what="the web process", interval=0.2)
+        eventually(live, timeout=STARTUP_TIMEOUT, what="the web process", interval=0.2)
         yield running
     finally:
         running.stop()

@@ -21,7 +21,7 @@ from sqlalchemy import insert
 from app.domain.models import Event
 from tests.accounts import ROOT, signed_in_headers
 from tests.processes import eventually, redis_server, stack
-from tests.servers import BIN, LiveServer, free_port, spawn
+from tests.servers import BIN, STARTUP_TIMEOUT, LiveServer, free_port, spawn
 from tests.sse import Event as StreamEvent
 from tests.sse import collect, events
 
@@ -196,7 +196,9 @@ def test_open_streams_end_when_the_server_stops(migrated: None) -> None:
     server = LiveServer(url=f"http://127.0.0.1:{port}", processes=[web])
     try:
         with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
-            eventually(lambda: _answers(client, "/health/live"), timeout=45, what="the web process", interval=0.2)
+            eventually(
+                lambda: _answers(client, "/health/live"), timeout=STARTUP_TIMEOUT, what="the web process", interval=0.2
+            )
             headers = signed_in_headers(client)
             with client.stream("GET", "/api/v1/events", headers=headers) as response:
                 assert response.status_code == 200
