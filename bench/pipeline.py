@@ -1,0 +1,360 @@
+"""Job pipeline throughput: demo tasks through the whole service against raw Dramatiq no-op actors.
+
+Baseline: one worker process (`dramatiq.Worker`, 8 threads) drains no-op messages that the
+benchmark sends to the same redis-server. Project: the same number of demo tasks
+(`{steps: 1, step_ms: 0}`) submitted through `POST /api/v1/tasks` by a concurrent client
+until all have succeeded, with one web process and one worker process (8 threads) in
+services mode. Both rates run from the first send to the last message done.
+
+`python -m bench.pipeline raw-worker REDIS_URL NAMESPACE THREADS` is the baseline's worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import asyncpg
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from bench import Section, percentiles, table
+from bench.service_stack import RawHttp, ServiceStack, service_stack
+
+TASKS = 5_000
+USERS = 8
+CONNECTIONS = 32
+WORKER_THREADS = 8
+#: Far above what a run reaches (5,000 / 8 users), so the per-user cap never answers 429.
+MAX_ACTIVE_TASKS = 1_000
+RAW_QUEUE = "bench-noop"
+RAW_NAMESPACE = "bench-raw"
+TASK_BODY = {"kind": "demo", "params": {"steps": 1, "step_ms": 0}}
+RUN_TIMEOUT_S = 300.0
+POLL_S = 0.05
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- baseline: raw Dramatiq ------------------------------------------------------------------
+
+
+def _raw_actor(url: str, namespace: str) -> tuple[RedisBroker, dramatiq.Actor[[int], None]]:
+    broker = RedisBroker(url=url, namespace=namespace)  # type: ignore[no-untyped-call]
+
+    def noop(sequence: int) -> None:
+        return None
+
+    actor: dramatiq.Actor[[int], None] = dramatiq.actor(actor_name="bench_noop", queue_name=RAW_QUEUE, broker=broker)(
+        noop
+    )
+    return broker, actor
+
+
+def _ready_key(namespace: str) -> str:
+    return f"{namespace}:bench-ready"
+
+
+def serve_raw(url: str, namespace: str, threads: int) -> None:
+    """The baseline's worker process: plain Dramatiq, no-op actor, until SIGTERM."""
+    broker, _ = _raw_actor(url, namespace)
+    worker = dramatiq.Worker(broker, worker_threads=threads)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.start()
+    redis.Redis.from_url(url).set(_ready_key(namespace), "1")
+    while not stop.wait(0.2):
+        pass
+    worker.stop()
+    broker.close()
+
+
+def _drained(client: redis.Redis, namespace: str) -> bool:
+    return not client.hlen(f"{namespace}:{RAW_QUEUE}.msgs")
+
+
+def _raw_rate(url: str) -> tuple[float, float]:
+    """(messages/s, worker CPU seconds per 1,000 messages) of the raw baseline."""
+    client = redis.Redis.from_url(url)
+    command = [sys.executable, "-m", "bench.pipeline", "raw-worker", url, RAW_NAMESPACE, str(WORKER_THREADS)]
+    process = subprocess.Popen(command, cwd=_ROOT, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not client.exists(_ready_key(RAW_NAMESPACE)):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the raw Dramatiq worker did not start")
+            time.sleep(0.05)
+        broker, actor = _raw_actor(url, RAW_NAMESPACE)
+        actor.send(-1)  # warm up: the first message pays for connections
+        while not _drained(client, RAW_NAMESPACE):
+            time.sleep(0.01)
+        cpu_before = _tree_cpu(process.pid)
+        began = time.monotonic()
+        for sequence in range(TASKS):
+            actor.send(sequence)
+        while not _drained(client, RAW_NAMESPACE):
+            if time.monotonic() - began > RUN_TIMEOUT_S:
+                raise RuntimeError("the raw Dramatiq worker did not drain its queue")
+            time.sleep(0.005)
+        seconds = time.monotonic() - began
+        cpu = _tree_cpu(process.pid) - cpu_before
+        broker.close()
+        return TASKS / seconds, cpu / TASKS * 1000
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        client.close()
+
+
+# --- CPU accounting -------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> float:
+    """User + system CPU seconds of one process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _descendants(root: int) -> list[int]:
+    """`root` and every live process below it (granian's workers start a session of their own)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of a process and all its descendants (the web server's and the worker's children)."""
+    return sum(_cpu(pid) for pid in _descendants(root))
+
+
+# --- project: the service ----------------------------------------------------------------------
+
+
+@dataclass
+class PipelineRun:
+    submitted_s: float  # first submission to the last 202
+    finished_s: float  # first submission to the last task succeeded
+    statuses: Counter[int]
+    create_ms: list[float]
+    cpu: dict[str, float]  # CPU seconds per process over the run
+    transactions: int  # Postgres commits + rollbacks in the service's database
+    redis_commands: int
+
+
+async def _backend_pids(database: asyncpg.Connection, name: str) -> list[int]:
+    rows = await database.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name)
+    return [int(row["pid"]) for row in rows]
+
+
+async def _transactions(database: asyncpg.Connection, name: str) -> int:
+    value = await database.fetchval("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1", name)
+    return int(value or 0)
+
+
+async def _submit(stack: ServiceStack, tokens: list[str], count: int, create_ms: list[float]) -> Counter[int]:
+    """POST `count` tasks over CONNECTIONS keep-alive connections, users taken in turn."""
+    statuses: Counter[int] = Counter()
+    numbers = itertools.count()
+
+    async def connection() -> None:
+        async with RawHttp(stack.host, stack.port) as http:
+            while (n := next(numbers)) < count:
+                headers = {"Authorization": f"Bearer {tokens[n % len(tokens)]}"}
+                began = time.perf_counter()
+                status, body = await http.request("POST", "/api/v1/tasks", headers=headers, json=TASK_BODY)
+                create_ms.append((time.perf_counter() - began) * 1000)
+                statuses[status] += 1
+                if status != 202:
+                    raise RuntimeError(f"POST /api/v1/tasks answered {status}: {body[:300]!r}")
+
+    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
+    return statuses
+
+
+async def _client_ceiling(stack: ServiceStack, count: int) -> float:
+    """Requests/s of the same client and connections on GET /health/live (no database)."""
+    numbers = itertools.count()
+
+    async def connection() -> None:
+        async with RawHttp(stack.host, stack.port) as http:
+            while next(numbers) < count:
+                status, _ = await http.request("GET", "/health/live")
+                if status != 200:
+                    raise RuntimeError(f"GET /health/live answered {status}")
+
+    began = time.monotonic()
+    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
+    return count / (time.monotonic() - began)
+
+
+async def _pipeline(stack: ServiceStack, tokens: list[str]) -> PipelineRun:
+    name = stack.database_url.rsplit("/", 1)[1]
+    database = await asyncpg.connect(stack.database_url)
+    redis_client = redis.Redis.from_url(stack.redis.url)
+    try:
+        assert stack.worker is not None
+        groups = {"web": stack.web.popen.pid, "worker": stack.worker.popen.pid}
+        postgres = await _backend_pids(database, name)
+        assert stack.redis.process is not None
+        redis_pid = stack.redis.process.popen.pid
+        before = {label: _tree_cpu(group) for label, group in groups.items()}
+        before_pg = {pid: _cpu(pid) for pid in postgres}
+        before_redis, before_client = _cpu(redis_pid), time.process_time()
+        transactions = await _transactions(database, name)
+        commands = int(redis_client.info("stats")["total_commands_processed"])
+
+        create_ms: list[float] = []
+        began = time.monotonic()
+        submitting = asyncio.create_task(_submit(stack, tokens, TASKS, create_ms))
+        submitted_s = 0.0
+        while True:
+            await asyncio.sleep(POLL_S)
+            if submitting.done() and not submitted_s:
+                submitted_s = time.monotonic() - began
+                statuses = submitting.result()
+            done = await database.fetchval("SELECT count(*) FROM task WHERE status = 'succeeded'")
+            if done >= TASKS:
+                break
+            if time.monotonic() - began > RUN_TIMEOUT_S:
+                raise RuntimeError(f"only {done} of {TASKS} tasks succeeded within {RUN_TIMEOUT_S:.0f} s")
+        finished_s = time.monotonic() - began
+        if not submitted_s:
+            statuses = await submitting
+            submitted_s = finished_s
+        postgres_after = await _backend_pids(database, name)
+        cpu = {label: _tree_cpu(group) - before[label] for label, group in groups.items()}
+        cpu["postgres"] = sum(_cpu(pid) - before_pg.get(pid, 0.0) for pid in postgres_after)
+        cpu["redis"] = _cpu(redis_pid) - before_redis
+        cpu["client"] = time.process_time() - before_client
+        transactions = await _transactions(database, name) - transactions
+        commands = int(redis_client.info("stats")["total_commands_processed"]) - commands
+        return PipelineRun(submitted_s, finished_s, statuses, create_ms, cpu, transactions, commands)
+    finally:
+        redis_client.close()
+        await database.close()
+
+
+def _measure() -> tuple[float, float, PipelineRun, float]:
+    settings = {"MAX_ACTIVE_TASKS": str(MAX_ACTIVE_TASKS)}
+    with service_stack("pipeline", settings, worker_threads=WORKER_THREADS) as stack:
+        raw_rate, raw_cpu = _raw_rate(stack.redis.url)
+        tokens = stack.sign_up(USERS)
+        ceiling = asyncio.run(_client_ceiling(stack, TASKS))
+        run = asyncio.run(_pipeline(stack, tokens))
+    return raw_rate, raw_cpu, run, ceiling
+
+
+def run() -> Section:
+    raw_rate, raw_cpu, result, ceiling = _measure()
+    rate = TASKS / result.finished_s
+    submit_rate = TASKS / result.submitted_s
+    ratio = rate / raw_rate
+    cuts = percentiles(result.create_ms, (50, 99))
+    per_task = {label: seconds / TASKS * 1000 for label, seconds in result.cpu.items()}
+    figures = {
+        "raw_msgs_per_s": raw_rate,
+        "tasks_per_s": rate,
+        "submissions_per_s": submit_rate,
+        "ratio": ratio,
+        "create_p50_ms": cuts[50],
+        "create_p99_ms": cuts[99],
+        "client_ceiling_per_s": ceiling,
+        "transactions_per_task": result.transactions / TASKS,
+        "redis_commands_per_task": result.redis_commands / TASKS,
+        **{f"cpu_ms_per_task_{label}": value for label, value in per_task.items()},
+    }
+    results = table(
+        ["Configuration", "rate (/s)", "seconds for 5,000"],
+        [
+            ["raw Dramatiq: no-op actor, 1 worker process x 8 threads", f"{raw_rate:,.0f}", f"{TASKS / raw_rate:.1f}"],
+            ["service: submitted through the API (last 202)", f"{submit_rate:,.0f}", f"{result.submitted_s:.1f}"],
+            ["service: submitted until all succeeded", f"{rate:,.0f}", f"{result.finished_s:.1f}"],
+        ],
+        align="lrr",
+    )
+    costs = table(
+        ["Per task", "Value"],
+        [
+            ["POST /api/v1/tasks p50 / p99 (ms)", f"{cuts[50]:.1f} / {cuts[99]:.1f}"],
+            *([f"CPU of {label} (ms)", f"{value:.2f}"] for label, value in per_task.items()),
+            ["raw Dramatiq worker CPU per message (ms)", f"{raw_cpu:.2f}"],
+            ["Postgres transactions", f"{result.transactions / TASKS:.1f}"],
+            ["Redis commands", f"{result.redis_commands / TASKS:.1f}"],
+        ],
+        align="lr",
+    )
+    ratios = table(
+        ["Ratio", "Value"],
+        [["tasks/s end to end, service / raw Dramatiq", f"{ratio:.2f} ({ratio:.0%}; target at least 25%)"]],
+        align="lr",
+    )
+    body = f"""\
+Throughput of the whole job pipeline against Dramatiq itself, on the same redis-server in
+the same run. Baseline: {TASKS:,} messages for a no-op actor, sent by the benchmark
+process while one plain `dramatiq.Worker` process with {WORKER_THREADS} threads drains them (rate from
+the first send until the queue's message hash is empty). Project: {TASKS:,} demo tasks
+(`{{"steps": 1, "step_ms": 0}}`) through `POST /api/v1/tasks` with bearer tokens, into one web
+process (`litestar run`, granian) and one worker process (`dramatiq app.workers --processes 1
+--threads {WORKER_THREADS}`) in services mode, each with its own Postgres database and redis-server;
+the rate runs from the first submission until every task has `succeeded` (the benchmark
+polls the task table every {POLL_S * 1000:.0f} ms). The client keeps {CONNECTIONS} keep-alive
+connections busy, spread over {USERS} users taken in turn, with `MAX_ACTIVE_TASKS` raised to
+{MAX_ACTIVE_TASKS:,} (the default, 20, would answer most submissions with 429: this measures
+the pipeline, not the cap, which is still checked under its lock for every submission).
+Users have email notifications off. The client is a minimal HTTP/1.1 reader on asyncio
+streams; the same client on `GET /health/live` reaches {ceiling:,.0f} requests/s, so it is not
+what limits the submissions. CPU is per process (web server and worker with their child
+processes, the service database's Postgres backends, redis-server, the client) over the
+run, divided by the number of tasks; the machine has two cores for all of them.
+
+{results}
+
+{costs}
+
+{ratios}
+"""
+    return Section(title="Job pipeline throughput (API to succeeded)", body=body, figures=figures)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) == 4 and argv[0] == "raw-worker":
+        serve_raw(argv[1], argv[2], int(argv[3]))
+        return
+    section = run()
+    print(section.body)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
