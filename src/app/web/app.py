@@ -43,7 +43,7 @@ from litestar_granian import GranianPlugin
 from app.config import Settings, get_settings
 from app.config.logging import level, stdlib_formatter, structlog_processors
 from app.domain.accounts.passwords import Passwords
-from app.domain.database import create_engine, session_factory
+from app.domain.database import create_engine, create_read_engine, session_factory
 from app.domain.tasks.artifacts import LocalArtifacts
 from app.web.accounts import AuthController, MeController
 from app.web.admin import AdminUsersController
@@ -174,6 +174,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     channels = channels_plugin(settings)
     alchemy = alchemy_config(settings)
     sessions = session_factory(alchemy.get_engine())
+    reads = create_read_engine(settings)  # hot single-statement reads: who is calling, task pages
     stores = store_registry(settings)
     tokens = AccessTokens(settings)
     passwords = Passwords(settings)
@@ -217,6 +218,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "assets": constant(assets),
             "channels": constant(channels),
             "sessions": constant(sessions),
+            "reads": constant(reads),
             "passwords": constant(passwords),
             "tokens": constant(tokens),
             "limiter": constant(limiter),
@@ -243,7 +245,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SecurityHeadersMiddleware(),
             PrometheusConfig(app_name="app", prefix="app", group_path=True, exclude=QUIET_PATHS).middleware,
             session_config(settings).middleware,
-            DefineMiddleware(AuthMiddleware, sessions=sessions, tokens=tokens, external=external, exclude=QUIET_PATHS),
+            DefineMiddleware(AuthMiddleware, reads=reads, tokens=tokens, external=external, exclude=QUIET_PATHS),
         ],
         csrf_config=CSRFConfig(
             secret=settings.secret_key,
@@ -259,4 +261,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         template_config=templates,
         debug=settings.app_env == "development" and settings.log_level.upper() == "DEBUG",
         on_startup=[document_problems],
+        on_shutdown=[reads.dispose],
     )

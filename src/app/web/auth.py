@@ -7,7 +7,13 @@ the API is for bearer clients, so it needs no CSRF protection).
 
 Access tokens are short-lived JWTs (Litestar's `Token`) carrying the user's
 `credentials_version`; each request re-reads the user, so a deactivated user, a
-password change or a reset stops every token and session at once.
+password change or a reset stops every token and session at once. That read is one
+round trip: a single SELECT on the read engine (autocommit, no ping; see
+app.domain.database), its row made into a detached User as a session would leave it
+(handlers may `merge(user, load=False)` it into theirs). The user is not cached: a
+cache would have to be cleared in every web process the moment a user is deactivated.
+
+The guards are coroutines: Litestar runs a plain function guard in a worker thread.
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ from litestar.middleware.session.server_side import ServerSideSessionBackend, Se
 from litestar.security.jwt import Token
 from litestar.types import ASGIApp, Empty, Message, ScopeSession
 from litestar.utils.dataclass import extract_dataclass_items
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import bindparam, inspect, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import make_transient_to_detached
 
 from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.clock import utcnow
+from app.domain.database import read
 
 ALGORITHM = "HS256"
 ISSUER = "app"
@@ -84,13 +93,13 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         self,
         app: ASGIApp,
         *,
-        sessions: async_sessionmaker[AsyncSession],
+        reads: AsyncEngine,
         tokens: AccessTokens,
         external: ExternalIdentities | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
-        self.sessions = sessions
+        self.reads = reads
         self.tokens = tokens
         self.external = external
 
@@ -121,20 +130,34 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
             key = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
         except ValueError:
             return None
-        async with self.sessions() as session:
-            user = await session.get(User, key)
+        user = await load_user(self.reads, key)
         if user is None or not user.is_active or user.credentials_version != version:
             return None
         return user
 
 
-def requires_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+#: (attribute, column) of every column a User maps, and the statement that reads them for one user.
+_USER_ATTRIBUTES = tuple((prop.key, prop.columns[0]) for prop in inspect(User).column_attrs)
+_USER_BY_ID = select(*(column for _, column in _USER_ATTRIBUTES)).where(User.id == bindparam("user_id"))
+
+
+async def load_user(reads: AsyncEngine, user_id: uuid.UUID) -> User | None:
+    """The user with this id, detached (as if loaded by a session that has closed), in one round trip."""
+    rows = await read(reads, _USER_BY_ID, {"user_id": user_id})
+    if not rows:
+        return None
+    user = User(**{key: value for (key, _), value in zip(_USER_ATTRIBUTES, rows[0], strict=True)})
+    make_transient_to_detached(user)
+    return user
+
+
+async def requires_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     if connection.scope.get("user") is None:
         raise NotAuthorizedException(detail="Sign in first.", headers={"WWW-Authenticate": "Bearer"})
 
 
-def requires_superuser(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    requires_user(connection, handler)
+async def requires_superuser(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    await requires_user(connection, handler)
     if not connection.scope["user"].is_superuser:
         raise PermissionDeniedException(detail="Only administrators may do this.")
 

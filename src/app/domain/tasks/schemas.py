@@ -51,16 +51,20 @@ class KindOut(msgspec.Struct, frozen=True, kw_only=True):
     params_schema: dict[str, Any]
 
 
+def progress_of(status: str, current: int, total: int, message: str | None) -> Progress:
+    """A task's progress; without a total, a succeeded task is at 100 % and any other at 0 %."""
+    percent = round(100.0 * current / total, 1) if total else (100.0 if status == "succeeded" else 0.0)
+    return Progress(current=current, total=total, percent=percent, message=message)
+
+
 def task_out(task: Task) -> TaskOut:
-    total, current = task.progress_total, task.progress_current
-    percent = round(100.0 * current / total, 1) if total else (100.0 if task.status == "succeeded" else 0.0)
     return TaskOut(
         id=task.id,
         kind=task.kind,
         title=task.title,
         description=task.description,
         status=task.status,
-        progress=Progress(current=current, total=total, percent=percent, message=task.progress_message),
+        progress=progress_of(task.status, task.progress_current, task.progress_total, task.progress_message),
         params=task.params,
         result=task.result,
         error=task.error,

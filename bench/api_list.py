@@ -1,0 +1,350 @@
+"""API read throughput: GET /api/v1/tasks?limit=20 of the real app against raw asyncpg + msgspec.
+
+One web process of the real app in services mode (Postgres + Redis, granian via
+`litestar run`, as the tests start it) and, beside it, `raw_app` below: a bare ASGI
+callable on granian that answers the same URL with the same JSON from the same query
+through an asyncpg pool and msgspec. Both read the same database, where the signed-in
+user owns 10,000 tasks. `wrk` drives each in turn with the same connections and duration.
+
+`raw_app` is started by granian as `bench.api_list:raw_app` and reads BENCH_RAW_* from
+the environment; it keeps its imports light for that reason.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+from uuid import UUID
+
+import msgspec
+
+from bench import Section, table
+
+ROWS = 10_000
+LIMIT = 20
+CONNECTIONS = 16
+WARMUP_S = 3
+DURATION_S = 6
+ROUNDS = 2  # per side, alternating, so that the machine's other load falls on both
+TARGET = 0.60
+PATH = f"/api/v1/tasks?limit={LIMIT}"
+_ROOT = Path(__file__).resolve().parents[1]
+
+# --- the baseline: a raw ASGI app ------------------------------------------------------------
+
+#: The page and its total in one round trip: the count, joined with the page (empty past the end).
+RAW_SQL = """
+SELECT c.total, t.id, t.kind, t.title, t.description, t.status, t.progress_current, t.progress_total,
+       t.progress_message, t.params, t.result, t.error, t.attempts, t.created_at, t.started_at, t.finished_at
+FROM (SELECT count(*) AS total FROM task WHERE user_id = $1) AS c
+LEFT JOIN LATERAL (
+    SELECT * FROM task WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3
+) AS t ON true
+"""
+
+
+class RawProgress(msgspec.Struct):
+    current: int
+    total: int
+    percent: float
+    message: str | None
+
+
+class RawTask(msgspec.Struct):
+    id: UUID
+    kind: str
+    title: str
+    description: str | None
+    status: str
+    progress: RawProgress
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RawPage(msgspec.Struct):
+    items: list[RawTask]
+    total: int
+    limit: int
+    offset: int
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_raw: dict[str, Any] = {}
+_encode = msgspec.json.Encoder().encode
+_UNAUTHORIZED = b'{"status":401}'
+
+
+async def _raw_startup() -> None:
+    import asyncpg
+
+    async def init(connection: Any) -> None:
+        await connection.set_type_codec("jsonb", encoder=_encode, decoder=msgspec.json.decode, schema="pg_catalog")
+
+    _raw["pool"] = await asyncpg.create_pool(os.environ["BENCH_RAW_DATABASE_URL"], min_size=10, max_size=10, init=init)
+    _raw["token"] = ("Bearer " + os.environ["BENCH_RAW_TOKEN"]).encode()
+    _raw["user_id"] = UUID(os.environ["BENCH_RAW_USER_ID"])
+
+
+def _raw_task(row: Any) -> RawTask:
+    current, total = row["progress_current"], row["progress_total"]
+    percent = round(100.0 * current / total, 1) if total else (100.0 if row["status"] == "succeeded" else 0.0)
+    return RawTask(
+        id=row["id"],
+        kind=row["kind"],
+        title=row["title"],
+        description=row["description"],
+        status=row["status"],
+        progress=RawProgress(current=current, total=total, percent=percent, message=row["progress_message"]),
+        params=row["params"],
+        result=row["result"],
+        error=row["error"],
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+async def _respond(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """GET /api/v1/tasks?limit=&offset=: a bearer token compared with the known one, one query, msgspec."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await _raw_startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if pool := _raw.get("pool"):
+                    await pool.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    authorization = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+    if not hmac.compare_digest(authorization, _raw["token"]):
+        await _respond(send, 401, _UNAUTHORIZED)
+        return
+    query = parse_qs(scope["query_string"].decode())
+    limit, offset = int(query.get("limit", ["20"])[0]), int(query.get("offset", ["0"])[0])
+    rows = await _raw["pool"].fetch(RAW_SQL, _raw["user_id"], limit, offset)
+    items = [_raw_task(row) for row in rows if row["id"] is not None]
+    await _respond(send, 200, _encode(RawPage(items=items, total=rows[0]["total"], limit=limit, offset=offset)))
+
+
+# --- the load: wrk ---------------------------------------------------------------------------
+
+
+class Load(msgspec.Struct, frozen=True):
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def wrk(url: str, token: str, seconds: int, connections: int = CONNECTIONS) -> Load:
+    """One wrk run (one thread, `connections` connections, latency percentiles)."""
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-H",
+        f"Authorization: Bearer {token}",
+        url,
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    requests = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", output)
+    if requests is None:
+        raise RuntimeError(f"unexpected wrk output:\n{output}")
+    span = float(requests[2]) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[requests[3]]
+    cuts = dict(re.findall(r"^ +(\d+)% +(\S+) *$", output, re.MULTILINE))
+    if "50" not in cuts or "99" not in cuts:
+        raise RuntimeError(f"unexpected wrk output:\n{output}")
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    return Load(int(requests[1]), span, _ms(cuts["50"]), _ms(cuts["99"]), errors)
+
+
+def wrk_missing() -> Section | None:
+    if shutil.which("wrk"):
+        return None
+    body = (
+        "Not run: this benchmark drives the servers with `wrk`, which is not installed here. "
+        "Install it (`apt-get install wrk` on Debian and Ubuntu) and run it again."
+    )
+    return Section(title="API read throughput (GET /api/v1/tasks)", body=body)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def _start_raw(env: dict[str, str], token: str, user_id: UUID) -> tuple[Any, str]:
+    from tests.servers import BIN, spawn
+
+    from bench.appstack import free_local_port, wait_live
+
+    port = free_local_port()
+    args = [str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port)]
+    raw_env = {
+        "BENCH_RAW_DATABASE_URL": env["DATABASE_URL"],
+        "BENCH_RAW_TOKEN": token,
+        "BENCH_RAW_USER_ID": str(user_id),
+        "PYTHONPATH": str(_ROOT),
+    }
+    process = spawn("raw", [*args, "--workers", "1", "bench.api_list:raw_app"], _ROOT, raw_env)
+    url = f"http://127.0.0.1:{port}"
+    _wait_raw(url, process, token, wait_live)
+    return process, url
+
+
+def _wait_raw(url: str, process: Any, token: str, wait_live: Any) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"the raw app exited:\n{process.output()[-4000:]}")
+        try:
+            if httpx.get(url + PATH, headers={"Authorization": f"Bearer {token}"}, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the raw app did not answer:\n{process.output()[-4000:]}")
+
+
+def _same_answer(app_url: str, raw_url: str, token: str) -> bool:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"}
+    app, raw = (httpx.get(url + PATH, headers=headers, timeout=10) for url in (app_url, raw_url))
+    return app.status_code == raw.status_code == 200 and app.json() == raw.json() and len(app.json()["items"]) == LIMIT
+
+
+def measure() -> tuple[dict[str, list[Load]], bool]:
+    from bench.appstack import login, seed, services, start_web, stop
+
+    with services("api_list") as stack:
+        (user_id,) = seed(stack.database_url, ["reader"], ROWS)
+        web, app_url = start_web(stack.env)
+        raw = None
+        try:
+            token = login(app_url, "reader")
+            raw, raw_url = _start_raw(stack.env, token, user_id)
+            same = _same_answer(app_url, raw_url, token)
+            urls = {"app": app_url + PATH, "raw": raw_url + PATH}
+            for url in urls.values():
+                wrk(url, token, WARMUP_S)
+            loads: dict[str, list[Load]] = {"app": [], "raw": []}
+            for number in range(ROUNDS):
+                for side in ("app", "raw") if number % 2 == 0 else ("raw", "app"):
+                    loads[side].append(wrk(urls[side], token, DURATION_S))
+        finally:
+            if raw is not None:
+                stop(raw)
+            stop(web)
+    return loads, same
+
+
+def _summary(loads: list[Load]) -> Load:
+    return Load(
+        requests=sum(load.requests for load in loads),
+        seconds=sum(load.seconds for load in loads),
+        p50_ms=sum(load.p50_ms for load in loads) / len(loads),
+        p99_ms=max(load.p99_ms for load in loads),
+        errors=sum(load.errors for load in loads),
+    )
+
+
+def run() -> Section:
+    if (missing := wrk_missing()) is not None:
+        return missing
+    loads, same = measure()
+    app, raw = _summary(loads["app"]), _summary(loads["raw"])
+    ratio = app.rate / raw.rate
+    figures = {
+        "app_requests_per_s": app.rate,
+        "app_p50_ms": app.p50_ms,
+        "app_p99_ms": app.p99_ms,
+        "raw_requests_per_s": raw.rate,
+        "raw_p50_ms": raw.p50_ms,
+        "raw_p99_ms": raw.p99_ms,
+        "app_to_raw_ratio": ratio,
+        "errors": float(app.errors + raw.errors),
+    }
+    rows = [
+        [label, f"{load.rate:,.0f}", f"{load.p50_ms:.2f}", f"{load.p99_ms:.2f}", f"{load.errors}"]
+        for label, load in (
+            ("raw ASGI app: asyncpg pool + msgspec (baseline)", raw),
+            ("the app: Litestar, auth, the service's read query", app),
+        )
+    ]
+    results = table(["Server (one granian worker each)", "requests/s", "p50 (ms)", "p99 (ms)", "errors"], rows, "lrrrr")
+    verdict = "met" if ratio >= TARGET else "not met"
+    body = f"""\
+Authenticated `GET {PATH}` with {ROWS:,} task rows for the signed-in user. The app is one
+web process of the real service in services mode (Postgres + its own redis-server,
+granian via `litestar run`, one worker, `APP_ENV=production`, `LOG_LEVEL=WARNING` so that
+no line is logged per request); the bearer token comes from a real login. The baseline
+is a bare ASGI callable (`raw_app` in `bench/api_list.py`) on granian, one worker, on the
+same machine and database: it compares the `Authorization` header with the known token
+(no signature check, no user lookup), runs the same page-and-count query in one round
+trip through an asyncpg pool (size 10, which resets each connection on release) and
+encodes the same JSON with msgspec; both answers are checked to be equal before the load
+({"equal" if same else "NOT equal"}). `wrk` (one thread, {CONNECTIONS} connections) drives
+each for a {WARMUP_S} s warm-up, then {ROUNDS} rounds of {DURATION_S} s per side, alternating;
+requests/s is over all rounds, p50 the mean of the rounds', p99 the worst round's.
+
+Target: the app reaches at least {TARGET:.0%} of the raw app's rate. Result:
+**{ratio:.0%}** ({app.rate:,.0f} against {raw.rate:,.0f} requests/s): {verdict}.
+
+{results}
+"""
+    return Section(title="API read throughput (GET /api/v1/tasks)", body=body, figures=figures)
+
+
+def main() -> None:
+    section = run()
+    print(f"## {section.title}\n\n{section.body}")
+
+
+if __name__ == "__main__":
+    main()
