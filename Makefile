@@ -12,7 +12,7 @@ UV = $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN = $(UV) run --frozen --no-sync
 VENDOR := src/app/web/static/vendor
 
-.PHONY: help install run web worker scheduler migrate test test-embedded test-services chaos lint bench assets clean
+.PHONY: help install run web worker scheduler migrate test test-embedded test-services browser chaos lint bench assets clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -66,14 +66,27 @@ lint: install ## ruff and mypy --strict on src/.
 	$(RUN) ruff format --check src tests bench
 	$(RUN) mypy
 
-test: lint ## Lint, then run every test in embedded mode and against Postgres and Redis.
+test: lint browser ## Lint, then run every test in embedded mode and against Postgres and Redis.
 	$(MAKE) --no-print-directory test-embedded test-services
 
-test-embedded: install
+test-embedded: install browser
 	env -u DATABASE_URL -u REDIS_URL TEST_MODE=embedded $(RUN) pytest
 
-test-services: install
+test-services: install browser
 	TEST_MODE=services $(RUN) pytest
+
+# The browser tests drive Debian's Chromium (Playwright downloads no browser). Without it they are
+# skipped, or fail under CI=true.
+CHROMIUM := /usr/bin/chromium
+browser: ## Install Debian's Chromium for the browser tests when it is missing (as root, with apt).
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing Debian's chromium for the browser tests"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	    || echo "Could not install chromium: the browser tests will be skipped (under CI=true they fail)."; \
+	else \
+	  echo "No $(CHROMIUM): the browser tests will be skipped (under CI=true they fail). Install it: sudo apt-get install chromium"; \
+	fi
 
 chaos: install ## Long fault runs: workers killed, Redis and Postgres restarted under load (needs initdb, redis-server).
 	TEST_MODE=services $(RUN) pytest -m chaos tests/test_chaos.py
