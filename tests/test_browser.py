@@ -168,20 +168,28 @@ async def test_sign_up_run_a_task_read_notifications_sign_out_and_in(open_tab: O
 
 
 async def test_the_dashboard_fits_a_small_phone(open_tab: OpenTab) -> None:
-    """At 375 CSS pixels wide nothing scrolls sideways, with a task listed and its toast shown."""
+    """At 375 CSS pixels wide no page scrolls sideways; the dashboard with a task listed and its toast shown."""
     tab = await open_tab("phone", width=375, height=812)
     page = tab.page
+
+    async def fits(path: str) -> None:
+        overflow = await page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{path} scrolls sideways by {overflow} px at 375 px"
+
+    await page.goto("/")
+    await fits("/")
+    await page.goto("/register")
+    await fits("/register")
     await register(tab)
     row = await start_demo(page, "A task with a rather long title for a small screen", steps=5, step_ms=50)
     await expect(bar(row)).to_have_attribute("aria-valuenow", "100")
     await expect(page.locator("#toasts .toast")).to_be_visible()
     await tab.shot("dashboard")
-    for path in ("/dashboard", "/notifications", "/account"):
-        if path != "/dashboard":
-            await page.goto(path)
-            await stream_open(page)
-        overflow = await page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
-        assert overflow <= 0, f"{path} scrolls sideways by {overflow} px at 375 px"
+    await fits("/dashboard")
+    for path in ("/notifications", "/account"):
+        await page.goto(path)
+        await stream_open(page)
+        await fits(path)
     await tab.shot("account")
 
 
