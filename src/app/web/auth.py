@@ -18,8 +18,10 @@ The guards are coroutines: Litestar runs a plain function guard in a worker thre
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any, Protocol
 
 from litestar.connection import ASGIConnection
@@ -49,10 +51,15 @@ _ROTATE = "_rotate"
 SESSION_PATHS = ("/api/v1/events",)
 
 
+#: How many decoded access tokens a process remembers (see AccessTokens.read).
+DECODED_TOKENS = 4096
+
+
 class AccessTokens:
     def __init__(self, settings: Settings) -> None:
         self.secret = settings.secret_key
         self.lifetime = timedelta(minutes=settings.access_token_minutes)
+        self._claims = lru_cache(maxsize=DECODED_TOKENS)(self._decode_claims)
 
     def issue(self, user: User, family_id: uuid.UUID | None = None) -> tuple[str, int]:
         """An encoded access token and its lifetime in seconds; `fam` names its refresh family."""
@@ -72,10 +79,22 @@ class AccessTokens:
         )
 
     def read(self, encoded: str) -> tuple[uuid.UUID, int]:
-        """(user id, credentials version) of a valid token; NotAuthorizedException otherwise."""
+        """(user id, credentials version) of a valid token; NotAuthorizedException otherwise.
+
+        A token's claims depend on its text only, so the claims of valid tokens are kept
+        (checking a signature and converting claims is a good part of a small request's
+        cost); the expiry is checked again on every use. Whether the user may still use
+        it is not kept: the caller reads the user every time.
+        """
+        user_id, version, expires = self._claims(encoded)
+        if expires <= time.time():
+            raise NotAuthorizedException()
+        return user_id, version
+
+    def _decode_claims(self, encoded: str) -> tuple[uuid.UUID, int, float]:
         token = self.decode(encoded)
         try:
-            return uuid.UUID(token.sub), int(token.extras.get("ver", 0))
+            return uuid.UUID(token.sub), int(token.extras.get("ver", 0)), token.exp.timestamp()
         except ValueError as exc:
             raise NotAuthorizedException() from exc
 

@@ -1,0 +1,220 @@
+"""Idle memory: resident memory of the web process and of a worker, against a bare interpreter and a hello app.
+
+Every process is started the way an operator starts it, each with its children: the web
+app with `litestar run` (the CLI process, granian's main process and its one worker), a
+worker with `dramatiq app.workers --processes 1 --threads 8` (the CLI and its worker
+process), a minimal Litestar app (`hello_app` below, one route, granian's plugin) with
+`litestar run` too, and a bare `python -c` interpreter. The service runs in services mode
+against its own database and redis-server. After start-up each serves a few requests
+(the worker runs a few tasks), then after a pause its memory is read from /proc: VmRSS
+summed over the process tree (pages shared between a parent and its forked children are
+counted in each), and Pss (each shared page split between the processes that map it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+from litestar import Litestar, get
+from litestar_granian import GranianPlugin
+
+from bench import Section, table
+
+SETTLE_S = 3.0
+REQUESTS = 20
+TASKS = 5
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+@get("/health/live", sync_to_thread=False)
+def hello() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+#: The baseline app: Litestar with one route and nothing else, served like the service.
+hello_app = Litestar(route_handlers=[hello], plugins=[GranianPlugin()], logging_config=None)
+
+
+def pss_kib(pid: int) -> int:
+    """Pss of one process from /proc/<pid>/smaps_rollup, in KiB (0 when unreadable)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Footprint:
+    def __init__(self, label: str, pid: int) -> None:
+        from bench.appstack import process_tree, rss_kib
+
+        pids = process_tree(pid)
+        self.label = label
+        self.members = [(_name(p, root=p == pid), rss_kib(p)) for p in pids]
+        self.rss_kib = sum(kib for _, kib in self.members)
+        self.pss_kib = sum(pss_kib(p) for p in pids)
+
+    def breakdown(self) -> str:
+        return ", ".join(f"{name} {_mib(kib)}" for name, kib in self.members)
+
+
+def _name(pid: int, *, root: bool) -> str:
+    """A short name for a process: what it runs (granian's processes rename themselves)."""
+    try:
+        words = [w for w in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if w]
+    except OSError:
+        return "?"
+    line = " ".join(words)
+    if "granian" in line:
+        return "granian worker" if "worker-" in line else "granian main"
+    if "litestar" in line:
+        return "litestar CLI"
+    if "dramatiq" in line:
+        return "dramatiq CLI" if root else "dramatiq worker"
+    return "python"
+
+
+def _exercise_web(url: str) -> None:
+    """Sign in and read: the first requests load what the hot paths need."""
+    import httpx
+
+    from bench.appstack import login
+
+    token = login(url, "reader")
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        for number in range(TASKS):
+            body = {"kind": "demo", "params": {"steps": 3, "step_ms": 10}, "title": f"memory {number}"}
+            client.post("/api/v1/tasks", json=body).raise_for_status()
+        for _ in range(REQUESTS):
+            client.get("/api/v1/tasks?limit=20").raise_for_status()
+        client.get("/health/ready").raise_for_status()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            page = client.get("/api/v1/tasks?status=succeeded").json()
+            if page["total"] >= TASKS:
+                return
+            time.sleep(0.2)
+    raise RuntimeError("the worker did not finish the tasks within 60 s")
+
+
+def _exercise_hello(url: str) -> None:
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(REQUESTS):
+            client.get("/health/live").raise_for_status()
+
+
+def _wait_ready(url: str, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/health/ready", timeout=3).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError("the service did not become ready (no worker heartbeat?)")
+
+
+def measure() -> list[Footprint]:
+    from tests.servers import BIN, spawn
+
+    from bench.appstack import free_local_port, seed, services, start_web, stop, wait_live
+
+    found: list[Footprint] = []
+    bare = spawn("bare", [sys.executable, "-c", "import time; time.sleep(3600)"], _ROOT)
+    try:
+        time.sleep(1.0)
+        found.append(Footprint("bare `python -c` interpreter", bare.popen.pid))
+    finally:
+        stop(bare)
+
+    port = free_local_port()
+    hello_args = [str(BIN / "litestar"), "--app", "bench.memory:hello_app", "run", "--port", str(port)]
+    hello_proc = spawn("hello", hello_args, _ROOT, {"LITESTAR_APP": "bench.memory:hello_app", "PYTHONPATH": str(_ROOT)})
+    try:
+        hello_url = f"http://127.0.0.1:{port}"
+        wait_live(hello_url, hello_proc)
+        _exercise_hello(hello_url)
+        time.sleep(SETTLE_S)
+        found.append(Footprint("minimal Litestar app, `litestar run` (CLI + granian + 1 worker)", hello_proc.popen.pid))
+    finally:
+        stop(hello_proc)
+
+    with services("memory") as stack:
+        seed(stack.database_url, ["reader"], 0)
+        web, url = start_web(stack.env)
+        worker = None
+        try:
+            command = [str(BIN / "dramatiq"), "app.workers", "--processes", "1", "--threads", "8"]
+            worker = spawn("worker", command, _ROOT, stack.env)
+            _wait_ready(url)
+            _exercise_web(url)
+            time.sleep(SETTLE_S)
+            found.append(Footprint("the app's web process, `litestar run` (CLI + granian + 1 worker)", web.popen.pid))
+            found.append(Footprint("a worker, `dramatiq app.workers --processes 1 --threads 8`", worker.popen.pid))
+        finally:
+            if worker is not None:
+                stop(worker)
+            stop(web)
+    return found
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:,.1f}"
+
+
+def run() -> Section:
+    bare, hello, web, worker = measure()
+    figures = {
+        "bare_rss_mib": bare.rss_kib / 1024,
+        "hello_rss_mib": hello.rss_kib / 1024,
+        "web_rss_mib": web.rss_kib / 1024,
+        "worker_rss_mib": worker.rss_kib / 1024,
+        "hello_pss_mib": hello.pss_kib / 1024,
+        "web_pss_mib": web.pss_kib / 1024,
+        "worker_pss_mib": worker.pss_kib / 1024,
+        "web_to_hello_rss_ratio": web.rss_kib / hello.rss_kib,
+        "worker_to_bare_rss_ratio": worker.rss_kib / bare.rss_kib,
+    }
+    rows = [[f.label, _mib(f.rss_kib), _mib(f.pss_kib), f.breakdown()] for f in (bare, hello, web, worker)]
+    results = table(
+        ["Process tree", "VmRSS, sum (MiB)", "Pss, sum (MiB)", "VmRSS per process (MiB)"], rows, align="lrrl"
+    )
+    body = f"""\
+Resident memory when idle, after start-up and a little work. Each process tree is started
+as an operator starts it and its memory read from `/proc/<pid>/status` (VmRSS) and
+`/proc/<pid>/smaps_rollup` (Pss) for every process in it: the web app with `litestar run`
+(the CLI process that launches granian, granian's main process, one granian worker) in
+services mode against its own Postgres database and redis-server, after a login, {TASKS}
+task submissions, {REQUESTS} task listings and a readiness check; a worker with `dramatiq
+app.workers --processes 1 --threads 8` (the CLI and its worker process) after running
+those {TASKS} demo tasks. The baselines, in the same run: a bare `python -c` interpreter, and
+a minimal Litestar app (one route, granian's plugin; `hello_app` in `bench/memory.py`)
+started with `litestar run` the same way and asked {REQUESTS} times. Figures are taken
+{SETTLE_S:.0f} s after the last request. VmRSS counts pages shared between a parent and its
+forked children once per process; Pss splits them, so its sum is the tree's real share of
+the machine's memory. There is no target: this is the price of each process, to size a
+machine by.
+
+{results}
+
+Ratios (VmRSS sums): the web process tree is **{figures["web_to_hello_rss_ratio"]:.1f}x** the
+minimal Litestar app served the same way; a worker tree is
+**{figures["worker_to_bare_rss_ratio"]:.1f}x** a bare interpreter.
+"""
+    return Section(title="Idle memory (web process and worker)", body=body, figures=figures)
+
+
+def main() -> None:
+    section = run()
+    print(f"## {section.title}\n\n{section.body}")
+
+
+if __name__ == "__main__":
+    main()
