@@ -44,12 +44,18 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
         super().__init__(redis=redis, key_prefix=key_prefix)
         self._wanted: set[str] = set()
         self._out_of_step = False  # Redis' subscriptions may differ from `_wanted`
+        # redis-py's PubSub takes a connection of its own on its first command. Streams that
+        # subscribe at the same moment would each take one: their channels would be subscribed
+        # on connections nobody reads, so their wake-ups were lost (200 streams opened at once:
+        # 71 of them saw a broadcast only at their next heartbeat). One command at a time.
+        self._commands = asyncio.Lock()
 
     async def subscribe(self, channels: Iterable[str]) -> None:
         channels = set(channels)
         self._wanted |= channels
         try:
-            await super().subscribe(channels)
+            async with self._commands:
+                await super().subscribe(channels)
         except REDIS_DOWN as exc:
             log.warning("channels.subscribe_failed", error=str(exc))
             self._out_of_step = True
@@ -59,7 +65,8 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
         channels = set(channels)
         self._wanted -= channels
         try:
-            await super().unsubscribe(channels)
+            async with self._commands:
+                await super().unsubscribe(channels)
         except REDIS_DOWN as exc:
             log.warning("channels.unsubscribe_failed", error=str(exc))
             self._out_of_step = True
@@ -99,11 +106,12 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
     async def _resubscribe(self) -> None:
         """Make Redis' subscriptions those wanted (after subscribes or unsubscribes that failed)."""
         self._out_of_step = True
-        held = {channel.decode() if isinstance(channel, bytes) else channel for channel in self._pub_sub.channels}
-        if missing := self._wanted - held:
-            await self._pub_sub.subscribe(*missing)
-        if extra := held - self._wanted:
-            await self._pub_sub.unsubscribe(*extra)
+        async with self._commands:
+            held = {channel.decode() if isinstance(channel, bytes) else channel for channel in self._pub_sub.channels}
+            if missing := self._wanted - held:
+                await self._pub_sub.subscribe(*missing)
+            if extra := held - self._wanted:
+                await self._pub_sub.unsubscribe(*extra)
         self._out_of_step = False
 
 

@@ -6,6 +6,11 @@ every heartbeat) reads the table again after the last id it sent. Ids are handed
 in commit order (see app.domain.notifications.events), so reading "after the last id
 sent" can neither skip an event nor send one twice; a publish that was lost only
 makes its event wait for the next wake-up or heartbeat.
+
+The streams of a process share their reads (`EventFeed`): the readers waiting at one
+moment are served by one query for up to FEED_USERS users, and a heartbeat's re-check
+waits up to FEED_TICK seconds to join others. A stream holds no database connection
+while it waits.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from asyncio import FIRST_COMPLETED
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator, Sequence
 from typing import Annotated, Any
 from uuid import UUID
@@ -22,16 +27,19 @@ import msgspec
 import structlog
 from litestar import Controller, Request, get
 from litestar.channels import ChannelsPlugin
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException, ValidationException
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.notifications.events import EventLog, EventRecord, channels_for_reader
+from app.domain.notifications.models import Event
 from app.web.auth import requires_user
 from app.web.draining import Draining
 from app.web.errors import database_unavailable
@@ -41,37 +49,170 @@ log = structlog.get_logger(__name__)
 
 #: How many events one read of the table sends at most; a longer backlog takes several reads.
 BATCH = 500
+#: Users served by one shared read (each is one bind parameter).
+FEED_USERS = 500
+#: Rows one shared read takes at most; a read that reaches it is done again reader by reader.
+FEED_ROWS = 2_000
+#: How long a heartbeat's re-check of the table may wait to share a read with others (seconds).
+FEED_TICK = 1.0
 
 #: Open streams per user in this process (counted while the stream's generator runs).
 _open_streams: Counter[UUID] = Counter()
+
+#: What a reader gets: the events after its id, and whether to read again at once (more backlog);
+#: None when the database cannot be reached.
+Read = tuple[Sequence[EventRecord], bool] | None
 
 
 def _message(record: EventRecord) -> ServerSentEventMessage:
     return ServerSentEventMessage(id=record.id, event=record.type, data=msgspec.json.encode(record.data).decode())
 
 
-async def _read_after(
-    sessions: async_sessionmaker[AsyncSession], after_id: int, user_id: UUID | None
-) -> Sequence[EventRecord] | None:
-    """The next events after `after_id`; None when the database cannot be reached.
+class EventFeed:
+    """The reads of the event table for every stream of a process, shared.
 
-    The stream then ends cleanly instead of breaking off with a traceback: the client
-    comes back after `retry` with its Last-Event-ID, and misses nothing.
+    A reader asks for its events after an id and waits. The readers waiting at that
+    moment are served together: one query per FEED_USERS users takes every event above
+    the lowest id asked for, of those users or for everyone, and each reader gets those
+    after its own id. That is the same set, in the same order, as its own read would
+    give (ids are in commit order per reader), so the stream's contract is unchanged.
+    A shared read that reaches FEED_ROWS rows (a long backlog somewhere) is done again
+    reader by reader, BATCH rows each. Heartbeat re-checks (`soon=False`) wait up to
+    FEED_TICK seconds for a read to join, so idle streams cost one query per tick, not
+    one per stream.
     """
-    try:
-        async with sessions() as session:
-            return await EventLog(session).after(after_id, user_id=user_id, limit=BATCH)
-    except Exception as exc:
-        if not database_unavailable(exc):
-            raise
-        log.warning("events.database_unavailable", error=str(exc))
-        return None
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, tick: float = FEED_TICK) -> None:
+        self._sessions = sessions
+        self._tick = tick
+        self._waiting: dict[UUID | None, list[tuple[int, asyncio.Future[Read]]]] = {}
+        self._running: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        #: Shared queries run so far (read by the tests and benchmarks).
+        self.queries = 0
+
+    async def after(self, user_id: UUID | None, after_id: int, *, soon: bool = True) -> Read:
+        """The reader's events after `after_id` (at most BATCH), and whether there are more."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Read] = loop.create_future()
+        self._waiting.setdefault(user_id, []).append((after_id, future))
+        if soon:
+            self._start()
+        elif self._timer is None and self._running is None:
+            self._timer = loop.call_later(self._tick, self._start)
+        return await future
+
+    def hurry(self, _: object = None) -> None:
+        """Serve the heartbeat re-checks waiting for the tick now (a wake-up came meanwhile)."""
+        if self._timer is not None:
+            self._start()
+
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._serve_all())
+
+    async def _serve_all(self) -> None:
+        try:
+            while self._waiting:
+                waiting, self._waiting = self._waiting, {}
+                readers = list(waiting.items())
+                for start in range(0, len(readers), FEED_USERS):
+                    await self._serve(readers[start : start + FEED_USERS])
+        finally:
+            self._running = None
+
+    async def _serve(self, readers: list[tuple[UUID | None, list[tuple[int, asyncio.Future[Read]]]]]) -> None:
+        futures = [future for _, asks in readers for _, future in asks]
+        try:
+            records = await self._query(readers)
+            if records is None or len(records) < FEED_ROWS:
+                self._hand_out(readers, records)
+                return
+            for user_id, asks in readers:  # a long backlog: each reader on its own
+                for after_id, future in asks:
+                    if not future.done():
+                        future.set_result(await self._one(user_id, after_id))
+        except BaseException as exc:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc) if isinstance(exc, Exception) else future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _query(self, readers: list[tuple[UUID | None, Any]]) -> list[EventRecord] | None:
+        floor = min(after_id for _, asks in readers for after_id, _ in asks)
+        users = [user_id for user_id, _ in readers if user_id is not None]
+        audience = Event.user_id.is_(None) if not users else or_(Event.user_id.in_(users), Event.user_id.is_(None))
+        query = (
+            select(Event.id, Event.type, Event.payload, Event.created_at, Event.user_id)
+            .where(Event.id > floor, audience)
+            .order_by(Event.id)
+            .limit(FEED_ROWS)
+        )
+        self.queries += 1
+        try:
+            async with self._sessions() as session:
+                rows = (await session.execute(query)).all()
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            log.warning("events.database_unavailable", error=str(exc))
+            return None
+        return [EventRecord(id=r[0], type=r[1], data=r[2], created_at=r[3], user_id=r[4]) for r in rows]
+
+    @staticmethod
+    def _hand_out(
+        readers: list[tuple[UUID | None, list[tuple[int, asyncio.Future[Read]]]]], records: list[EventRecord] | None
+    ) -> None:
+        by_user: defaultdict[UUID | None, list[EventRecord]] = defaultdict(list)
+        for record in records or ():
+            by_user[record.user_id].append(record)
+        everyone = by_user.get(None, [])
+        for user_id, asks in readers:
+            mine = by_user.get(user_id, []) if user_id is not None else []
+            seen = sorted(mine + everyone, key=lambda record: record.id) if mine and everyone else mine or everyone
+            for after_id, future in asks:
+                if future.done():
+                    continue  # its stream has gone
+                if records is None:
+                    future.set_result(None)
+                    continue
+                new = [record for record in seen if record.id > after_id]
+                future.set_result((new[:BATCH], len(new) > BATCH))
+
+    async def _one(self, user_id: UUID | None, after_id: int) -> Read:
+        self.queries += 1
+        try:
+            async with self._sessions() as session:
+                batch = await EventLog(session).after(after_id, user_id=user_id, limit=BATCH)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            log.warning("events.database_unavailable", error=str(exc))
+            return None
+        return batch, len(batch) == BATCH
+
+
+#: Where the app keeps its EventFeed (in its state).
+FEED_STATE_KEY = "event_feed"
+
+
+def event_feed(state: State, sessions: async_sessionmaker[AsyncSession]) -> EventFeed:
+    """The process' EventFeed, made on first use."""
+    feed: EventFeed | None = state.get(FEED_STATE_KEY)
+    if feed is None:
+        feed = EventFeed(sessions)
+        state[FEED_STATE_KEY] = feed
+    return feed
 
 
 async def event_stream(
     *,
     channels: ChannelsPlugin,
-    sessions: async_sessionmaker[AsyncSession],
+    feed: EventFeed,
     user_id: UUID | None,
     last_id: int,
     heartbeat: float,
@@ -86,20 +227,24 @@ async def event_stream(
         _open_streams[user_id] += 1
     try:
         yield ServerSentEventMessage(comment="connected", data=None, retry=2000)
+        soon = True
         while True:
-            batch = await _read_after(sessions, last_id, user_id)
-            if batch is None:
+            read = await feed.after(user_id, last_id, soon=soon)
+            if read is None:
                 return
+            batch, more = read
             for record in batch:
                 yield _message(record)
                 last_id = record.id
-            if len(batch) == BATCH:
+            if more:
                 continue  # more backlog: read on at once
             if next_wakeup is None:
                 next_wakeup = asyncio.ensure_future(anext(wakeups))
+                next_wakeup.add_done_callback(feed.hurry)
             done, _ = await asyncio.wait({next_wakeup, stopping}, timeout=heartbeat, return_when=FIRST_COMPLETED)
             if stopping in done:
                 return  # the process is stopping: the client reconnects (to another process) and replays
+            soon = bool(done)
             if done:
                 next_wakeup.result()
                 next_wakeup = None
@@ -244,7 +389,7 @@ class EventsController(Controller):
         after = _last_event_id(last_event_id_header, last_event_id)
         stream = event_stream(
             channels=channels,
-            sessions=sessions,
+            feed=event_feed(request.app.state, sessions),
             user_id=request.user.id,
             last_id=after,
             heartbeat=settings.sse_heartbeat_seconds,
