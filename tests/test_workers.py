@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import dramatiq
 import pendulum
+import pytest
+import redis
 from dramatiq.brokers.stub import StubBroker
 from periodiq import PeriodiqMiddleware, cron
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,11 +18,12 @@ from app.config import get_settings
 from app.domain.notifications.events import EventLog
 from app.domain.notifications.models import Event
 from app.workers import broker
+from app.workers.brokers import WakingRedisBroker
 from app.workers.schedules import periodic_actors, run_schedules
 
 
 def test_the_broker_matches_the_run_mode(mode: str) -> None:
-    expected = "StubBroker" if mode == "embedded" else "RedisBroker"
+    expected = "StubBroker" if mode == "embedded" else "WakingRedisBroker"
     assert type(broker).__name__ == expected
     names = {type(m).__name__ for m in broker.middleware}
     assert {"AsyncIO", "CurrentMessage", "LogContext", "Heartbeat", "PeriodiqMiddleware", "Retries"} <= names
@@ -31,6 +34,37 @@ def test_every_worker_polls_with_the_configured_timeout() -> None:
     defaults = dramatiq.Worker.__init__.__kwdefaults__
     assert defaults is not None
     assert defaults["worker_timeout"] == get_settings().worker_poll_ms == 100
+
+
+@pytest.mark.services
+def test_a_send_wakes_an_idle_redis_worker_long_before_its_next_poll() -> None:
+    """With a 5 s poll, an idle worker still starts a message within a fraction of a second."""
+    from tests.processes import redis_server
+
+    with redis_server() as server:
+        woken = WakingRedisBroker(client=redis.Redis.from_url(server.url), namespace="wake-test")
+        started: list[float] = []
+
+        def record() -> None:
+            started.append(time.monotonic())
+
+        actor = dramatiq.actor(record, actor_name="wake_test_record", queue_name="wake-test", broker=woken)
+        worker = dramatiq.Worker(woken, worker_timeout=5_000, worker_threads=1)
+        worker.start()
+        try:
+            time.sleep(6)  # idle past one whole poll: the consumer now waits at its longest
+            for count in range(1, 4):
+                sent = time.monotonic()
+                actor.send()
+                deadline = sent + 5
+                while len(started) < count and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                assert len(started) == count, "the message never started"
+                assert started[-1] - sent < 1.0, f"started {started[-1] - sent:.3f} s after the send"
+                time.sleep(1)
+        finally:
+            worker.stop()
+            woken.close()
 
 
 def test_housekeeping_is_scheduled() -> None:

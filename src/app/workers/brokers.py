@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dramatiq
 import redis
+import structlog
+from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import compute_backoff
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
 from periodiq import PeriodiqMiddleware
 from redis.backoff import ExponentialBackoff
@@ -16,6 +22,73 @@ from app.config import Settings
 from app.workers.context import LogContext
 from app.workers.heartbeat import Heartbeat, HeartbeatStore, MemoryHeartbeats, RedisHeartbeats
 from app.workers.runtime import RuntimeLifecycle
+
+log = structlog.get_logger(__name__)
+
+
+class WakingRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker, whose idle consumers are woken by a send instead of waiting for their next poll.
+
+    Dramatiq's Redis consumer sleeps between empty fetches with a back-off that grows up to
+    the worker timeout, so a message sent to an idle worker waits for the next poll. Here
+    each send is followed by a PUBLISH on the queue's wake-up channel, and an idle consumer
+    waits on its subscription to that channel instead of sleeping: it fetches as soon as a
+    message is there, and still polls at least every worker timeout (delayed messages, a
+    lost wake-up). The subscription stays open between waits, so a wake-up sent while the
+    consumer is fetching is kept and ends its next wait at once.
+    """
+
+    @property
+    def consumer_class(self) -> type[Consumer]:
+        return _WakingConsumer
+
+    def wake_channel(self, queue_name: str) -> str:
+        return f"{self.namespace}:{queue_name}.wake"
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        enqueued: dramatiq.Message[Any] = super().enqueue(message, delay=delay)
+        try:
+            self.client.publish(self.wake_channel(enqueued.queue_name), b"")
+        except redis.RedisError as exc:  # the message is in Redis: the worker's next poll finds it
+            log.warning("broker.wake_failed", queue=enqueued.queue_name, error=str(exc))
+        return enqueued
+
+
+class _WakingConsumer(_RedisConsumer):
+    """A Redis consumer that waits for a wake-up (or at most its timeout) where Dramatiq's sleeps."""
+
+    def __init__(self, broker: WakingRedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        # A maximum back-off of 0 makes the parent return at once after an empty fetch; the wait is here.
+        super().__init__(broker, queue_name, prefetch, 0)  # type: ignore[no-untyped-call]
+        self.idle_timeout = timeout
+        self.idle_misses = 0
+        self.pubsub = broker.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            self.pubsub.subscribe(broker.wake_channel(queue_name))
+        except redis.ConnectionError as exc:
+            self.pubsub.close()
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+    def __next__(self) -> MessageProxy | None:
+        message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
+        if message is not None:
+            self.idle_misses = 0
+            return message
+        self.idle_misses, backoff_ms = compute_backoff(self.idle_misses, max_backoff=self.idle_timeout)
+        try:
+            if self.pubsub.get_message(timeout=backoff_ms / 1000) is not None:
+                while self.pubsub.get_message(timeout=0) is not None:  # one fetch answers every wake-up so far
+                    pass
+                self.idle_misses = 0
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        return None
+
+    def close(self) -> None:
+        try:
+            self.pubsub.close()
+        finally:
+            super().close()
 
 
 def heartbeat_store(settings: Settings) -> HeartbeatStore:
@@ -41,7 +114,7 @@ def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Bro
     elif url.startswith(("amqp://", "amqps://")):
         broker = RabbitmqBroker(url=url, confirm_delivery=True)
     else:
-        broker = RedisBroker(client=_redis_client(url), namespace=settings.redis_namespace)  # type: ignore[no-untyped-call]
+        broker = WakingRedisBroker(client=_redis_client(url), namespace=settings.redis_namespace)  # type: ignore[no-untyped-call]
     for middleware in extra:
         broker.add_middleware(middleware)
     _default_worker_timeout(settings.worker_poll_ms)

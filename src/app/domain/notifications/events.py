@@ -20,9 +20,10 @@ from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import delete, func, or_, select, text
+from sqlalchemy import Executable, TextClause, bindparam, delete, func, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.domain.clock import utcnow
 from app.domain.notifications.models import Event
 
 #: Arbitrary constant naming the advisory lock that orders events for everyone against all others.
@@ -36,7 +37,52 @@ def _user_lock_key(user_id: UUID) -> int:
     return int.from_bytes(user_id.bytes[-4:], "big", signed=True)
 
 
+def _lock_keys(user_id: UUID | None) -> dict[str, int]:
+    if user_id is None:
+        return {"everyone": EVENT_ORDER_LOCK}
+    return {"everyone": EVENT_ORDER_LOCK, "space": USER_EVENT_LOCKS, "key": _user_lock_key(user_id)}
+
+
+#: The locks an event takes (see above). A select list is evaluated in order, so the
+#: "everyone" lock always comes before the user's.
+_USER_LOCKS = (
+    "SELECT pg_advisory_xact_lock_shared(CAST(:everyone AS bigint)) AS everyone, "
+    "pg_advisory_xact_lock(:space, :key) AS mine"
+)
+_EVERYONE_LOCK = "SELECT pg_advisory_xact_lock(CAST(:everyone AS bigint)) AS everyone"
+#: An event insert fed by the one row of a CTE that takes those locks: the id is drawn once they are held.
+_USER_INSERT = (
+    "WITH locks AS (SELECT pg_advisory_xact_lock_shared(CAST(:everyone AS bigint)) AS everyone, "
+    "pg_advisory_xact_lock(:space, :key) AS mine) "
+    "INSERT INTO event (user_id, type, payload, created_at) "
+    "SELECT CAST(:user_id AS uuid), :type, CAST(:payload AS jsonb), CAST(:created_at AS timestamptz) FROM locks "
+    "RETURNING id"
+)
+_EVERYONE_INSERT = (
+    "WITH locks AS (SELECT pg_advisory_xact_lock(CAST(:everyone AS bigint)) AS everyone) "
+    "INSERT INTO event (user_id, type, payload, created_at) "
+    "SELECT CAST(:user_id AS uuid), :type, CAST(:payload AS jsonb), CAST(:created_at AS timestamptz) FROM locks "
+    "RETURNING id"
+)
+
+
+def _typed(sql: str) -> TextClause:
+    columns = Event.__table__.c
+    return text(sql).bindparams(
+        bindparam("user_id", type_=columns.user_id.type),
+        bindparam("type", type_=columns.type.type),
+        bindparam("payload", type_=columns.payload.type),
+        bindparam("created_at", type_=columns.created_at.type),
+    )
+
+
+_INSERT_FOR_USER = _typed(_USER_INSERT)
+_INSERT_FOR_EVERYONE = _typed(_EVERYONE_INSERT)
+
+
 BROADCAST_CHANNEL = "events.all"
+#: What a batch of events for many users publishes instead of a message per event (see `record_many`).
+WAKE_UP = b"{}"
 
 
 class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,6 +107,11 @@ def channel_for(user_id: UUID | None) -> str:
     return f"events.user.{user_id}" if user_id is not None else BROADCAST_CHANNEL
 
 
+async def wake_everyone(publisher: EventPublisher) -> None:
+    """Wake every reader (after `record_many`'s commit): one message on everyone's channel."""
+    await publisher.publish(BROADCAST_CHANNEL, WAKE_UP)
+
+
 def channels_for_reader(user_id: UUID | None) -> list[str]:
     """Every channel whose events a reader may see."""
     return [BROADCAST_CHANNEL] if user_id is None else [channel_for(user_id), BROADCAST_CHANNEL]
@@ -78,25 +129,58 @@ class EventLog:
         self.pending: list[EventRecord] = []
 
     async def record(self, event_type: str, data: dict[str, Any], *, user_id: UUID | None = None) -> EventRecord:
-        if self.session.bind is not None and self.session.bind.dialect.name == "postgresql":
-            await self._order(user_id)
-        row = Event(user_id=user_id, type=event_type, payload=data)
-        self.session.add(row)
-        await self.session.flush()
-        record = _record(row)
+        await self.session.flush()  # the caller's pending changes go first, as with an ORM insert
+        values: dict[str, Any] = {"user_id": user_id, "type": event_type, "payload": data, "created_at": utcnow()}
+        statement: Executable
+        if self._postgres:
+            # One round trip: the locks (taken again if already held), then the insert.
+            locked_insert = _INSERT_FOR_EVERYONE if user_id is None else _INSERT_FOR_USER
+            statement = locked_insert.bindparams(**values, **_lock_keys(user_id))
+        else:
+            statement = insert(Event).values(**values).returning(Event.id)
+        event_id = int((await self.session.execute(statement)).scalar_one())
+        record = EventRecord(id=event_id, type=event_type, data=data, created_at=values["created_at"], user_id=user_id)
         self.pending.append(record)
         return record
 
-    async def _order(self, user_id: UUID | None) -> None:
-        """Take the advisory locks that keep this event's id in commit order for its readers (see above)."""
-        if user_id is None:
-            await self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_ORDER_LOCK})
-            return
-        await self.session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": EVENT_ORDER_LOCK})
-        await self.session.execute(
-            text("SELECT pg_advisory_xact_lock(:space, :key)"),
-            {"space": USER_EVENT_LOCKS, "key": _user_lock_key(user_id)},
-        )
+    @property
+    def _postgres(self) -> bool:
+        return self.session.bind is not None and self.session.bind.dialect.name == "postgresql"
+
+    async def lock(self, user_id: UUID | None) -> None:
+        """Take now, until commit, the locks that an event for `user_id` takes (Postgres; see above).
+
+        A caller takes them early to serialise a check with the writes it guards: every
+        other transaction that records an event for this user waits until this one commits.
+        """
+        if self._postgres:
+            locks = _EVERYONE_LOCK if user_id is None else _USER_LOCKS
+            await self.session.execute(text(locks), _lock_keys(user_id))
+
+    async def record_many(self, event_type: str, items: Sequence[tuple[UUID, dict[str, Any]]]) -> list[EventRecord]:
+        """One event per (user id, data), in one insert: for a batch that reaches many users (a broadcast).
+
+        On Postgres it takes the "everyone" lock exclusively, as an event for everyone does,
+        instead of each user's: ordered against every other writer, its ids are in commit
+        order for every reader. The events are not published one by one: after the commit,
+        `wake_everyone` sends one message, and every reader reads the table (readers treat
+        any message as a wake-up). A broadcast to 1,000 users went from 1,000 inserts and
+        1,000 publishes to 2 inserts and 2 publishes.
+        """
+        if not items:
+            return []
+        await self.session.flush()
+        if self._postgres:
+            await self.session.execute(text(_EVERYONE_LOCK), _lock_keys(None))
+        now = utcnow()
+        rows = [{"user_id": user_id, "type": event_type, "payload": data, "created_at": now} for user_id, data in items]
+        statement = insert(Event).returning(Event.id, Event.user_id, sort_by_parameter_order=True)
+        result = await self.session.execute(statement, rows)
+        records = []
+        for (event_id, user_id), (wanted, data) in zip(result.all(), items, strict=True):
+            assert user_id == wanted
+            records.append(EventRecord(id=event_id, type=event_type, data=data, created_at=now, user_id=user_id))
+        return records
 
     async def publish(self, publisher: EventPublisher) -> None:
         """Publish what this log recorded; call after the transaction committed.

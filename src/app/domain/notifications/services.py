@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.domain.accounts.models import User
 from app.domain.clock import utcnow
 from app.domain.errors import InvalidInput, NotFound
-from app.domain.notifications.events import EventLog, EventPublisher
+from app.domain.notifications.events import EventLog, EventPublisher, wake_everyone
 from app.domain.notifications.models import Notification
 from app.domain.notifications.schemas import notification_out
 
@@ -49,13 +49,11 @@ async def notify_once(
             user_id=user_id, category=category, title=title, message=message, task_id=task_id, dedupe_key=dedupe_key
         )
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(Notification.id)
+        .returning(Notification)
     )
-    created_id = await session.scalar(statement)
-    if created_id is None:
+    notification = await session.scalar(statement)
+    if notification is None:
         return None
-    notification = await session.scalar(select(Notification).where(Notification.id == created_id))
-    assert notification is not None
     await events.record(NOTIFICATION_CREATED, msgspec.to_builtins(notification_out(notification)), user_id=user_id)
     return notification
 
@@ -190,7 +188,10 @@ async def count_recipients(session: AsyncSession, user_id: UUID | None) -> int:
 
 
 async def _notify_batch(session: AsyncSession, events: EventLog, broadcast: Broadcast, user_ids: Sequence[UUID]) -> int:
-    """One notification per user unless its dedupe key exists, in one insert; an event for each one created."""
+    """One notification per user unless its dedupe key exists, in one insert; an event for each one created.
+
+    The events of a batch go in one insert too (`EventLog.record_many`), unless there is only one.
+    """
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     now = utcnow()
@@ -220,12 +221,12 @@ async def _notify_batch(session: AsyncSession, events: EventLog, broadcast: Broa
     created = await session.scalars(
         select(Notification).where(Notification.id.in_(created_ids)).order_by(Notification.user_id)
     )
-    count = 0
-    for notification in created:
-        data = msgspec.to_builtins(notification_out(notification))
-        await events.record(NOTIFICATION_CREATED, data, user_id=notification.user_id)
-        count += 1
-    return count
+    items = [(n.user_id, msgspec.to_builtins(notification_out(n))) for n in created]
+    if len(items) == 1:
+        await events.record(NOTIFICATION_CREATED, items[0][1], user_id=items[0][0])
+    else:
+        await events.record_many(NOTIFICATION_CREATED, items)
+    return len(items)
 
 
 async def deliver_broadcast(
@@ -238,8 +239,8 @@ async def deliver_broadcast(
     """Write a broadcast's notifications, `batch_size` users per transaction; returns how many were new.
 
     Safe to run again with the same broadcast (a redelivered message): the dedupe keys make
-    the users it already reached get nothing twice. Each batch's events are published after
-    its commit.
+    the users it already reached get nothing twice. After each batch's commit its event is
+    published, or, for a batch of several, one wake-up for every reader (`wake_everyone`).
     """
     after: UUID | None = None
     created = 0
@@ -257,6 +258,9 @@ async def deliver_broadcast(
                 if not user_ids:
                     return created
                 events = EventLog(session)
-                created += await _notify_batch(session, events, broadcast, user_ids)
+                batch = await _notify_batch(session, events, broadcast, user_ids)
             await events.publish(publisher)
+            if batch > 1:
+                await wake_everyone(publisher)
+            created += batch
         after = user_ids[-1]

@@ -25,6 +25,8 @@ class Task(UUIDv7Base):
         UniqueConstraint("user_id", "idempotency_key", name="uq_task_user_id_idempotency_key"),
         Index("ix_task_user_id_created_at", "user_id", "created_at"),
         Index("ix_task_status_enqueued_at", "status", "enqueued_at"),
+        # The active-task cap counts a user's queued and running tasks on every submission.
+        Index("ix_task_user_id_status", "user_id", "status"),
     )
 
     user_id: Mapped[UUID] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"))

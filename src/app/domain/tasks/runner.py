@@ -2,10 +2,13 @@
 
 At-least-once delivery is assumed: the claim is a compare-and-set on (status, attempt),
 so a duplicate or stale message finds nothing to claim and does nothing. Progress is
-written at most every TASK_PROGRESS_INTERVAL_MS; each write also refreshes the task's
-heartbeat and reads its cancel flag. Every write is conditional on the task still being
-this attempt's, so an attempt that was handed back (its worker looked dead) or deleted
-stops quietly instead of overwriting its successor.
+written at most every TASK_PROGRESS_INTERVAL_MS (the claim counts as a write): a report
+that comes sooner waits, and is written when the interval has passed or, if the attempt
+ends first, with its end, so a short task costs two writes (claim and end) however many
+steps it reports. Each progress write also refreshes the task's heartbeat and reads its
+cancel flag. Every write is conditional on the task still being this attempt's, so an
+attempt that was handed back (its worker looked dead) or deleted stops quietly instead
+of overwriting its successor.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -59,6 +62,10 @@ class _Lost(Exception):
     """The task stopped being this attempt's (handed back, deleted)."""
 
 
+#: Progress not written yet: (current, total, message).
+_Progress = tuple[int, int, str | None]
+
+
 @dataclass
 class _Context:
     runner: TaskRunner
@@ -66,16 +73,41 @@ class _Context:
     user_id: UUID
     attempt: int
     artifact_key: str | None = None
-    _last_flush: float = field(default=0.0)
+    #: When the task row was last written (the claim, a progress write), monotonic.
+    last_write: float = field(default_factory=time.monotonic)
+    #: The latest report the interval held back; written by `_keep` or with the end.
+    pending: _Progress | None = None
+    #: Set when a report waits, for `_keep`.
+    due: asyncio.Event = field(default_factory=asyncio.Event)
+    #: What a write in the background found (a cancel request, the task lost, an error), raised at the next report.
+    failure: BaseException | None = None
+    _writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def progress(self, current: int, total: int, message: str | None = None) -> None:
-        now = time.monotonic()
-        if now - self._last_flush < self.runner.interval and current < total:
+        self._raise_failure()
+        self.pending = (current, total, message)
+        if time.monotonic() - self.last_write < self.runner.interval:
+            self.due.set()
             return
-        self._last_flush = now
-        cancel = await self.runner._write_progress(self, current, total, message)
-        if cancel:
-            raise TaskCancelled()
+        await self.flush()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    async def flush(self) -> None:
+        """Write the pending report with the heartbeat; a cancel request is raised at the next report."""
+        async with self._writing:
+            report = self.pending
+            if report is None:
+                return
+            self.last_write = time.monotonic()
+            cancel = await self.runner._write_progress(self, *report)
+            if self.pending is report:
+                self.pending = None
+            if cancel:
+                self.failure = TaskCancelled()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -111,7 +143,7 @@ class TaskRunner:
         structlog.contextvars.bind_contextvars(task_id=str(task_id), user_id=str(task.user_id))
         kind = get_kind(task.kind)
         context = _Context(self, task_id, task.user_id, attempt)
-        heartbeat = asyncio.create_task(self._beat(context))
+        keeper = asyncio.create_task(self._keep(context))
         try:
             if kind is None:
                 raise LookupError(f"Unknown task kind {task.kind!r}")
@@ -132,9 +164,9 @@ class TaskRunner:
                 return await self._end(context, FAILED, error=error)
             return await self._requeue(context, error, retry_in)
         finally:
-            heartbeat.cancel()
+            keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+                await keeper
         return await self._end(context, SUCCEEDED, result=result)
 
     async def _claim(self, task_id: UUID, attempt: int) -> Task | None:
@@ -145,6 +177,7 @@ class TaskRunner:
                 .where(Task.id == task_id, Task.status == QUEUED, Task.attempts == attempt)
                 .values(status=RUNNING, started_at=now, heartbeat_at=now, finished_at=None)
                 .returning(Task)
+                .execution_options(synchronize_session=False)
             )
             if task is None:
                 return None
@@ -154,7 +187,12 @@ class TaskRunner:
         return task
 
     def _mine(self, context: _Context) -> Any:
-        return update(Task).where(Task.id == context.task_id, Task.status == RUNNING, Task.attempts == context.attempt)
+        """An UPDATE of this attempt's task. Each write has a session of its own, so there is nothing to synchronise."""
+        return (
+            update(Task)
+            .where(Task.id == context.task_id, Task.status == RUNNING, Task.attempts == context.attempt)
+            .execution_options(synchronize_session=False)
+        )
 
     async def _write_progress(self, context: _Context, current: int, total: int, message: str | None) -> bool:
         """Store progress and the heartbeat; True when the user asked to cancel."""
@@ -171,12 +209,23 @@ class TaskRunner:
         await events.publish(self.publisher)
         return bool(task.cancel_requested)
 
-    async def _beat(self, context: _Context) -> None:
-        """Keep the heartbeat fresh through long steps (progress writes refresh it too)."""
+    async def _keep(self, context: _Context) -> None:
+        """Write a held-back report once the interval has passed; keep the heartbeat fresh through long steps."""
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-            async with self.sessions() as session, session.begin():
-                await session.execute(self._mine(context).values(heartbeat_at=utcnow()))
+            try:
+                async with asyncio.timeout(HEARTBEAT_SECONDS):
+                    await context.due.wait()
+            except TimeoutError:
+                async with self.sessions() as session, session.begin():
+                    await session.execute(self._mine(context).values(heartbeat_at=utcnow()))
+                continue
+            context.due.clear()
+            await asyncio.sleep(max(0.0, context.last_write + self.interval - time.monotonic()))
+            try:
+                await context.flush()
+            except Exception as exc:  # noqa: BLE001 - the kind meets it at its next report
+                context.failure = exc
+                return
 
     async def _requeue(self, context: _Context, error: str, retry_in: timedelta) -> Ended:
         async with self.sessions() as session, session.begin():
@@ -204,6 +253,9 @@ class TaskRunner:
         email: UUID | None = None
         async with self.sessions() as session, session.begin():
             values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "result": result}
+            if context.pending is not None:  # the last report, held back by the interval, goes with the end
+                current, total, message = context.pending
+                values |= {"progress_current": current, "progress_total": total, "progress_message": message}
             if status == SUCCEEDED:
                 values["artifact"] = context.artifact_key
             task = await session.scalar(self._mine(context).values(**values).returning(Task))
@@ -235,7 +287,12 @@ class TaskRunner:
             task_id=task.id,
             dedupe_key=f"task:{task.id}:{task.attempts}:{task.status}",
         )
+        if created is None:
+            return None
+        # Most owners want no email: read the one flag, and the whole user only for those who do.
+        if not await session.scalar(select(User.email_notifications).where(User.id == task.user_id)):
+            return None
         owner = await session.get(User, task.user_id)
-        if created is None or owner is None or not want_email(created, owner):
+        if owner is None or not want_email(created, owner):
             return None
         return created.id

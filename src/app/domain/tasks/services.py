@@ -88,7 +88,9 @@ class TaskService:
                 earlier.idempotency_key = None  # the window has passed: the key may name a new task
                 await self.session.flush()
 
-        await self._lock_user(user)
+        # The user's event lock, which recording the task's event takes anyway, taken before the
+        # count: one user's submissions queue here, so the cap holds under concurrency.
+        await self.events.lock(user.id)
         active = await self.session.scalar(select(func.count()).where(Task.user_id == user.id, Task.status.in_(ACTIVE)))
         if (active or 0) >= self.settings.max_active_tasks:
             raise LimitReached(f"You have {active} unfinished tasks; the limit is {self.settings.max_active_tasks}.")
@@ -106,12 +108,6 @@ class TaskService:
         await self.session.flush()
         await record_task_event(self.events, task)
         return task, True
-
-    async def _lock_user(self, user: User) -> None:
-        """Serialise task creation per user (Postgres), so the active-task cap holds under concurrency."""
-        if self.session.bind is not None and self.session.bind.dialect.name == "postgresql":
-            # NO KEY UPDATE: it must not block the KEY SHARE locks that inserts referencing the user take.
-            await self.session.execute(select(User.id).where(User.id == user.id).with_for_update(key_share=True))
 
     async def list(
         self, user: User, *, status: str | None, kind: str | None, limit: int, offset: int
