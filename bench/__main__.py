@@ -17,7 +17,14 @@ import redis
 from bench import REDIS_URL, Section, table
 
 #: Benchmark modules, each with a `run() -> Section`, in the order they appear in the report.
-BENCHMARKS = ("bench.job_start_latency", "bench.api_list", "bench.login_storm", "bench.memory")
+BENCHMARKS = (
+    "bench.job_start_latency",
+    "bench.api_list",
+    "bench.login_storm",
+    "bench.memory",
+    "bench.pipeline",
+    "bench.event_latency",
+)
 
 OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
