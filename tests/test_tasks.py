@@ -112,6 +112,11 @@ def test_listing_is_newest_first_filtered_and_paginated(api: httpx.Client) -> No
     assert api.get("/api/v1/tasks", params={"kind": "export"}).json()["total"] == 1
     assert api.get("/api/v1/tasks", params={"status": "succeeded"}).json()["total"] == 4
     assert api.get("/api/v1/tasks", params={"status": "running"}).json()["total"] == 0
+    both = api.get("/api/v1/tasks", params={"status": "succeeded", "kind": "demo", "limit": 1, "offset": 1}).json()
+    assert (both["total"], [t["id"] for t in both["items"]]) == (3, [ids[1]])
+    # A page past the end is empty, and still says how many there are (the count and the page are one query).
+    past = api.get("/api/v1/tasks", params={"limit": 2, "offset": 10}).json()
+    assert past == {"items": [], "total": 4, "limit": 2, "offset": 10}
     assert api.get("/api/v1/tasks", params={"limit": 0}).status_code == 400
     assert api.get("/api/v1/tasks", params={"limit": 101}).status_code == 400
 

@@ -7,6 +7,7 @@ answer is exactly what `task_out` makes of a Task.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 from uuid import UUID
@@ -40,22 +41,39 @@ COLUMNS = (
 )
 
 
-def row_out(row: Any) -> TaskOut:
-    """The TaskOut of a row holding COLUMNS (by name)."""
+def row_out(row: Sequence[Any]) -> TaskOut:
+    """The TaskOut of a row holding COLUMNS, in their order (unpacked: faster than by name)."""
+    (
+        id_,
+        kind,
+        title,
+        description,
+        status,
+        current,
+        total,
+        message,
+        params,
+        result,
+        error,
+        attempts,
+        created_at,
+        started_at,
+        finished_at,
+    ) = row
     return TaskOut(
-        id=row.id,
-        kind=row.kind,
-        title=row.title,
-        description=row.description,
-        status=row.status,
-        progress=progress_of(row.status, row.progress_current, row.progress_total, row.progress_message),
-        params=row.params,
-        result=row.result,
-        error=row.error,
-        attempts=row.attempts,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
+        id=id_,
+        kind=kind,
+        title=title,
+        description=description,
+        status=status,
+        progress=progress_of(status, current, total, message),
+        params=params,
+        result=result,
+        error=error,
+        attempts=attempts,
+        created_at=created_at,
+        started_at=started_at,
+        finished_at=finished_at,
     )
 
 
@@ -100,8 +118,8 @@ async def list_page(
     statement = page_query(by_status=bool(status), by_kind=bool(kind))
     parameters = {"user_id": user_id, "status": status, "kind": kind, "limit": limit, "offset": offset}
     rows = await read(engine, statement, parameters)
-    items = [row_out(row) for row in rows if row.id is not None]
-    return Page(items=items, total=int(rows[0].total) if rows else 0, limit=limit, offset=offset)
+    items = [row_out(row[1:]) for row in rows if row[1] is not None]  # row: total, then COLUMNS
+    return Page(items=items, total=int(rows[0][0]) if rows else 0, limit=limit, offset=offset)
 
 
 async def get_one(engine: AsyncEngine, user_id: UUID, task_id: UUID) -> TaskOut:
