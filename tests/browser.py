@@ -106,6 +106,10 @@ class Tab:
 OpenTab = Callable[..., Awaitable[Tab]]
 
 
+STREAM_REQUEST = b" /api/v1/events"
+REFUSAL = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
 @dataclass(eq=False)
 class Link:
     """One TCP connection through the `Cable`: the browser's side and the server's."""
@@ -121,6 +125,8 @@ class Cable:
     `blackhole()` makes every live-event stream lose what the server sends (the connection
     stays open, as when a network path dies silently); `cut()` then closes those
     connections, so the browser notices and reconnects, through the relay again.
+    `refuse_streams()` answers every new request for the stream with a 503 (as a proxy
+    does while its upstream is away) until `allow_streams()`.
     """
 
     def __init__(self, target: str) -> None:
@@ -128,6 +134,8 @@ class Cable:
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.links: set[Link] = set()
         self.swallowing = False
+        self.refusing = False
+        self.refused = 0
         self.server: asyncio.Server | None = None
         self.url = ""
 
@@ -144,6 +152,12 @@ class Cable:
     def blackhole(self) -> None:
         self.swallowing = True
 
+    def refuse_streams(self) -> None:
+        self.refusing = True
+
+    def allow_streams(self) -> None:
+        self.refusing = False
+
     def cut(self, *, everything: bool = False) -> None:
         self.swallowing = False
         for link in list(self.links):
@@ -153,11 +167,19 @@ class Cable:
 
     async def _serve(self, from_browser: asyncio.StreamReader, to_browser: asyncio.StreamWriter) -> None:
         try:
+            first = await from_browser.read(65536)
+            if self.refusing and STREAM_REQUEST in first:
+                self.refused += 1
+                to_browser.write(REFUSAL)
+                await to_browser.drain()
+                to_browser.close()
+                return
             from_server, to_server = await asyncio.open_connection(self.host, self.port)
         except OSError:
             to_browser.close()
             return
-        link = Link(browser=to_browser, server=to_server)
+        link = Link(browser=to_browser, server=to_server, stream=STREAM_REQUEST in first)
+        to_server.write(first)
         self.links.add(link)
         try:
             await asyncio.gather(
@@ -173,8 +195,10 @@ class Cable:
     ) -> None:
         with contextlib.suppress(OSError):
             while chunk := await source.read(65536):
-                if up and b" /api/v1/events" in chunk:
+                if up and STREAM_REQUEST in chunk:
                     link.stream = True
+                    if self.refusing:  # a kept-alive connection asked for the stream: drop it
+                        break
                 if not up and link.stream and self.swallowing:
                     continue
                 sink.write(chunk)

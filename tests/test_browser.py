@@ -311,3 +311,41 @@ async def test_the_page_catches_up_after_its_event_stream_drops(
     await stream_open(page)
     assert await page.evaluate(SAME_PAGE), "the page was reloaded"
     await tab.shot("caught-up")
+
+
+async def test_the_page_opens_a_new_stream_after_the_old_one_was_refused(
+    cable: Cable, open_tab: OpenTab, live_server: LiveServer
+) -> None:
+    """The stream breaks and its reconnects get a 503 until the task has ended; a new stream catches up."""
+    tab = await open_tab(url=cable.url)
+    page = tab.page
+    identity = await register(tab)
+    token = await api_token(live_server, identity)
+    await page.evaluate(MARK_PAGE)
+    row = await start_demo(page, "Through the refusals", steps=30, step_ms=150)
+    status = row.locator(".status")
+    await expect(status).to_have_text("running")
+
+    cable.refuse_streams()
+    tab.tolerate(r"net::ERR_INCOMPLETE_CHUNKED_ENCODING \(at [^ ]+/api/v1/events")
+    tab.tolerate(r"status of 503 \(Service Unavailable\) \(at [^ ]+/api/v1/events")
+    tab.tolerate(r"^console error: Live updates: the server refused the event stream; opening a new one shortly\.")
+    cable.cut()
+    await expect(page.locator("html")).to_have_attribute("data-live", "reconnecting")
+    for _ in range(600):
+        if await task_status_over_api(live_server, token, "Through the refusals") == "succeeded" and cable.refused >= 2:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the task did not end, or the stream was not asked for again ({cable.refused} refused)")
+    await expect(status).to_have_text("running")
+    await tab.shot("refused")
+
+    cable.allow_streams()
+    await expect(bar(row)).to_have_attribute("aria-valuenow", "100")
+    await expect(status).to_have_text("succeeded")
+    await expect(page.locator("#toasts .toast", has_text="Through the refusals succeeded")).to_be_visible()
+    await expect(page.locator("#unread-count")).to_have_text("1")
+    await stream_open(page)
+    assert await page.evaluate(SAME_PAGE), "the page was reloaded"
+    await tab.shot("caught-up")

@@ -212,9 +212,12 @@
           extensionHandler = handler;
         },
       });
-      source.addEventListener("error", (event) => {
+      // htmx logs what the extension is handed to the console: a sentence rather than "[object Event]".
+      source.addEventListener("error", () => {
         document.documentElement.dataset.live = "reconnecting";
-        if (source.readyState === EventSource.CLOSED && extensionHandler) extensionHandler(event);
+        if (source.readyState === EventSource.CLOSED && extensionHandler) {
+          extensionHandler("Live updates: the server refused the event stream; opening a new one shortly.");
+        }
       });
       return source;
     };
