@@ -57,6 +57,10 @@ class Footprint:
         self.rss_kib = sum(kib for _, kib in self.members)
         self.pss_kib = sum(pss_kib(p) for p in pids)
 
+    def member(self, name: str) -> int:
+        """The VmRSS (KiB) of the tree's processes with this name."""
+        return sum(kib for member, kib in self.members if member == name)
+
     def breakdown(self) -> str:
         return ", ".join(f"{name} {_mib(kib)}" for name, kib in self.members)
 
@@ -171,6 +175,8 @@ def _mib(kib: int) -> str:
 
 def run() -> Section:
     bare, hello, web, worker = measure()
+    web_worker, hello_worker = web.member("granian worker"), hello.member("granian worker")
+    web_cli = web.member("litestar CLI")
     figures = {
         "bare_rss_mib": bare.rss_kib / 1024,
         "hello_rss_mib": hello.rss_kib / 1024,
@@ -179,6 +185,8 @@ def run() -> Section:
         "hello_pss_mib": hello.pss_kib / 1024,
         "web_pss_mib": web.pss_kib / 1024,
         "worker_pss_mib": worker.pss_kib / 1024,
+        "web_worker_rss_mib": web_worker / 1024,
+        "hello_worker_rss_mib": hello_worker / 1024,
         "web_to_hello_rss_ratio": web.rss_kib / hello.rss_kib,
         "worker_to_bare_rss_ratio": worker.rss_kib / bare.rss_kib,
     }
@@ -203,6 +211,10 @@ the machine's memory. There is no target: this is the price of each process, to 
 machine by.
 
 {results}
+
+The process that serves requests is the granian worker ({_mib(web_worker)} MiB for the app,
+{_mib(hello_worker)} MiB for the minimal app); the `litestar run` CLI process, which only
+launches and watches granian, holds {_mib(web_cli)} MiB of the app's tree.
 
 Ratios (VmRSS sums): the web process tree is **{figures["web_to_hello_rss_ratio"]:.1f}x** the
 minimal Litestar app served the same way; a worker tree is

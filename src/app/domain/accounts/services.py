@@ -104,8 +104,15 @@ class AccountService:
             raise AlreadyTaken("email" if taken.email == email else "username")
 
     async def authenticate(self, login: str, password: str) -> User:
-        """The active user with this username or email and password, or InvalidCredentials."""
+        """The active user with this username or email and password, or InvalidCredentials.
+
+        The read's transaction ends before the hash is checked (sessions here keep their
+        objects on commit): a check can wait its turn for the hashing threads for seconds
+        in a login storm, and must not hold a pooled connection meanwhile, or the storm
+        takes every connection from every other request.
+        """
         user = await self.by_login(login)
+        await self.session.commit()
         ok, needs_rehash = await self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not ok or not user.is_active:
             raise InvalidCredentials("Wrong username or password.")
