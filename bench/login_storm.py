@@ -185,9 +185,16 @@ lower their own CPU priority (nice +{nice}, which argon2's lane threads inherit)
 the kernel runs the loop thread first whenever it has work; the hashes take the rest of the
 CPU. In a direct check (the loop timing 5 ms sleeps while 24 verifies run) the loop's lag
 went from p50 2.4 ms and p99 55 ms to p50 0.24 ms and p99 18-25 ms, with the same
-logins/s. What remains of the p99 here is this machine's other load, which the idle
-baseline shows as well; logins/s falls when other processes want the CPU, since the
-hashes now yield to them too.
+logins/s. The storm also showed that each waiting login held a pooled database
+connection (the user's read left its transaction open through the queue for the hashing
+threads, up to 27 s here against the pool's 30 s timeout): the read's transaction now ends
+before the check (`AccountService.authenticate`). In successive runs after each fix:
+p99 230 ms (3.0 logins/s), then 127-140 ms (1.8-2.0 logins/s, other tests running), then
+73 ms (3.4 logins/s). What remains of the p99 is the CPU the loop thread still shares with
+sixteen busy lanes (at nice +19 instead of +10 the direct check's p99 lag fell to about
+10 ms, but hashes would then all but stop on a host whose other processes, Postgres or the
+workers, keep the CPU busy) and this machine's other load, which the idle baseline shows
+as well; logins/s falls when other processes want the CPU, since the hashes yield to them.
 """
     return Section(title="Login storm (argon2 off the event loop)", body=body, figures=figures)
 
