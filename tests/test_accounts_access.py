@@ -253,6 +253,19 @@ def test_admin_deactivates_and_promotes_users(client: TestClient[Litestar]) -> N
     assert client.get("/api/v1/admin/users", headers=bearer(fresh)).status_code == 403
 
 
+def test_a_superuser_cannot_deactivate_or_demote_themself(client: TestClient[Litestar]) -> None:
+    admin = superuser(client)
+    me = client.get("/api/v1/users/me", headers=admin).json()
+    for body in ({"is_active": False}, {"is_superuser": False}):
+        response = client.patch(f"/api/v1/admin/users/{me['id']}", json=body, headers=admin)
+        assert problem_of(response, 409) is None, (body, response.text)
+        assert "your own account" in response.json()["detail"]
+    # Nothing changed: the admin still is one.
+    assert client.get("/api/v1/admin/users", headers=admin).status_code == 200
+    allowed = client.patch(f"/api/v1/admin/users/{me['id']}", json={"is_active": True}, headers=admin)
+    assert (allowed.status_code, allowed.json()["is_active"]) == (200, True)
+
+
 def test_admin_update_refuses_unknown_users_and_bad_bodies(client: TestClient[Litestar]) -> None:
     admin = superuser(client)
     target = register(client)

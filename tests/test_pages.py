@@ -524,6 +524,14 @@ def test_admin_page(browser: httpx.Client, live_server: LiveServer) -> None:
         for heading in ("Users", "Queue", "Workers", "Failed tasks", "Broadcast"):
             assert re.search(rf"<h2 id=\"[\w-]+\">{heading}</h2>", page.text), heading
         assert 'href="/admin"' in page.text
+        # The admin's own row offers no way to lock themself out; a forged post is refused.
+        own = re.search(rf'<tr id="user-([0-9a-f-]{{36}})">\s*<td>{admin["username"]}\b.*?</tr>', page.text, re.S)
+        assert own, page.text
+        assert ">Deactivate</button>" not in own.group(0)
+        assert ">you</span>" in own.group(0)
+        refused = post(browser, f"/admin/users/{own.group(1)}", {"is_active": "false"})
+        assert "your own account" in follow(browser, refused).text
+        assert browser.get("/admin").status_code == 200
         assert '<label for="q">Search users</label>' in page.text
         assert "Breaks" in page.text
         assert "pid" in page.text

@@ -18,6 +18,7 @@ from app.domain.accounts.schemas import UserFlags, UserOut, user_out
 from app.domain.accounts.services import AccountService
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from app.web.auth import requires_superuser
+from app.web.errors import Conflicting
 
 ADMIN_ERRORS = [NotAuthorizedException, PermissionDeniedException]
 
@@ -47,8 +48,8 @@ class AdminUsersController(Controller):
     @patch(
         "/{user_id:uuid}",
         operation_id="adminUpdateUser",
-        summary="Activate, deactivate, promote or demote a user (superusers only)",
-        raises=[*ADMIN_ERRORS, NotFoundException],
+        summary="Activate, deactivate, promote or demote a user (superusers only; not oneself)",
+        raises=[*ADMIN_ERRORS, NotFoundException, Conflicting],
     )
     async def update_user(
         self,
@@ -60,4 +61,4 @@ class AdminUsersController(Controller):
         settings: NamedDependency[Settings],
     ) -> UserOut:
         service = AccountService(db_session, passwords, settings)
-        return user_out(await service.set_flags(await service.require(user_id), data))
+        return user_out(await service.set_flags(await service.require(user_id), data, by=request.user))

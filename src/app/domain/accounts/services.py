@@ -26,6 +26,7 @@ from app.domain.accounts.models import EmailToken, RefreshToken, User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import ProfileChange, Registration, UserFlags
 from app.domain.clock import utcnow
+from app.domain.errors import Conflict
 
 VERIFY = "verify"
 RESET = "reset"
@@ -191,7 +192,10 @@ class AccountService:
         users = await self.session.scalars(query.order_by(User.created_at.desc(), User.id).limit(limit).offset(offset))
         return list(users), int(total)
 
-    async def set_flags(self, user: User, flags: UserFlags) -> User:
+    async def set_flags(self, user: User, flags: UserFlags, *, by: User | None = None) -> User:
+        """Activate, deactivate, promote or demote `user`; a superuser (`by`) may not lock themself out."""
+        if by is not None and by.id == user.id and (flags.is_active is False or flags.is_superuser is False):
+            raise Conflict("You cannot deactivate or demote your own account; another superuser can.")
         if flags.is_active is not msgspec.UNSET and flags.is_active != user.is_active:
             user.is_active = flags.is_active
             if not user.is_active:

@@ -100,7 +100,7 @@ class AdminPages(Controller):
     ) -> Template:
         context = await _overview(db_session, AccountService(db_session, passwords, settings), broker, heartbeats, q)
         if is_htmx(request) and request.headers.get("hx-target") == "user-list":
-            return fragment("partials/admin_users.html", context)
+            return fragment("partials/admin_users.html", {**context, "me": request.user})
         return await page(request, db_session, "admin.html", context)
 
     @get("/status")
@@ -125,7 +125,11 @@ class AdminPages(Controller):
         form = await form_data(request)
         flags = msgspec.convert({f: form[f] == "true" for f in ("is_active", "is_superuser") if f in form}, UserFlags)
         service = AccountService(db_session, passwords, settings)
-        user = await service.set_flags(await service.require(user_id), flags)
+        try:
+            user = await service.set_flags(await service.require(user_id), flags, by=request.user)
+        except Conflict as exc:
+            say(request, exc.detail, "error")
+            return go(request, "/admin")
         await db_session.commit()
         if is_htmx(request):
             return fragment("partials/admin_user.html", {"u": user, "me": request.user})
