@@ -22,6 +22,7 @@ BENCHMARKS = (
     "bench.api_list",
     "bench.login_storm",
     "bench.memory",
+    "bench.sse_capacity",
     "bench.pipeline",
     "bench.event_latency",
 )

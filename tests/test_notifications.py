@@ -282,6 +282,30 @@ async def test_duplicate_broadcast_delivery_creates_nothing_twice(
         assert [n["title"] for n in page["items"]] == ["Once"]
 
 
+async def test_a_broadcast_reaches_each_open_stream_as_its_notification(
+    admin: httpx.Client, api: httpx.Client, other: httpx.Client, live_server: LiveServer
+) -> None:
+    # Several users in one batch: their events go in one insert, published as one wake-up for everyone.
+    readers = (api, other)
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+        streams = [
+            asyncio.create_task(
+                collect(client, "/api/v1/events", 1, headers=dict(r.headers), event="notification.created")
+            )
+            for r in readers
+        ]
+        await asyncio.sleep(1)  # both streams are open and subscribed
+        response = await asyncio.to_thread(
+            admin.post, "/api/v1/admin/notifications", json={"title": "To all", "message": "At once"}
+        )
+        assert response.status_code == 202, response.text
+        received = await asyncio.wait_for(asyncio.gather(*streams), 20)
+    for reader, [event] in zip(readers, received, strict=True):
+        [item] = reader.get("/api/v1/notifications").json()["items"]
+        assert event.data == item
+        assert (item["title"], item["category"], item["is_read"]) == ("To all", "system", False)
+
+
 async def test_live_stream_tells_of_new_and_updated_notifications(api: httpx.Client, live_server: LiveServer) -> None:
     headers = dict(api.headers)
     async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:

@@ -86,9 +86,10 @@ class EventFeed:
         self._sessions = sessions
         self._tick = tick
         self._waiting: dict[UUID | None, list[tuple[int, asyncio.Future[Read]]]] = {}
+        self._due = False  # a reader that may not wait is waiting (or the tick has come)
         self._running: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        #: Shared queries run so far (read by the tests and benchmarks).
+        #: Queries run so far (read by the tests and benchmarks).
         self.queries = 0
 
     async def after(self, user_id: UUID | None, after_id: int, *, soon: bool = True) -> Read:
@@ -97,32 +98,49 @@ class EventFeed:
         future: asyncio.Future[Read] = loop.create_future()
         self._waiting.setdefault(user_id, []).append((after_id, future))
         if soon:
+            self._due = True
             self._start()
-        elif self._timer is None and self._running is None:
-            self._timer = loop.call_later(self._tick, self._start)
+        elif self._timer is None:
+            self._timer = loop.call_later(self._tick, self._on_tick)
         return await future
 
     def hurry(self, _: object = None) -> None:
         """Serve the heartbeat re-checks waiting for the tick now (a wake-up came meanwhile)."""
         if self._timer is not None:
-            self._start()
+            self._on_tick()
 
-    def _start(self) -> None:
+    def _on_tick(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._due = True
+        self._start()
+
+    def _start(self) -> None:
         if self._running is None:
             self._running = asyncio.ensure_future(self._serve_all())
 
     async def _serve_all(self) -> None:
         try:
-            while self._waiting:
+            # Only while someone may not wait: re-checks that come in meanwhile wait for the tick,
+            # else a busy feed would serve them as they come, one small query after another.
+            while self._waiting and self._due:
+                self._due = False
+                if self._timer is not None:  # everything waiting is served now
+                    self._timer.cancel()
+                    self._timer = None
                 waiting, self._waiting = self._waiting, {}
                 readers = list(waiting.items())
                 for start in range(0, len(readers), FEED_USERS):
                     await self._serve(readers[start : start + FEED_USERS])
         finally:
             self._running = None
+            if self._waiting:
+                loop = asyncio.get_running_loop()
+                if self._due:
+                    loop.call_soon(self._start)
+                elif self._timer is None:
+                    self._timer = loop.call_later(self._tick, self._on_tick)
 
     async def _serve(self, readers: list[tuple[UUID | None, list[tuple[int, asyncio.Future[Read]]]]]) -> None:
         futures = [future for _, asks in readers for _, future in asks]
