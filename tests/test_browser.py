@@ -249,6 +249,7 @@ async def test_admin_manages_users_retries_a_failed_task_and_broadcasts(
     # Retried from here: queued again for a fourth attempt (which will fail too).
     await failed.get_by_role("button", name="Retry").click()
     await expect(failed).to_have_count(0)
+    await expect(page.get_by_text("No failed tasks.")).to_be_visible()
 
     # A broadcast reaches every active user at once: a toast and the bell, here and on the member's page.
     await page.get_by_label("Title").fill("Maintenance")
@@ -266,6 +267,7 @@ async def test_admin_manages_users_retries_a_failed_task_and_broadcasts(
     await expect(broken.locator(".status")).to_have_text("failed")
     await page.goto("/admin")
     await expect(failed).to_contain_text(re.compile(r"attempt ([4-9]|\d\d)\b"))
+    await expect(page.get_by_text("No failed tasks.")).to_be_hidden()
     await admin_tab.shot("retried")
     await member_page.locator("#bell").click()
     await expect(member_page.locator(".notification.unread", has_text="Tonight at ten.")).to_be_visible()
