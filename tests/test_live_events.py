@@ -295,3 +295,47 @@ async def test_live_events_keep_coming_after_redis_restarts(migrated: None) -> N
                             if seen >= wanted:
                                 break
     assert services.web.popen.returncode != -signal.SIGKILL, f"the web process did not stop\n{services.logs()}"
+
+
+async def test_a_shared_read_cut_short_by_a_long_backlog_misses_no_reader(live_server: LiveServer) -> None:
+    """EventFeed: one reader's backlog fills the shared read; another, with nothing up to its end, reads on its own."""
+    from app.config import get_settings
+    from app.domain.database import create_engine, session_factory
+    from app.web.events import BATCH, FEED_ROWS, EventFeed
+
+    users = []
+    for _ in range(2):
+        with httpx.Client(base_url=live_server.url, timeout=TIMEOUT) as client:
+            client.headers.update(signed_in_headers(client))
+            users.append(UUID(client.get("/api/v1/users/me").json()["id"]))
+    behind, quiet = users
+    engine = create_engine(get_settings())
+    try:
+        sessions = session_factory(engine)
+        async with sessions() as session:
+            rows = [{"user_id": behind, "type": "test.backlog", "payload": {"i": i}} for i in range(FEED_ROWS + 10)]
+            await session.execute(insert(Event), rows)
+            await session.execute(insert(Event), [{"user_id": quiet, "type": "test.mine", "payload": {}}])
+            await session.commit()
+        feed = EventFeed(sessions)
+
+        async def read_all(user: UUID) -> list[Any]:
+            last, got = 0, []
+            while True:
+                read = await feed.after(user, last)
+                assert read is not None
+                batch, more = read
+                assert len(batch) <= BATCH
+                got += batch
+                last = batch[-1].id if batch else last
+                if not more:
+                    return got
+
+        mine, theirs = await asyncio.gather(read_all(behind), read_all(quiet))
+        assert [r.data["i"] for r in mine if r.type == "test.backlog"] == list(range(FEED_ROWS + 10))
+        assert [r.type for r in theirs if r.user_id == quiet] == ["test.mine"]
+        for got in (mine, theirs):
+            ids = [r.id for r in got]
+            assert ids == sorted(set(ids))  # in order, none twice
+    finally:
+        await engine.dispose()

@@ -76,8 +76,9 @@ class EventFeed:
     the lowest id asked for, of those users or for everyone, and each reader gets those
     after its own id. That is the same set, in the same order, as its own read would
     give (ids are in commit order per reader), so the stream's contract is unchanged.
-    A shared read that reaches FEED_ROWS rows (a long backlog somewhere) is done again
-    reader by reader, BATCH rows each. Heartbeat re-checks (`soon=False`) wait up to
+    A shared read that reaches FEED_ROWS rows (a long backlog somewhere) is complete only
+    up to its last id: readers with events up to there take them and come back at once,
+    and a reader below it with none there reads on its own, BATCH rows. Heartbeat re-checks (`soon=False`) wait up to
     FEED_TICK seconds for a read to join, so idle streams cost one query per tick, not
     one per stream.
     """
@@ -147,9 +148,14 @@ class EventFeed:
         try:
             records = await self._query(readers)
             if records is None or len(records) < FEED_ROWS:
-                self._hand_out(readers, records)
+                self._hand_out(readers, records, None)
                 return
-            for user_id, asks in readers:  # a long backlog: each reader on its own
+            # The read stopped at FEED_ROWS: it is complete only up to its last id. Readers with
+            # events up to there take them and come back at once; a reader below that id with
+            # none of its own there cannot move on (its last id must be one of its events), so
+            # it reads on its own.
+            self._hand_out(readers, records, records[-1].id)
+            for user_id, asks in readers:
                 for after_id, future in asks:
                     if not future.done():
                         future.set_result(await self._one(user_id, after_id))
@@ -183,8 +189,11 @@ class EventFeed:
 
     @staticmethod
     def _hand_out(
-        readers: list[tuple[UUID | None, list[tuple[int, asyncio.Future[Read]]]]], records: list[EventRecord] | None
+        readers: list[tuple[UUID | None, list[tuple[int, asyncio.Future[Read]]]]],
+        records: list[EventRecord] | None,
+        cut: int | None,
     ) -> None:
+        """Give each reader its records after its id; `cut`: the read is complete only up to that id."""
         by_user: defaultdict[UUID | None, list[EventRecord]] = defaultdict(list)
         for record in records or ():
             by_user[record.user_id].append(record)
@@ -199,7 +208,10 @@ class EventFeed:
                     future.set_result(None)
                     continue
                 new = [record for record in seen if record.id > after_id]
-                future.set_result((new[:BATCH], len(new) > BATCH))
+                if cut is None:
+                    future.set_result((new[:BATCH], len(new) > BATCH))
+                elif new or after_id >= cut:
+                    future.set_result((new[:BATCH], True))
 
     async def _one(self, user_id: UUID | None, after_id: int) -> Read:
         self.queries += 1
