@@ -91,12 +91,19 @@ found with py-spy and timestamps on both sides:
    (`EventLog.record_many` takes the everyone-lock exclusively instead of 1,000 user locks)
    and one wake-up on `events.all`.
 
-After the fixes, in development runs: 10,000 of 10,000 streams opened (54-65 s, 140-170 a
-second) and held; broadcast p99 12.9 s -> 2.5 s (fixes 1 and 2) -> 0.4-0.8 s (fix 3), the
-rest being the worker's writes (~150 ms from the POST to the wake-up) and the web process
-waking and writing to 1,000 streams (~250 ms, a fifth of it the garbage collector, py-spy
---native); idle database transactions 11/s with 10,000 streams, where a read per stream per
-heartbeat would be ~670/s. The table above is this run's.
+After the fixes, four full runs of this benchmark: 10,000 of 10,000 streams opened (31-65 s,
+140-290 a second; baseline 940-3,900) and all still open after the idle window; 62-65 KiB per
+stream (baseline 30); broadcast p99 12.9 s -> 2.5 s (fixes 1 and 2) -> 0.38-0.78 s (fix 3;
+baseline 0.05-0.17 s in the same runs). The 250 ms target is not met on this machine: about
+150 ms go from the POST to the worker's wake-up (queueing, the two inserts and the commit of
+1,000 notifications and events), and about 250 ms to waking 1,000 streams and writing to them
+(per message: the stream's wait, Litestar's SSE iterator and its send wrappers, logging and
+Prometheus middleware included, and `SlowClientCutoff`; py-spy --native puts a fifth of it in
+the garbage collector). Idle database transactions: 1-23/s in targeted runs (5,000 streams,
+heartbeats only); the full runs measured 11, 220 (heartbeat re-checks served as they came
+while the feed was busy: fixed), 789 (replays cut short at FEED_ROWS each read alone: fixed)
+and then 499/s with 61% CPU, whose cause is not found yet.
+The table above is this run's.
 """
 
 
