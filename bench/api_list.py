@@ -27,7 +27,7 @@ from uuid import UUID
 
 import msgspec
 
-from bench import Section, table
+from bench import Section, run_alone, table
 
 ROWS = 10_000
 LIMIT = 20
@@ -255,9 +255,9 @@ def _start_raw(env: dict[str, str], token: str, user_id: UUID, *, floor: bool = 
     """The raw ASGI app on granian, or (`floor`) the bare Litestar app through `litestar run`."""
     from tests.servers import BIN, spawn
 
-    from bench.appstack import free_local_port
+    from bench.service_stack import free_port
 
-    port = free_local_port()
+    port = free_port()
     raw_env = {
         "BENCH_RAW_DATABASE_URL": env["DATABASE_URL"],
         "BENCH_RAW_TOKEN": token,
@@ -307,11 +307,12 @@ SIDES = ("app", "floor", "raw")
 
 
 def measure() -> tuple[dict[str, list[Load]], bool]:
-    from bench.appstack import login, seed, services, start_web, stop
+    from bench.service_stack import login, seed, service_stack, stop
 
-    with services("api_list") as stack:
+    with service_stack("api_list") as stack:
         (user_id,) = seed(stack.database_url, ["reader"], ROWS)
-        web, app_url = start_web(stack.env)
+        stack.start_web()
+        app_url = stack.url
         others = []
         try:
             token = login(app_url, "reader")
@@ -330,7 +331,6 @@ def measure() -> tuple[dict[str, list[Load]], bool]:
         finally:
             for process in others:
                 stop(process)
-            stop(web)
     return loads, same
 
 
@@ -435,10 +435,5 @@ asks for.
     return Section(title="API read throughput (GET /api/v1/tasks)", body=body, figures=figures)
 
 
-def main() -> None:
-    section = run()
-    print(f"## {section.title}\n\n{section.body}")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(run)

@@ -36,8 +36,8 @@ import msgspec
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from bench import Section, percentiles, table
-from bench.service_stack import RawHttp, ServiceStack, service_stack
+from bench import Section, percentiles, run_alone, table
+from bench.service_stack import FAST_SIGN_UP, RawHttp, ServiceStack, service_stack
 
 SAMPLES = 200
 PAUSE_S = 0.3  # least idle time before each sample, so an idle worker's poll back-off is at its maximum
@@ -318,8 +318,11 @@ def _measure() -> tuple[list[Sample], list[float], int, float]:
     from app.config import get_settings
 
     poll_ms = get_settings().worker_poll_ms
-    settings = {"WORKER_POLL_MS": str(poll_ms)}
+    settings = {**FAST_SIGN_UP, "WORKER_POLL_MS": str(poll_ms)}
     with service_stack("latency", settings) as stack:
+        stack.start_web()
+        stack.start_worker()
+        stack.wait_ready()
         token = stack.sign_up(1)[0]
         idle = _idle_commands_per_s(stack)
         raw = RawDramatiq(stack.redis.url, poll_ms)
@@ -402,13 +405,5 @@ subscription).
     return Section(title="Submit to first live event (idle service)", body=body, figures=figures)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) == 3 and argv[0] == "raw-worker":
-        serve_raw(argv[1], int(argv[2]))
-        return
-    section = run()
-    print(section.body)
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_alone(run, {"raw-worker": lambda url, timeout_ms: serve_raw(url, int(timeout_ms))})

@@ -33,7 +33,7 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from bench import REDIS_URL, Section, percentiles, table
+from bench import REDIS_URL, Section, percentiles, run_alone, table
 
 BASELINE_TIMEOUT_MS = 1000  # Dramatiq's default worker_timeout
 MESSAGES = 60  # per configuration
@@ -324,13 +324,5 @@ the server's global counters would also count its other clients).
     return Section(title="Dramatiq idle job start latency (Redis broker)", body=body, figures=figures)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) == 3 and argv[0] == "worker":
-        serve(argv[1], int(argv[2]))
-        return
-    section = run()
-    print(section.body)
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_alone(run, {"worker": lambda label, timeout_ms: serve(label, int(timeout_ms))})

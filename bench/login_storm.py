@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench import Section, percentiles, table
+from bench import Section, percentiles, run_alone, table
 
 USERS = 50
 ROUNDS = 3
@@ -40,7 +40,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 async def _storm(url: str, rounds: int, users: list[str]) -> dict[str, object]:
     import httpx
 
-    from bench.appstack import PASSWORD
+    from bench.service_stack import PASSWORD
 
     limits = httpx.Limits(max_connections=len(users), max_keepalive_connections=len(users))
     windows: list[tuple[float, float]] = []
@@ -89,7 +89,7 @@ def _probe(url: str, stop: threading.Event, limit: int | None = None) -> list[tu
 
 
 def measure() -> tuple[list[float], list[float], dict[str, object], float]:
-    from bench.appstack import seed, services, start_web, stop
+    from bench.service_stack import seed, service_stack
 
     time_cost, memory_kib, parallelism, threads = _hashing_defaults()
     argon2 = {  # the defaults, stated: the caller's environment may hold the tests' cheap ones
@@ -99,25 +99,23 @@ def measure() -> tuple[list[float], list[float], dict[str, object], float]:
         "PASSWORD_HASH_THREADS": str(threads),
     }
     users = [f"storm{number:02d}" for number in range(USERS)]
-    with services("login_storm", argon2) as stack:
+    with service_stack("login_storm", argon2) as stack:
         seed(stack.database_url, users, 0)
-        web, url = start_web(stack.env)
-        try:
-            _probe(url, threading.Event(), limit=50)  # warm-up: connections, first-request work
-            idle = [ms for _, ms in _probe(url, threading.Event(), limit=IDLE_PROBES)]
-            command = [sys.executable, "-m", "bench.login_storm", "storm", url, str(ROUNDS), *users]
-            storming = subprocess.Popen(command, cwd=_ROOT, stdout=subprocess.PIPE, text=True)
-            stop_probe = threading.Event()
-            found: list[list[tuple[float, float]]] = []
-            prober = threading.Thread(target=lambda: found.append(_probe(url, stop_probe)))
-            prober.start()
-            output, _ = storming.communicate(timeout=600)
-            stop_probe.set()
-            prober.join()
-            if storming.returncode != 0:
-                raise RuntimeError(f"the storm process failed with {storming.returncode}")
-        finally:
-            stop(web)
+        stack.start_web()
+        url = stack.url
+        _probe(url, threading.Event(), limit=50)  # warm-up: connections, first-request work
+        idle = [ms for _, ms in _probe(url, threading.Event(), limit=IDLE_PROBES)]
+        command = [sys.executable, "-m", "bench.login_storm", "storm", url, str(ROUNDS), *users]
+        storming = subprocess.Popen(command, cwd=_ROOT, stdout=subprocess.PIPE, text=True)
+        stop_probe = threading.Event()
+        found: list[list[tuple[float, float]]] = []
+        prober = threading.Thread(target=lambda: found.append(_probe(url, stop_probe)))
+        prober.start()
+        output, _ = storming.communicate(timeout=600)
+        stop_probe.set()
+        prober.join()
+        if storming.returncode != 0:
+            raise RuntimeError(f"the storm process failed with {storming.returncode}")
     result: dict[str, object] = json.loads(output)
     windows = [(float(a), float(b)) for a, b in result["windows"]]  # type: ignore[attr-defined]
     during = [ms for at, ms in found[0] if any(a <= at <= b for a, b in windows)]
@@ -218,13 +216,5 @@ def _hashing_defaults() -> tuple[int, int, int, int]:
     )
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) >= 3 and argv[0] == "storm":
-        storm(argv[1], int(argv[2]), argv[3:])
-        return
-    section = run()
-    print(f"## {section.title}\n\n{section.body}")
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_alone(run, {"storm": lambda url, rounds, *users: storm(url, int(rounds), list(users))})

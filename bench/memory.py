@@ -13,7 +13,6 @@ counted in each), and Pss (each shared page split between the processes that map
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from litestar import Litestar, get
 from litestar_granian import GranianPlugin
 
-from bench import Section, table
+from bench import Section, run_alone, table
 
 SETTLE_S = 3.0
 REQUESTS = 20
@@ -38,18 +37,9 @@ def hello() -> dict[str, str]:
 hello_app = Litestar(route_handlers=[hello], plugins=[GranianPlugin()], logging_config=None)
 
 
-def pss_kib(pid: int) -> int:
-    """Pss of one process from /proc/<pid>/smaps_rollup, in KiB (0 when unreadable)."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    return 0
-
-
 class Footprint:
     def __init__(self, label: str, pid: int) -> None:
-        from bench.appstack import process_tree, rss_kib
+        from bench.service_stack import process_tree, pss_kib, rss_kib
 
         pids = process_tree(pid)
         self.label = label
@@ -85,7 +75,7 @@ def _exercise_web(url: str) -> None:
     """Sign in and read: the first requests load what the hot paths need."""
     import httpx
 
-    from bench.appstack import login
+    from bench.service_stack import login
 
     token = login(url, "reader")
     headers = {"Authorization": f"Bearer {token}"}
@@ -113,22 +103,10 @@ def _exercise_hello(url: str) -> None:
             client.get("/health/live").raise_for_status()
 
 
-def _wait_ready(url: str, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/health/ready", timeout=3).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError("the service did not become ready (no worker heartbeat?)")
-
-
 def measure() -> list[Footprint]:
     from tests.servers import BIN, spawn
 
-    from bench.appstack import free_local_port, seed, services, start_web, stop, wait_live
+    from bench.service_stack import free_port, seed, service_stack, stop, wait_live
 
     found: list[Footprint] = []
     bare = spawn("bare", [sys.executable, "-c", "import time; time.sleep(3600)"], _ROOT)
@@ -138,7 +116,7 @@ def measure() -> list[Footprint]:
     finally:
         stop(bare)
 
-    port = free_local_port()
+    port = free_port()
     hello_args = [str(BIN / "litestar"), "--app", "bench.memory:hello_app", "run", "--port", str(port)]
     hello_proc = spawn("hello", hello_args, _ROOT, {"LITESTAR_APP": "bench.memory:hello_app", "PYTHONPATH": str(_ROOT)})
     try:
@@ -150,22 +128,15 @@ def measure() -> list[Footprint]:
     finally:
         stop(hello_proc)
 
-    with services("memory") as stack:
+    with service_stack("memory") as stack:
         seed(stack.database_url, ["reader"], 0)
-        web, url = start_web(stack.env)
-        worker = None
-        try:
-            command = [str(BIN / "dramatiq"), "app.workers", "--processes", "1", "--threads", "8"]
-            worker = spawn("worker", command, _ROOT, stack.env)
-            _wait_ready(url)
-            _exercise_web(url)
-            time.sleep(SETTLE_S)
-            found.append(Footprint("the app's web process, `litestar run` (CLI + granian + 1 worker)", web.popen.pid))
-            found.append(Footprint("a worker, `dramatiq app.workers --processes 1 --threads 8`", worker.popen.pid))
-        finally:
-            if worker is not None:
-                stop(worker)
-            stop(web)
+        web = stack.start_web()
+        worker = stack.start_worker(8)
+        stack.wait_ready()
+        _exercise_web(stack.url)
+        time.sleep(SETTLE_S)
+        found.append(Footprint("the app's web process, `litestar run` (CLI + granian + 1 worker)", web.popen.pid))
+        found.append(Footprint("a worker, `dramatiq app.workers --processes 1 --threads 8`", worker.popen.pid))
     return found
 
 
@@ -223,10 +194,5 @@ minimal Litestar app served the same way; a worker tree is
     return Section(title="Idle memory (web process and worker)", body=body, figures=figures)
 
 
-def main() -> None:
-    section = run()
-    print(f"## {section.title}\n\n{section.body}")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(run)

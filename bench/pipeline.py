@@ -30,8 +30,8 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from bench import Section, percentiles, table
-from bench.service_stack import RawHttp, ServiceStack, service_stack
+from bench import Section, percentiles, run_alone, table
+from bench.service_stack import FAST_SIGN_UP, RawHttp, ServiceStack, service_stack
 
 TASKS = 5_000
 USERS = 8
@@ -311,8 +311,11 @@ async def _pipeline(stack: ServiceStack, tokens: list[str]) -> PipelineRun:
 
 
 def _measure() -> tuple[float, float, PipelineRun, float]:
-    settings = {"MAX_ACTIVE_TASKS": str(MAX_ACTIVE_TASKS)}
-    with service_stack("pipeline", settings, worker_threads=WORKER_THREADS) as stack:
+    settings = {**FAST_SIGN_UP, "MAX_ACTIVE_TASKS": str(MAX_ACTIVE_TASKS)}
+    with service_stack("pipeline", settings) as stack:
+        stack.start_web()
+        stack.start_worker(WORKER_THREADS)
+        stack.wait_ready()
         raw_rate, raw_cpu = _raw_rate(stack.redis.url)
         tokens = stack.sign_up(USERS)
         ceiling = asyncio.run(_client_ceiling(stack, TASKS))
@@ -400,13 +403,5 @@ run, divided by the number of tasks; the machine has two cores for all of them.
     return Section(title="Job pipeline throughput (API to succeeded)", body=body, figures=figures)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) == 4 and argv[0] == "raw-worker":
-        serve_raw(argv[1], argv[2], int(argv[3]))
-        return
-    section = run()
-    print(section.body)
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_alone(run, {"raw-worker": lambda url, namespace, threads: serve_raw(url, namespace, int(threads))})
