@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import insert
 
 from app.domain.models import Event
-from tests.accounts import ROOT, signed_in_headers
+from tests.accounts import PASSWORD, ROOT, litestar_cli, new_identity, signed_in_headers
 from tests.processes import eventually, redis_server, stack
 from tests.servers import BIN, STARTUP_TIMEOUT, LiveServer, free_port, spawn
 from tests.sse import Event as StreamEvent
@@ -133,6 +133,33 @@ async def test_a_client_that_goes_away_is_freed(live_server: LiveServer) -> None
             await anext(lines)
             await _until_open_streams(client, 1)
         await _until_open_streams(client, 0)
+
+
+async def test_a_deactivated_users_open_stream_ends_and_stays_shut(live_server: LiveServer) -> None:
+    admin = new_identity()
+    made = litestar_cli(
+        "users", "create", "--email", admin["email"], "--username", admin["username"], "--password", PASSWORD,
+        "--superuser",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT) as client:
+        signed_in = await client.post("/api/v1/auth/login", json={"username": admin["username"], "password": PASSWORD})
+        admin_headers = {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
+        member = _auth(live_server)
+        me = (await client.get("/api/v1/users/me", headers=member)).json()
+        async with client.stream("GET", "/api/v1/events", headers=member) as response:
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            assert (await anext(lines)).startswith(":")  # connected
+            off = await client.patch(
+                f"/api/v1/admin/users/{me['id']}", json={"is_active": False}, headers=admin_headers
+            )
+            assert off.status_code == 200, off.text
+            async with asyncio.timeout(15):  # the stream ends: no more lines, not a wait for the test's timeout
+                async for _ in lines:
+                    pass
+        refused = await client.get("/api/v1/events", headers=member)
+        assert refused.status_code == 401
 
 
 async def test_the_stream_needs_a_signed_in_user(live_server: LiveServer) -> None:

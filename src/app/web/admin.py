@@ -16,6 +16,7 @@ from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import UserFlags, UserOut, user_out
 from app.domain.accounts.services import AccountService
+from app.domain.notifications.events import EventPublisher, wake_reader
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from app.web.auth import requires_superuser
 from app.web.errors import Conflicting
@@ -59,6 +60,11 @@ class AdminUsersController(Controller):
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
         settings: NamedDependency[Settings],
+        publisher: NamedDependency[EventPublisher],
     ) -> UserOut:
         service = AccountService(db_session, passwords, settings)
-        return user_out(await service.set_flags(await service.require(user_id), data, by=request.user))
+        user = await service.set_flags(await service.require(user_id), data, by=request.user)
+        await db_session.commit()
+        if not user.is_active:
+            await wake_reader(publisher, user.id)  # their open streams end now
+        return user_out(user)

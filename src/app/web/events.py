@@ -60,7 +60,7 @@ FEED_TICK = 1.0
 _open_streams: Counter[UUID] = Counter()
 
 #: What a reader gets: the events after its id, and whether to read again at once (more backlog);
-#: None when the database cannot be reached.
+#: None when the stream must end (the database cannot be reached, or its user was deactivated).
 Read = tuple[Sequence[EventRecord], bool] | None
 
 
@@ -146,7 +146,13 @@ class EventFeed:
     async def _serve(self, readers: list[tuple[UUID | None, list[tuple[int, asyncio.Future[Read]]]]]) -> None:
         futures = [future for _, asks in readers for _, future in asks]
         try:
-            records = await self._query(readers)
+            found = await self._query(readers)
+            records, inactive = found if found is not None else (None, set())
+            for user_id, asks in readers:
+                if user_id in inactive:
+                    for _, future in asks:
+                        if not future.done():
+                            future.set_result(None)  # the stream ends
             if records is None or len(records) < FEED_ROWS:
                 self._hand_out(readers, records, None)
                 return
@@ -166,7 +172,8 @@ class EventFeed:
             if not isinstance(exc, Exception):
                 raise
 
-    async def _query(self, readers: list[tuple[UUID | None, Any]]) -> list[EventRecord] | None:
+    async def _query(self, readers: list[tuple[UUID | None, Any]]) -> tuple[list[EventRecord], set[UUID]] | None:
+        """The events above the lowest id asked for, and which of the readers' users are inactive now."""
         floor = min(after_id for _, asks in readers for after_id, _ in asks)
         users = [user_id for user_id, _ in readers if user_id is not None]
         audience = Event.user_id.is_(None) if not users else or_(Event.user_id.in_(users), Event.user_id.is_(None))
@@ -180,12 +187,19 @@ class EventFeed:
         try:
             async with self._sessions() as session:
                 rows = (await session.execute(query)).all()
+                # A deactivated user's streams end at their next read (a heartbeat, or the wake-up
+                # sent on deactivation); the client's reconnect is then refused.
+                inactive = set(
+                    await session.scalars(select(User.id).where(User.id.in_(users), User.is_active.is_(False)))
+                    if users
+                    else ()
+                )
         except Exception as exc:
             if not database_unavailable(exc):
                 raise
             log.warning("events.database_unavailable", error=str(exc))
             return None
-        return [EventRecord(id=r[0], type=r[1], data=r[2], created_at=r[3], user_id=r[4]) for r in rows]
+        return [EventRecord(id=r[0], type=r[1], data=r[2], created_at=r[3], user_id=r[4]) for r in rows], inactive
 
     @staticmethod
     def _hand_out(

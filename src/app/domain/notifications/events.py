@@ -112,6 +112,11 @@ async def wake_everyone(publisher: EventPublisher) -> None:
     await publisher.publish(BROADCAST_CHANNEL, WAKE_UP)
 
 
+async def wake_reader(publisher: EventPublisher, user_id: UUID) -> None:
+    """Wake one user's streams without an event (they read again, and see whether the user may still read)."""
+    await publisher.publish(channel_for(user_id), WAKE_UP)
+
+
 def channels_for_reader(user_id: UUID | None) -> list[str]:
     """Every channel whose events a reader may see."""
     return [BROADCAST_CHANNEL] if user_id is None else [channel_for(user_id), BROADCAST_CHANNEL]

@@ -22,7 +22,7 @@ from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import UserFlags
 from app.domain.accounts.services import AccountService
 from app.domain.errors import Conflict, InvalidInput, NotFound
-from app.domain.notifications.events import EventPublisher
+from app.domain.notifications.events import EventPublisher, wake_reader
 from app.domain.notifications.services import BroadcastRequest, count_recipients, new_broadcast
 from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.models import FAILED
@@ -121,6 +121,7 @@ class AdminPages(Controller):
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
         settings: NamedDependency[Settings],
+        publisher: NamedDependency[EventPublisher],
     ) -> Response[Any]:
         form = await form_data(request)
         flags = msgspec.convert({f: form[f] == "true" for f in ("is_active", "is_superuser") if f in form}, UserFlags)
@@ -131,6 +132,8 @@ class AdminPages(Controller):
             say(request, exc.detail, "error")
             return go(request, "/admin")
         await db_session.commit()
+        if not user.is_active:
+            await wake_reader(publisher, user.id)  # their open pages' streams end now
         if is_htmx(request):
             return fragment("partials/admin_user.html", {"u": user, "me": request.user})
         return go(request, "/admin", f"Updated {user.username}.")
