@@ -142,8 +142,9 @@ class Stack:
     def processes(self) -> list[Process]:
         return [self.web, *self.stopped, *([self.worker] if self.worker else [])]
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name} ---\n{p.output()[-6000:]}" for p in self.processes())
+    def logs(self, tail: int = 6000) -> str:
+        """The last `tail` characters of each process's output."""
+        return "\n".join(f"--- {p.name} ---\n{p.output()[-tail:]}" for p in self.processes())
 
     def stop(self) -> None:
         for process in [self.web, *([self.worker] if self.worker else [])]:

@@ -81,7 +81,8 @@ class _Context:
     due: asyncio.Event = field(default_factory=asyncio.Event)
     #: What a write in the background found (a cancel request, the task lost, an error), raised at the next report.
     failure: BaseException | None = None
-    _writing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Held by every write of the task row, so that ending the attempt never cuts one off midway.
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def progress(self, current: int, total: int, message: str | None = None) -> None:
         self._raise_failure()
@@ -98,7 +99,7 @@ class _Context:
 
     async def flush(self) -> None:
         """Write the pending report with the heartbeat; a cancel request is raised at the next report."""
-        async with self._writing:
+        async with self.writing:
             report = self.pending
             if report is None:
                 return
@@ -164,7 +165,9 @@ class TaskRunner:
                 return await self._end(context, FAILED, error=error)
             return await self._requeue(context, error, retry_in)
         finally:
-            keeper.cancel()
+            # Not in the middle of a write: a query cut off by a cancel would leave its connection unusable.
+            async with context.writing:
+                keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
         return await self._end(context, SUCCEEDED, result=result)
@@ -210,14 +213,22 @@ class TaskRunner:
         return bool(task.cancel_requested)
 
     async def _keep(self, context: _Context) -> None:
-        """Write a held-back report once the interval has passed; keep the heartbeat fresh through long steps."""
+        """Write a held-back report once the interval has passed; keep the heartbeat fresh through long steps.
+
+        A heartbeat that cannot be written (the database is away) is only tried again later:
+        if the database stays away for longer than TASK_STALE_SECONDS, the sweeper hands the
+        task back and this attempt's next write finds it lost.
+        """
         while True:
             try:
                 async with asyncio.timeout(HEARTBEAT_SECONDS):
                     await context.due.wait()
             except TimeoutError:
-                async with self.sessions() as session, session.begin():
-                    await session.execute(self._mine(context).values(heartbeat_at=utcnow()))
+                try:
+                    async with context.writing, self.sessions() as session, session.begin():
+                        await session.execute(self._mine(context).values(heartbeat_at=utcnow()))
+                except Exception as exc:  # noqa: BLE001 - a missed heartbeat is not the task's failure
+                    log.warning("task.heartbeat_failed", attempt=context.attempt, error=str(exc))
                 continue
             context.due.clear()
             await asyncio.sleep(max(0.0, context.last_write + self.interval - time.monotonic()))
