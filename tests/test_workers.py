@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -65,6 +66,28 @@ def test_a_send_wakes_an_idle_redis_worker_long_before_its_next_poll() -> None:
         finally:
             worker.stop()
             woken.close()
+
+
+@pytest.mark.services
+def test_a_worker_stops_on_sigterm_to_its_process_group() -> None:
+    """Found by the tests' own teardown: each services-mode worker took 15 s to stop, then SIGKILL.
+
+    SIGTERM to the whole group (as the tests, `kill -- -PGID` and systemd send it) reached
+    the worker process twice, directly and forwarded by Dramatiq's main process, and
+    Dramatiq took the second as "kill now", which left its threads running.
+    """
+    from tests.processes import ROOT, eventually
+    from tests.servers import BIN, spawn
+
+    args = [str(BIN / "dramatiq"), "app.workers", "--processes", "1", "--threads", "4"]
+    worker = spawn("worker", args, ROOT, {"LOG_LEVEL": "INFO"})  # INFO: Dramatiq's own boot and stop lines
+    try:
+        eventually(lambda: "ready for action" in worker.output(), timeout=120, what="the worker to boot")
+    finally:
+        code = worker.stop(signal.SIGTERM, timeout=15)  # after 15 s: SIGKILL, -9
+    assert code == 0, worker.output()[-3000:]
+    assert "Killing worker process" not in worker.output()
+    assert "Worker has been shut down." in worker.output()
 
 
 def test_housekeeping_is_scheduled() -> None:

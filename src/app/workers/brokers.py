@@ -22,6 +22,7 @@ from app.config import Settings
 from app.workers.context import LogContext
 from app.workers.heartbeat import Heartbeat, HeartbeatStore, MemoryHeartbeats, RedisHeartbeats
 from app.workers.runtime import RuntimeLifecycle
+from app.workers.stopping import OneStopSignal
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +107,7 @@ def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Bro
         RuntimeLifecycle(),
         PeriodiqMiddleware(skip_delay=60),
         Heartbeat(heartbeats, interval=settings.worker_heartbeat_seconds, ttl=settings.worker_stale_seconds),
+        OneStopSignal(),
     ]
     broker: dramatiq.Broker
     url = settings.job_broker_url
