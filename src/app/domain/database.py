@@ -1,7 +1,7 @@
 """The database engines, shared by the web app and the workers (each builds its own).
 
 `create_engine` is for everything that writes: sessions with transactions, connections
-checked with a ping before use. `create_read_engine` is for the web's hot reads (who is
+checked before use (`_check_on_checkout`: one round trip). `create_read_engine` is for the web's hot reads (who is
 calling, a page of tasks): autocommit connections (no BEGIN/ROLLBACK around a single
 SELECT) and no ping, so a read costs one round trip; `read` repeats a read once when its
 connection turned out to be broken (a Postgres restart), which a ping would have found.
@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import Executable, Row, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.config import Settings
@@ -31,6 +31,37 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+#: Where a pooled connection's record notes that it was just opened (nothing to check yet).
+_FRESH = "app.fresh"
+
+
+def _mark_fresh(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_FRESH] = True
+
+
+def _check_on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """SQLAlchemy's pessimistic disconnect handling, in one round trip (Postgres).
+
+    `pool_pre_ping` did the same check with asyncpg as BEGIN, an empty query and ROLLBACK:
+    three round trips on every checkout. Here a connection found closed (asyncpg saw the
+    server go) costs none, and another one `SELECT 1` outside a transaction. A broken
+    connection raises InvalidatePoolError, as the pre-ping does: the pool drops every
+    connection older than now and hands out a new one, so a Postgres restart costs no
+    request an error once the server is back. Any other error is raised as it is.
+    """
+    if record.info.pop(_FRESH, False):
+        return  # just connected: the pre-ping skips these too
+    driver = dbapi_connection.driver_connection
+    if driver.is_closed():
+        raise InvalidatePoolError("the connection was closed")
+    try:
+        dbapi_connection.run_async(lambda connection: connection.execute("SELECT 1"))
+    except Exception as exc:
+        if driver.is_closed():
+            raise InvalidatePoolError(f"the connection broke: {exc!r}") from exc
+        raise
+
+
 def engine_options(settings: Settings) -> dict[str, Any]:
     # JSON columns (task params and results, event data) are read with msgspec, several times
     # faster than the standard library's decoder SQLAlchemy uses by default.
@@ -41,7 +72,6 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         "json_deserializer": msgspec.json.decode,
         "pool_size": settings.database_pool_size,
         "max_overflow": settings.database_max_overflow,
-        "pool_pre_ping": True,
         "pool_recycle": 1800,
     }
 
@@ -53,6 +83,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
     engine = create_async_engine(settings.sqlalchemy_url, **engine_options(settings))
     if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        event.listen(engine.sync_engine, "connect", _mark_fresh)
+        event.listen(engine.sync_engine, "checkout", _check_on_checkout)
     return engine
 
 
@@ -60,7 +93,6 @@ def create_read_engine(settings: Settings) -> AsyncEngine:
     """An engine for single-statement reads: autocommit, no ping on checkout (see `read`)."""
     options = engine_options(settings)
     options.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
-    options.pop("pool_pre_ping", None)
     if not settings.is_sqlite:
         # A fixed set of connections: under load a read waits for one (a read is short) instead of
         # opening an overflow connection that is closed again as soon as it is returned.

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import Executable, TextClause, bindparam, delete, func, insert, or_, select, text
+from sqlalchemy import TextClause, bindparam, delete, func, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.clock import utcnow
@@ -78,6 +78,8 @@ def _typed(sql: str) -> TextClause:
 
 _INSERT_FOR_USER = _typed(_USER_INSERT)
 _INSERT_FOR_EVERYONE = _typed(_EVERYONE_INSERT)
+_TAKE_USER_LOCKS = text(_USER_LOCKS)
+_TAKE_EVERYONE_LOCK = text(_EVERYONE_LOCK)
 
 
 BROADCAST_CHANNEL = "events.all"
@@ -136,14 +138,14 @@ class EventLog:
     async def record(self, event_type: str, data: dict[str, Any], *, user_id: UUID | None = None) -> EventRecord:
         await self.session.flush()  # the caller's pending changes go first, as with an ORM insert
         values: dict[str, Any] = {"user_id": user_id, "type": event_type, "payload": data, "created_at": utcnow()}
-        statement: Executable
         if self._postgres:
             # One round trip: the locks (taken again if already held), then the insert.
+            # The statement is built once: its values go as parameters, not bound into a copy of it.
             locked_insert = _INSERT_FOR_EVERYONE if user_id is None else _INSERT_FOR_USER
-            statement = locked_insert.bindparams(**values, **_lock_keys(user_id))
+            result = await self.session.execute(locked_insert, {**values, **_lock_keys(user_id)})
         else:
-            statement = insert(Event).values(**values).returning(Event.id)
-        event_id = int((await self.session.execute(statement)).scalar_one())
+            result = await self.session.execute(insert(Event).values(**values).returning(Event.id))
+        event_id = int(result.scalar_one())
         record = EventRecord(id=event_id, type=event_type, data=data, created_at=values["created_at"], user_id=user_id)
         self.pending.append(record)
         return record
@@ -159,8 +161,8 @@ class EventLog:
         other transaction that records an event for this user waits until this one commits.
         """
         if self._postgres:
-            locks = _EVERYONE_LOCK if user_id is None else _USER_LOCKS
-            await self.session.execute(text(locks), _lock_keys(user_id))
+            locks = _TAKE_EVERYONE_LOCK if user_id is None else _TAKE_USER_LOCKS
+            await self.session.execute(locks, _lock_keys(user_id))
 
     async def record_many(self, event_type: str, items: Sequence[tuple[UUID, dict[str, Any]]]) -> list[EventRecord]:
         """One event per (user id, data), in one insert: for a batch that reaches many users (a broadcast).
@@ -176,7 +178,7 @@ class EventLog:
             return []
         await self.session.flush()
         if self._postgres:
-            await self.session.execute(text(_EVERYONE_LOCK), _lock_keys(None))
+            await self.session.execute(_TAKE_EVERYONE_LOCK, _lock_keys(None))
         now = utcnow()
         rows = [{"user_id": user_id, "type": event_type, "payload": data, "created_at": now} for user_id, data in items]
         statement = insert(Event).returning(Event.id, Event.user_id, sort_by_parameter_order=True)

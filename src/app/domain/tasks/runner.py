@@ -21,11 +21,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -38,7 +38,9 @@ from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.kinds import get_kind
 from app.domain.tasks.kinds.base import ArtifactSink, TaskCancelled
 from app.domain.tasks.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Task
-from app.domain.tasks.services import record_task_event
+from app.domain.tasks.reads import COLUMNS, row_out
+from app.domain.tasks.schemas import TaskOut
+from app.domain.tasks.services import record_task_event, record_task_out
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_SECONDS = 10.0
@@ -56,6 +58,34 @@ class Ended:
 
     outcome: Outcome
     email_notification: UUID | None = None
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A task just claimed: what its `running` event shows, and whose it is."""
+
+    task: TaskOut
+    user_id: UUID
+
+
+_TASKS = cast(Table, Task.__table__)
+#: The claim: a compare-and-set on (status, attempt), in Core (no ORM object is built for the
+#: one row), answering a TaskOut's columns and the owner.
+_CLAIM = (
+    update(_TASKS)
+    .where(
+        _TASKS.c.id == bindparam("task_id"),
+        _TASKS.c.status == QUEUED,
+        _TASKS.c.attempts == bindparam("attempt"),
+    )
+    .values(
+        status=RUNNING,
+        started_at=bindparam("now", type_=_TASKS.c.started_at.type),
+        heartbeat_at=bindparam("now", type_=_TASKS.c.heartbeat_at.type),
+        finished_at=None,
+    )
+    .returning(*(_TASKS.c[column.key] for column in COLUMNS), _TASKS.c.user_id)
+)
 
 
 class _Lost(Exception):
@@ -138,12 +168,13 @@ class TaskRunner:
         self.interval = settings.task_progress_interval_ms / 1000
 
     async def run(self, task_id: UUID, attempt: int, *, last_try: bool, retry_in: timedelta) -> Ended:
-        task = await self._claim(task_id, attempt)
-        if task is None:
+        claimed = await self._claim(task_id, attempt)
+        if claimed is None:
             return Ended(Outcome.SKIPPED)
-        structlog.contextvars.bind_contextvars(task_id=str(task_id), user_id=str(task.user_id))
+        task = claimed.task
+        structlog.contextvars.bind_contextvars(task_id=str(task_id), user_id=str(claimed.user_id))
         kind = get_kind(task.kind)
-        context = _Context(self, task_id, task.user_id, attempt)
+        context = _Context(self, task_id, claimed.user_id, attempt)
         keeper = asyncio.create_task(self._keep(context))
         try:
             if kind is None:
@@ -172,22 +203,17 @@ class TaskRunner:
                 await keeper
         return await self._end(context, SUCCEEDED, result=result)
 
-    async def _claim(self, task_id: UUID, attempt: int) -> Task | None:
+    async def _claim(self, task_id: UUID, attempt: int) -> _Claimed | None:
         now = utcnow()
         async with self.sessions() as session, session.begin():
-            task = await session.scalar(
-                update(Task)
-                .where(Task.id == task_id, Task.status == QUEUED, Task.attempts == attempt)
-                .values(status=RUNNING, started_at=now, heartbeat_at=now, finished_at=None)
-                .returning(Task)
-                .execution_options(synchronize_session=False)
-            )
-            if task is None:
+            row = (await session.execute(_CLAIM, {"task_id": task_id, "attempt": attempt, "now": now})).first()
+            if row is None:
                 return None
+            claimed = _Claimed(task=row_out(row[:-1]), user_id=row[-1])
             events = EventLog(session)
-            await record_task_event(events, task)
+            await record_task_out(events, claimed.task, claimed.user_id)
         await events.publish(self.publisher)
-        return task
+        return claimed
 
     def _mine(self, context: _Context) -> Any:
         """An UPDATE of this attempt's task. Each write has a session of its own, so there is nothing to synchronise."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -24,10 +24,19 @@ from app.domain.errors import Conflict, InvalidInput, LimitReached, NotFound
 from app.domain.notifications.events import EventLog
 from app.domain.tasks.kinds import KINDS, get_kind
 from app.domain.tasks.models import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, STATUSES, Task
-from app.domain.tasks.schemas import TaskRequest, task_out
+from app.domain.tasks.schemas import TaskOut, TaskRequest, task_out
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 TASK_UPDATED = "task.updated"
+
+
+_TASKS = cast(Table, Task.__table__)
+#: A user's unfinished tasks, counted on every submission: built once, in Core.
+_ACTIVE_COUNT = (
+    select(func.count())
+    .select_from(_TASKS)
+    .where(_TASKS.c.user_id == bindparam("user_id"), _TASKS.c.status.in_(ACTIVE))
+)
 
 
 def fingerprint(request: TaskRequest) -> str:
@@ -46,7 +55,12 @@ def _validation_errors(exc: msgspec.ValidationError) -> dict[str, str]:
 
 
 async def record_task_event(events: EventLog, task: Task) -> None:
-    await events.record(TASK_UPDATED, msgspec.to_builtins(task_out(task)), user_id=task.user_id)
+    await record_task_out(events, task_out(task), task.user_id)
+
+
+async def record_task_out(events: EventLog, task: TaskOut, user_id: UUID) -> None:
+    """The `task.updated` event of a task already turned into its TaskOut (a row read without the ORM)."""
+    await events.record(TASK_UPDATED, msgspec.to_builtins(task), user_id=user_id)
 
 
 class TaskService:
@@ -91,7 +105,7 @@ class TaskService:
         # The user's event lock, which recording the task's event takes anyway, taken before the
         # count: one user's submissions queue here, so the cap holds under concurrency.
         await self.events.lock(user.id)
-        active = await self.session.scalar(select(func.count()).where(Task.user_id == user.id, Task.status.in_(ACTIVE)))
+        active = await self.session.scalar(_ACTIVE_COUNT, {"user_id": user.id})
         if (active or 0) >= self.settings.max_active_tasks:
             raise LimitReached(f"You have {active} unfinished tasks; the limit is {self.settings.max_active_tasks}.")
 
