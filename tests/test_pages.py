@@ -5,6 +5,7 @@ CSRF refusals, and validation errors shown next to their field with nothing writ
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.accounts import PASSWORD, litestar_cli, new_identity, token_from_mail
 from tests.servers import LiveServer
@@ -424,6 +427,28 @@ async def test_the_live_stream_starts_where_the_page_was_rendered(browser: httpx
                         break
     assert {update["id"] for update in updates} == {later}  # nothing from before the page
     assert updates[-1]["progress"]["percent"] == 100
+
+
+async def test_the_page_starts_its_stream_after_its_users_newest_event_not_anyones(
+    browser: httpx.Client, live_server: LiveServer, db_session: AsyncSession
+) -> None:
+    """Events of different users may commit out of id order, so the newest id of the whole table can lie
+    above an event of this user that is still being committed: a stream started after it would skip that
+    event for good. The page starts from the newest event its user can see."""
+    sign_up(browser)
+    mine = start_task(browser, steps="1", step_ms="0")
+    wait_until(lambda: task_status(browser, mine) == "succeeded")
+    with httpx.Client(base_url=live_server.url, timeout=20) as other:
+        sign_up(other)
+        theirs = start_task(other, steps="1", step_ms="0")
+        wait_until(lambda: task_status(other, theirs) == "succeeded")
+    dashboard = browser.get("/dashboard").text
+    found = re.search(r'data-last-event-id="(\d+)"', dashboard)
+    assert found, dashboard
+    rows = await db_session.execute(text("SELECT id, payload FROM event WHERE type = 'task.updated' ORDER BY id"))
+    ids = {payload["id"] if isinstance(payload, dict) else json.loads(payload)["id"]: id for id, payload in rows}
+    everything = await db_session.scalar(text("SELECT max(id) FROM event"))
+    assert ids[mine] <= int(found.group(1)) < ids[theirs] <= everything
 
 
 # --- notifications and the account ------------------------------------------------------------------

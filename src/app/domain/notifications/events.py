@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import TextClause, bindparam, delete, func, insert, or_, select, text
+from sqlalchemy import TextClause, bindparam, delete, func, insert, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.clock import utcnow
@@ -208,8 +208,18 @@ class EventLog:
         )
         return [_record(row) for row in rows]
 
-    async def last_id(self) -> int:
-        return int(await self.session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0)
+    async def last_id(self, user_id: UUID) -> int:
+        """The newest id among a reader's events (its user's and everyone's); 0 when there is none.
+
+        A stream that starts after it misses none of them. The newest id of the whole table
+        would not do: events of different users may commit out of id order (see above), so
+        an event of this user could still commit below it.
+        """
+        newest = union_all(
+            select(func.max(Event.id).label("id")).where(Event.user_id == user_id),
+            select(func.max(Event.id).label("id")).where(Event.user_id.is_(None)),
+        ).subquery()
+        return int(await self.session.scalar(select(func.coalesce(func.max(newest.c.id), 0))) or 0)
 
     async def purge(self, older_than: datetime) -> int:
         """Delete events created before `older_than`; returns how many."""

@@ -20,7 +20,7 @@ PAGE_SIZE = 20
 
 
 async def notification_list(service: NotificationService, user: User, offset: int = 0) -> dict[str, Any]:
-    last_event_id = await live_from(service.session)  # first: the rows read next are at least this new
+    last_event_id = await live_from(service.session, user.id)  # first: the rows read next are at least this new
     rows, total = await service.list(user.id, limit=PAGE_SIZE, offset=offset)
     return {
         "last_event_id": last_event_id,

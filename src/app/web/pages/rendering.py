@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 from urllib.parse import quote
+from uuid import UUID
 
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
@@ -60,7 +61,7 @@ async def layout(request: Request[Any, Any, Any], db_session: AsyncSession) -> d
     user = current_user(request)
     if user is None:
         return {"user": None}
-    last_event_id = await live_from(db_session)
+    last_event_id = await live_from(db_session, user.id)
     return {
         "user": user,
         "last_event_id": last_event_id,
@@ -68,9 +69,9 @@ async def layout(request: Request[Any, Any, Any], db_session: AsyncSession) -> d
     }
 
 
-async def live_from(db_session: AsyncSession) -> int:
-    """The newest event id: read it before what a page shows, and the stream started after it misses nothing."""
-    return await EventLog(db_session).last_id()
+async def live_from(db_session: AsyncSession, user_id: UUID) -> int:
+    """The user's newest event id: read it before what a page shows, and the stream started after it misses nothing."""
+    return await EventLog(db_session).last_id(user_id)
 
 
 async def page(

@@ -66,7 +66,7 @@ def _cancelling(task: Task) -> set[UUID]:
 
 
 async def task_list(service: TaskService, user: User, offset: int = 0) -> dict[str, Any]:
-    last_event_id = await service.events.last_id()  # first: the tasks read next are at least this new
+    last_event_id = await service.events.last_id(user.id)  # first: the tasks read next are at least this new
     tasks, total = await service.list(user, status=None, kind=None, limit=PAGE_SIZE, offset=offset)
     return {
         "tasks": [task_out(t) for t in tasks],
@@ -160,7 +160,7 @@ class TaskPages(Controller):
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
     ) -> Template:
-        last_event_id = await live_from(db_session)
+        last_event_id = await live_from(db_session, request.user.id)
         task = await TaskService(db_session, settings).get(request.user, task_id)
         context = {"task": task_out(task), "cancelling": _cancelling(task), "last_event_id": last_event_id}
         return await page(request, db_session, "task.html", context)
@@ -194,7 +194,7 @@ class TaskPages(Controller):
         view: str,
         error: str | None = None,
     ) -> Template:
-        last_event_id = await live_from(db_session)  # read first: the task is at least this new
+        last_event_id = await live_from(db_session, request.user.id)  # read first: the task is at least this new
         task = await TaskService(db_session, settings).get(request.user, task_id)
         template = "partials/task_panel.html" if view == "detail" else "partials/task_row.html"
         context = {"task": task_out(task), "cancelling": _cancelling(task), "error": error}

@@ -71,14 +71,33 @@
     bell.classList.toggle("has-unread", count > 0);
   }
 
+  // htmx.ajax without a `source` issues every request from <body>, and of the requests waiting
+  // behind one in flight htmx keeps only the last: a bell refresh would drop a task row's refetch
+  // (and the other way round). So each request has its own source, and the bell asks again when a
+  // refresh was wanted while its request was under way.
   let bellTimer = 0;
+  let bellBusy = false;
+  let bellAgain = false;
   function refreshBell() {
     window.clearTimeout(bellTimer);
-    bellTimer = window.setTimeout(() => {
-      if (document.getElementById("bell")) {
-        htmx.ajax("GET", "/notifications/bell", { target: "#bell", swap: "outerHTML" });
+    bellTimer = window.setTimeout(fetchBell, 150);
+  }
+
+  function fetchBell() {
+    const bell = document.getElementById("bell");
+    if (!bell) return;
+    if (bellBusy) {
+      bellAgain = true;
+      return;
+    }
+    bellBusy = true;
+    htmx.ajax("GET", "/notifications/bell", { source: bell, target: bell, swap: "outerHTML" }).finally(() => {
+      bellBusy = false;
+      if (bellAgain) {
+        bellAgain = false;
+        fetchBell();
       }
-    }, 150);
+    });
   }
 
   // --- tasks --------------------------------------------------------------------------------
@@ -105,7 +124,9 @@
   function refetch(element, taskId) {
     const isPanel = element.id === "task-panel";
     const url = "/tasks/" + taskId + (isPanel ? "/panel" : "/row");
-    htmx.ajax("GET", url, { target: element, swap: "outerHTML" });
+    // Its own source (see the bell): a refetch asked for while one is under way is dropped with the
+    // element that one replaces, and `catchUp` brings the new element up to date.
+    htmx.ajax("GET", url, { source: element, target: element, swap: "outerHTML" });
   }
 
   let listTimer = 0;
