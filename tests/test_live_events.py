@@ -327,7 +327,7 @@ async def test_live_events_keep_coming_after_redis_restarts(migrated: None) -> N
 async def test_a_shared_read_cut_short_by_a_long_backlog_misses_no_reader(live_server: LiveServer) -> None:
     """EventFeed: one reader's backlog fills the shared read; another, with nothing up to its end, reads on its own."""
     from app.config import get_settings
-    from app.domain.database import create_engine, session_factory
+    from app.domain.database import create_engine, create_read_engine, session_factory
     from app.web.events import BATCH, FEED_ROWS, EventFeed
 
     users = []
@@ -336,7 +336,7 @@ async def test_a_shared_read_cut_short_by_a_long_backlog_misses_no_reader(live_s
             client.headers.update(signed_in_headers(client))
             users.append(UUID(client.get("/api/v1/users/me").json()["id"]))
     behind, quiet = users
-    engine = create_engine(get_settings())
+    engine, reads = create_engine(get_settings()), create_read_engine(get_settings())
     try:
         sessions = session_factory(engine)
         async with sessions() as session:
@@ -344,7 +344,7 @@ async def test_a_shared_read_cut_short_by_a_long_backlog_misses_no_reader(live_s
             await session.execute(insert(Event), rows)
             await session.execute(insert(Event), [{"user_id": quiet, "type": "test.mine", "payload": {}}])
             await session.commit()
-        feed = EventFeed(sessions)
+        feed = EventFeed(reads, sessions)
 
         async def read_all(user: UUID) -> list[Any]:
             last, got = 0, []
@@ -366,3 +366,4 @@ async def test_a_shared_read_cut_short_by_a_long_backlog_misses_no_reader(live_s
             assert ids == sorted(set(ids))  # in order, none twice
     finally:
         await engine.dispose()
+        await reads.dispose()

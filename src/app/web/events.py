@@ -33,11 +33,12 @@ from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy import or_, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import bindparam, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.accounts.models import User
+from app.domain.database import read
 from app.domain.notifications.events import EventLog, EventRecord, channels_for_reader
 from app.domain.notifications.models import Event
 from app.web.auth import requires_user
@@ -55,6 +56,27 @@ FEED_USERS = 500
 FEED_ROWS = 2_000
 #: How long a heartbeat's re-check of the table may wait to share a read with others (seconds).
 FEED_TICK = 1.0
+
+_FEED_COLUMNS = (Event.id, Event.type, Event.payload, Event.created_at, Event.user_id)
+#: A shared read: every event above the floor of the readers' users or for everyone, oldest first.
+_FEED_READ = (
+    select(*_FEED_COLUMNS)
+    .where(
+        Event.id > bindparam("floor"),
+        or_(Event.user_id.in_(bindparam("users", expanding=True)), Event.user_id.is_(None)),
+    )
+    .order_by(Event.id)
+    .limit(FEED_ROWS)
+)
+#: The same for readers without a user (only events for everyone).
+_EVERYONE_READ = (
+    select(*_FEED_COLUMNS)
+    .where(Event.id > bindparam("floor"), Event.user_id.is_(None))
+    .order_by(Event.id)
+    .limit(FEED_ROWS)
+)
+#: Which of the readers' users were deactivated.
+_INACTIVE_READERS = select(User.id).where(User.id.in_(bindparam("users", expanding=True)), User.is_active.is_(False))
 
 #: Open streams per user in this process (counted while the stream's generator runs).
 _open_streams: Counter[UUID] = Counter()
@@ -83,7 +105,10 @@ class EventFeed:
     one per stream.
     """
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, tick: float = FEED_TICK) -> None:
+    def __init__(
+        self, reads: AsyncEngine, sessions: async_sessionmaker[AsyncSession], *, tick: float = FEED_TICK
+    ) -> None:
+        self._reads = reads
         self._sessions = sessions
         self._tick = tick
         self._waiting: dict[UUID | None, list[tuple[int, asyncio.Future[Read]]]] = {}
@@ -173,27 +198,24 @@ class EventFeed:
                 raise
 
     async def _query(self, readers: list[tuple[UUID | None, Any]]) -> tuple[list[EventRecord], set[UUID]] | None:
-        """The events above the lowest id asked for, and which of the readers' users are inactive now."""
+        """The events above the lowest id asked for, and which of the readers' users are inactive now.
+
+        Two prebuilt statements on the read engine (autocommit, no ping), one round trip each, at once.
+        """
         floor = min(after_id for _, asks in readers for after_id, _ in asks)
         users = [user_id for user_id, _ in readers if user_id is not None]
-        audience = Event.user_id.is_(None) if not users else or_(Event.user_id.in_(users), Event.user_id.is_(None))
-        query = (
-            select(Event.id, Event.type, Event.payload, Event.created_at, Event.user_id)
-            .where(Event.id > floor, audience)
-            .order_by(Event.id)
-            .limit(FEED_ROWS)
-        )
         self.queries += 1
         try:
-            async with self._sessions() as session:
-                rows = (await session.execute(query)).all()
-                # A deactivated user's streams end at their next read (a heartbeat, or the wake-up
-                # sent on deactivation); the client's reconnect is then refused.
-                inactive = set(
-                    await session.scalars(select(User.id).where(User.id.in_(users), User.is_active.is_(False)))
-                    if users
-                    else ()
+            if users:
+                # Side by side, on two connections. A deactivated user's streams end at their next read
+                # (a heartbeat, or the wake-up sent on deactivation); the client's reconnect is then refused.
+                rows, deactivated = await asyncio.gather(
+                    read(self._reads, _FEED_READ, {"floor": floor, "users": users}),
+                    read(self._reads, _INACTIVE_READERS, {"users": users}),
                 )
+                inactive = {row[0] for row in deactivated}
+            else:
+                rows, inactive = await read(self._reads, _EVERYONE_READ, {"floor": floor}), set()
         except Exception as exc:
             if not database_unavailable(exc):
                 raise
@@ -244,11 +266,11 @@ class EventFeed:
 FEED_STATE_KEY = "event_feed"
 
 
-def event_feed(state: State, sessions: async_sessionmaker[AsyncSession]) -> EventFeed:
+def event_feed(state: State, reads: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> EventFeed:
     """The process' EventFeed, made on first use."""
     feed: EventFeed | None = state.get(FEED_STATE_KEY)
     if feed is None:
-        feed = EventFeed(sessions)
+        feed = EventFeed(reads, sessions)
         state[FEED_STATE_KEY] = feed
     return feed
 
@@ -419,6 +441,7 @@ class EventsController(Controller):
         self,
         request: Request[User, Any, Any],
         channels: NamedDependency[ChannelsPlugin],
+        reads: NamedDependency[AsyncEngine],
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
         draining: NamedDependency[Draining],
@@ -433,7 +456,7 @@ class EventsController(Controller):
         after = _last_event_id(last_event_id_header, last_event_id)
         stream = event_stream(
             channels=channels,
-            feed=event_feed(request.app.state, sessions),
+            feed=event_feed(request.app.state, reads, sessions),
             user_id=request.user.id,
             last_id=after,
             heartbeat=settings.sse_heartbeat_seconds,

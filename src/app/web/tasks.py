@@ -73,8 +73,10 @@ class TasksController(Controller):
         body = task_out(task)
         await db_session.commit()  # the task exists before its message does
         if created:
+            # The message first (the broker client blocks: in a thread), so the worker can start on
+            # the task while this process wakes the task's live streams.
+            await anyio.to_thread.run_sync(send_task, *task_message_args(task))
             await service.events.publish(publisher)
-            await anyio.to_thread.run_sync(send_task, *task_message_args(task))  # the broker client blocks
         return Response(
             body,
             status_code=HTTP_202_ACCEPTED if created else HTTP_200_OK,
