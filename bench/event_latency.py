@@ -76,6 +76,20 @@ process's channel listener, the stream's re-read of the table and its write). Th
 targets (p50 under 20 ms, p99 under 100 ms) are not met on this machine, where the
 submit-to-202 time alone is 39 ms at the median; the p99 follows the machine's load
 (the run's slowest request took longer than the whole p50 path).
+
+**Second round** (quiet machine, `python -m bench.event_latency` before and after each
+step, same procedure): p50 25.1 ms, p99 33.9 ms before; the worker's claim came at p50
+15.2 ms and the `running` event 10 ms after it. Changes, in order, with the p50/p99 of
+submit to `running` after each: (1) the write engine checks a pooled connection with one
+round trip (`SELECT 1`) on checkout instead of `pool_pre_ping`, which with asyncpg is
+BEGIN, an empty query and ROLLBACK on every checkout; the claim is one Core `UPDATE ...
+RETURNING` into a `TaskOut` (no ORM object); the create path's statements are built once:
+about 4 round trips and 1.5 ms of CPU less per task (measured in process); (2) the
+streams' shared read of the event table runs on the read engine (autocommit, no check):
+20.4 / 28.1 ms; (3) the create handler sends the task's message before it wakes the
+task's streams, so the worker starts one Redis round trip sooner: 20.2 / 30.5 ms; (4) the
+shared read's two statements (events, deactivated readers) run side by side: 18.4 / 25.9
+ms. The table above is this run's.
 """
 
 

@@ -103,6 +103,18 @@ the garbage collector). Idle database transactions: 1-23/s in targeted runs (5,0
 heartbeats only); the full runs measured 11, 220 (heartbeat re-checks served as they came
 while the feed was busy: fixed), 789 (replays cut short at FEED_ROWS each read alone: fixed)
 and then 499/s with 61% CPU, whose cause is not found yet.
+
+Second round (py-spy on the web process during 12 broadcasts to 1,000 streams, nothing
+else running): `SlowClientCutoff` put every message's send in a task of its own with
+`asyncio.wait` around it, 34% of the web's busy samples; it is now `asyncio.timeout`
+around the send itself (granian's send gives way to the cancel), 16%. Litestar's logging
+middleware logged the response again at every body message, so at every event (work done
+even when the level drops the line); the stream now skips it and logs its start once. The
+shared read runs on the read engine. What is left in a broadcast, by busy samples: the
+middleware send wrappers (about 15%), SQLAlchemy rendering the 500-user `IN` list of each
+shared read (14%), and in the worker the 1,000-row inserts with RETURNING (about a third
+of its time). Delivery times varied from run to run by 2x in these short runs
+(p99 340-730 ms, before and after alike), so no gain in delivery time is claimed from them.
 The table above is this run's.
 """
 
