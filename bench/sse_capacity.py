@@ -113,8 +113,13 @@ even when the level drops the line); the stream now skips it and logs its start 
 shared read runs on the read engine. What is left in a broadcast, by busy samples: the
 middleware send wrappers (about 15%), SQLAlchemy rendering the 500-user `IN` list of each
 shared read (14%), and in the worker the 1,000-row inserts with RETURNING (about a third
-of its time). Delivery times varied from run to run by 2x in these short runs
-(p99 340-730 ms, before and after alike), so no gain in delivery time is claimed from them.
+of its time). Delivery times varied by 2x from run to run (p99 340-730 ms in short runs
+of 6 broadcasts, before and after these changes alike), and by broadcast: every second or
+third one had its p50 near 500 ms instead of 200-300. Those were the web process's full
+garbage collections (with the collector off, 6 of 6 broadcasts stayed under 305 ms). The
+web process now freezes what startup made out of later collections and collects its
+young generation every 50,000 allocations instead of 700 (`tune_garbage_collector`):
+6 of 6 broadcasts then had a p50 of 217-314 ms and none reached 351 ms.
 The table above is this run's.
 """
 

@@ -93,6 +93,13 @@ def start_task(client: httpx.Client, **params: str) -> str:
     return found.group(1)
 
 
+def finished_task(client: httpx.Client) -> str:
+    """Start a one-step demo task and wait until it has succeeded; returns its id."""
+    task_id = start_task(client, steps="1", step_ms="0")
+    wait_until(lambda: task_status(client, task_id) == "succeeded")
+    return task_id
+
+
 def task_status(client: httpx.Client, task_id: str) -> str:
     page = client.get(f"/tasks/{task_id}")
     assert page.status_code == 200, page.text
@@ -404,8 +411,7 @@ def test_task_actions_plain_and_with_htmx(browser: httpx.Client) -> None:
 async def test_the_live_stream_starts_where_the_page_was_rendered(browser: httpx.Client) -> None:
     """The page names the newest event it shows; the stream from there brings the next task's updates only."""
     sign_up(browser)
-    earlier = start_task(browser, steps="1", step_ms="0")
-    wait_until(lambda: task_status(browser, earlier) == "succeeded")
+    earlier = finished_task(browser)
     dashboard = browser.get("/dashboard").text
     found = re.search(r'<body hx-ext="sse" sse-connect="/api/v1/events" data-last-event-id="(\d+)"', dashboard)
     assert found, dashboard
@@ -436,12 +442,10 @@ async def test_the_page_starts_its_stream_after_its_users_newest_event_not_anyon
     above an event of this user that is still being committed: a stream started after it would skip that
     event for good. The page starts from the newest event its user can see."""
     sign_up(browser)
-    mine = start_task(browser, steps="1", step_ms="0")
-    wait_until(lambda: task_status(browser, mine) == "succeeded")
+    mine = finished_task(browser)
     with httpx.Client(base_url=live_server.url, timeout=20) as other:
         sign_up(other)
-        theirs = start_task(other, steps="1", step_ms="0")
-        wait_until(lambda: task_status(other, theirs) == "succeeded")
+        theirs = finished_task(other)
     dashboard = browser.get("/dashboard").text
     found = re.search(r'data-last-event-id="(\d+)"', dashboard)
     assert found, dashboard

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -152,6 +153,20 @@ def _structlog(settings: Settings) -> StructlogPlugin:
     )
 
 
+def tune_garbage_collector() -> None:
+    """Fewer, cheaper collections in the web process (once it has started).
+
+    With 1,000 live-event streams open, every few broadcasts met a full collection that
+    held the event loop for about 250 ms (their delivery p50 went from about 230 to 500 ms;
+    with the collector off there was none). What startup made is frozen out of every later
+    collection, and the young generation is collected every 50,000 allocations instead of
+    700, so full collections come far less often. Only reference cycles wait longer to go.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def store_registry(settings: Settings) -> StoreRegistry:
     """Sessions and abuse counters: Redis in services mode; embedded, sessions in files under var/."""
     if settings.redis_url:
@@ -260,6 +275,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=_openapi(assets),
         template_config=templates,
         debug=settings.app_env == "development" and settings.log_level.upper() == "DEBUG",
-        on_startup=[document_problems],
+        on_startup=[document_problems, tune_garbage_collector],
         on_shutdown=[reads.dispose],
     )
