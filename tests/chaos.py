@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.accounts import PASSWORD, new_identity
 from tests.processes import ROOT, eventually, send_message
@@ -45,6 +46,17 @@ def postgres_bin() -> Path | None:
         bindir = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
         folders.append(Path(bindir))
     return next((f for f in folders if all((f / program).exists() for program in POSTGRES_PROGRAMS)), None)
+
+
+def require_postgres_bin() -> Path:
+    """The Postgres server programs' folder; without them the test is skipped, or fails under CI=true."""
+    bindir = postgres_bin()
+    if bindir is None:
+        message = "restarting Postgres needs the Postgres server programs (initdb, pg_ctl) to run a private cluster"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return bindir
 
 
 @dataclass

@@ -111,8 +111,8 @@ def wait_ready(server: LiveServer, timeout: float = STARTUP_TIMEOUT) -> None:
     raise RuntimeError(f"not ready after {timeout} s: {last}\n{server.logs()}")
 
 
-def start_worker(root: Path) -> Process:
-    return spawn("worker", [str(BIN / "dramatiq"), "app.workers", "--processes", "1", "--threads", "4"], root)
+def start_worker(root: Path, env: dict[str, str] | None = None) -> Process:
+    return spawn("worker", [str(BIN / "dramatiq"), "app.workers", "--processes", "1", "--threads", "4"], root, env)
 
 
 @contextlib.contextmanager

@@ -40,9 +40,9 @@ from tests.chaos import (
     Load,
     PostgresServer,
     migrate,
-    postgres_bin,
     postgres_server,
     read_facts,
+    require_postgres_bin,
     send_sweeps,
     sign_up,
 )
@@ -126,9 +126,7 @@ def unfinished_tasks(database_url: str) -> list[str]:
 
 
 async def run_scenario(faults: list[Fault], *, users: int, listeners: int, submit_every: float, settle: float) -> None:
-    bindir = postgres_bin()
-    if bindir is None:
-        pytest.skip("restarting Postgres needs the Postgres server programs (initdb, pg_ctl) to run a private cluster")
+    bindir = require_postgres_bin()
     with postgres_server(bindir) as database, redis_server() as broker:
         await asyncio.to_thread(migrate, database.url)
         settings = {**SETTINGS, "DATABASE_URL": database.url}
@@ -289,9 +287,7 @@ async def test_while_postgres_is_down_streams_end_cleanly_and_requests_get_503()
     ("an unexpected error"); now, as nothing is wrong with them and nothing was written,
     they get a 503 problem with Retry-After, which a client may simply repeat.
     """
-    bindir = postgres_bin()
-    if bindir is None:
-        pytest.skip("restarting Postgres needs the Postgres server programs (initdb, pg_ctl) to run a private cluster")
+    bindir = require_postgres_bin()
     with postgres_server(bindir) as database, redis_server() as broker:
         await asyncio.to_thread(migrate, database.url)
         settings = {"DATABASE_URL": database.url, "SSE_HEARTBEAT_SECONDS": "0.5"}

@@ -77,10 +77,9 @@ def test_a_worker_stops_on_sigterm_to_its_process_group() -> None:
     Dramatiq took the second as "kill now", which left its threads running.
     """
     from tests.processes import ROOT, eventually
-    from tests.servers import BIN, spawn
+    from tests.servers import start_worker
 
-    args = [str(BIN / "dramatiq"), "app.workers", "--processes", "1", "--threads", "4"]
-    worker = spawn("worker", args, ROOT, {"LOG_LEVEL": "INFO"})  # INFO: Dramatiq's own boot and stop lines
+    worker = start_worker(ROOT, {"LOG_LEVEL": "INFO"})  # INFO: Dramatiq's own boot and stop lines
     try:
         eventually(lambda: "ready for action" in worker.output(), timeout=120, what="the worker to boot")
     finally:
