@@ -48,9 +48,11 @@ install: .venv/.synced assets .env ## Install everything missing (uv, Python pac
 migrate: install ## Apply pending database migrations.
 	$(RUN) litestar database upgrade --no-prompt
 
-run: migrate ## Serve everything at http://$(HOST):$(PORT) (web + workers + schedules; three processes with REDIS_URL).
+# With REDIS_URL, app.supervisor runs the Procfile and starts again any process that dies (honcho would
+# stop them all, the web app included).
+run: migrate ## Serve everything at http://$(HOST):$(PORT) (web + workers + schedules; a process each with REDIS_URL).
 	@if [ -n "$$REDIS_URL" ] || grep -qs '^REDIS_URL=.' .env; then \
-	  exec $(RUN) honcho start --procfile Procfile --port $(PORT); \
+	  exec $(RUN) python -m app.supervisor Procfile; \
 	else \
 	  exec $(RUN) litestar run --host $(HOST) --port $(PORT); \
 	fi
@@ -58,8 +60,11 @@ run: migrate ## Serve everything at http://$(HOST):$(PORT) (web + workers + sche
 web: migrate ## Serve the web app alone (services mode: workers run elsewhere).
 	$(RUN) litestar run --host $(HOST) --port $(PORT)
 
-worker: install ## Run a Dramatiq worker (services mode).
-	$(RUN) dramatiq app.workers --processes $${WORKER_PROCESSES:-1} --threads $${WORKER_THREADS:-8}
+# The queues a `make worker` serves: `make worker QUEUES=tasks`, `QUEUES=mail`, `QUEUES=maintenance` (the
+# Procfile runs one worker per queue, each with its own threads); by default one worker serves all three.
+QUEUES ?= tasks mail maintenance
+worker: install ## Run a Dramatiq worker for QUEUES (services mode; default: every queue).
+	$(RUN) dramatiq app.workers --queues $(QUEUES) --processes $${WORKER_PROCESSES:-1} --threads $${WORKER_THREADS:-8}
 
 scheduler: install ## Run the periodiq scheduler (services mode).
 	$(RUN) periodiq app.workers
@@ -100,7 +105,10 @@ browser: ## Install Debian's Chromium for the browser tests when it is missing (
 chaos: install ## Long fault runs: workers killed, Redis and Postgres restarted under load (needs initdb, redis-server).
 	TEST_MODE=services $(RUN) pytest -m chaos tests/test_chaos.py
 
+# The bench group adds the peer stack (FastAPI, Celery) that bench/ compares the service with; it is
+# never in the production image (Containerfile: --no-dev, and bench is not a default group).
 bench: install ## Run the benchmarks and write docs/benchmarks.md.
+	$(UV) sync --frozen --compile-bytecode --group bench
 	$(RUN) python -m bench
 
 clean: ## Remove installed and generated files (keeps var/).

@@ -25,6 +25,7 @@ BENCHMARKS = (
     "bench.sse_capacity",
     "bench.pipeline",
     "bench.event_latency",
+    "bench.fair_share",
 )
 
 OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"

@@ -8,7 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.smtp import SmtpServer
 
@@ -35,8 +35,10 @@ def signed_in_headers(client: Any) -> dict[str, str]:
 def token_from_mail(smtp: SmtpServer, to: str, path: str) -> str:
     """The token in the first email to `to` with a link to `path` (e.g. "/reset-password"), waiting for it."""
     received = smtp.wait_for(lambda m: to.lower() in m.message["To"].lower() and path in m.text, timeout=15)
-    link = re.search(r"https?://\S+" + re.escape(path) + r"\?token=\S+", received.text)
+    link = re.search(r"https?://\S+" + re.escape(path) + r"(/[^\s/?#]+|\?token=\S+)", received.text)
     assert link, received.text
+    if link.group(1).startswith("/"):  # the token in the path, as links are sent now
+        return unquote(link.group(1)[1:])
     return parse_qs(urlsplit(link.group(0)).query)["token"][0]
 
 

@@ -20,6 +20,7 @@ import random
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,3 +321,54 @@ async def read_facts(database_url: str) -> Facts:
         return Facts(tasks=tasks, notifications=notifications, events=by_user, broadcast=broadcast)
     finally:
         await connection.close()
+
+
+# --- recovery in seconds (issue 18): what the workers do by themselves, with no scheduler ------------------------
+
+
+def query(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    async def fetch() -> list[dict[str, Any]]:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return [dict(row) for row in await connection.fetch(sql, *args)]
+        finally:
+            await connection.close()
+
+    return asyncio.run(fetch())
+
+
+def worker_ids_of(redis_url: str, pids: set[int]) -> set[str]:
+    """The heartbeat ids of the worker processes among `pids`."""
+    import msgspec
+    import redis
+
+    from app.config import get_settings
+    from app.workers.heartbeat import WorkerInfo
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        found = set()
+        for key in client.scan_iter(match=f"{get_settings().redis_namespace}:workers:*"):
+            raw = client.get(key)
+            if raw and (info := msgspec.json.decode(raw, type=WorkerInfo)).pid in pids:
+                found.add(info.id)
+        return found
+    finally:
+        client.close()
+
+
+def seconds_until_running_again(database_url: str, task_ids: list[str], since: float, timeout: float = 60) -> float:
+    """How long after `since` (monotonic) every task in `task_ids` was claimed again (a later attempt, or ended)."""
+
+    def all_back() -> bool:
+        rows = query(
+            database_url,
+            "SELECT count(*) AS n FROM task WHERE id = ANY($1::uuid[]) AND status = 'running' AND worker_id IS NOT NULL"
+            " AND error LIKE 'Its worker stopped responding%' OR id = ANY($1::uuid[]) AND status <> ALL($2::text[])",
+            task_ids,
+            ["running", "queued"],
+        )
+        return int(rows[0]["n"]) == len(task_ids)
+
+    eventually(all_back, timeout=timeout, what="the dead worker's tasks to run again", interval=0.05)
+    return time.monotonic() - since

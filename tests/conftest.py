@@ -47,12 +47,20 @@ def pytest_configure(config: pytest.Config) -> None:
             "WORKER_HEARTBEAT_SECONDS": "0.5",
             "WORKER_THREADS": "4",
             "LITESTAR_APP": "app.web.app:create_app",
+            # Small pools: a services-mode test may run a web process and three worker processes,
+            # each with a write and a read engine (pool + overflow, and pool): 4 x 12 connections
+            # stay well inside Postgres's default max_connections of 100.
+            "DATABASE_POOL_SIZE": "4",
+            "DATABASE_MAX_OVERFLOW": "4",
             # Cheap password hashing and generous abuse limits; tests that need the limits set their own.
             "ARGON2_TIME_COST": "1",
             "ARGON2_MEMORY_KIB": "8192",
             "ARGON2_PARALLELISM": "1",
             "REGISTRATIONS_PER_HOUR": "100000",
             "FORGOT_PASSWORD_PER_HOUR": "100000",
+            # Every test client has one address: per-address counts would add up across the run.
+            "LOGIN_FAILURES_PER_ADDRESS": "100000",
+            "TOKEN_FAILURES_PER_ADDRESS": "100000",
         }
     )
     smtp = SmtpServer().__enter__()

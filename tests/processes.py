@@ -23,7 +23,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from tests.accounts import signed_in_headers
-from tests.servers import BIN, STARTUP_TIMEOUT, Process, free_port, spawn
+from tests.servers import BIN, STARTUP_TIMEOUT, Process, free_port, spawn, worker_command
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -88,15 +88,17 @@ def redis_server() -> Iterator[RedisServer]:
 def send_message(redis_url: str, actor_name: str, *args: Any) -> None:
     """Enqueue one message for `actor_name` the way `actor.send(*args)` would, on the broker at `redis_url`.
 
-    A bare broker with the service's namespace and the actors' default queue: the test
-    process's own broker points at the run's Redis, not at a test's private one.
+    A bare broker with the service's namespace and the actor's queue: the test process's
+    own broker points at the run's Redis, not at a test's private one.
     """
     from app.config import get_settings
+    from app.workers import broker as declared
 
+    queue = declared.get_actor(actor_name).queue_name
     broker = RedisBroker(url=redis_url, namespace=get_settings().redis_namespace)  # type: ignore[no-untyped-call]
     try:
         message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name="default", actor_name=actor_name, args=args, kwargs={}, options={}
+            queue_name=queue, actor_name=actor_name, args=args, kwargs={}, options={}
         )
         broker.enqueue(message)
     finally:
@@ -123,12 +125,20 @@ class Stack:
     web: Process
     worker: Process | None = None
     stopped: list[Process] = field(default_factory=list)
+    #: The queues `worker` serves (all when empty); `others` serve the rest.
+    queues: tuple[str, ...] = ()
+    others: list[Process] = field(default_factory=list)
 
     def start_worker(self) -> Process:
         assert self.worker is None or self.worker.popen.poll() is not None, "a worker is already running"
-        args = [str(BIN / "dramatiq"), "app.workers", "--processes", "1", "--threads", "4"]
-        self.worker = spawn(f"worker-{uuid.uuid4().hex[:4]}", args, ROOT, self.env)
+        self.worker = spawn(f"worker-{uuid.uuid4().hex[:4]}", worker_command(self.queues), ROOT, self.env)
         return self.worker
+
+    def start_other_worker(self, queues: tuple[str, ...]) -> Process:
+        """A worker for `queues` beside `worker` (which `kill_worker` leaves alone)."""
+        other = spawn(f"worker-{'-'.join(queues)}-{uuid.uuid4().hex[:4]}", worker_command(queues), ROOT, self.env)
+        self.others.append(other)
+        return other
 
     def kill_worker(self) -> None:
         """SIGKILL the worker's whole process group: the CLI and every worker process it forked."""
@@ -140,25 +150,33 @@ class Stack:
         eventually(lambda: not live_members(group), timeout=10, what=f"every process of group {group} to be gone")
 
     def processes(self) -> list[Process]:
-        return [self.web, *self.stopped, *([self.worker] if self.worker else [])]
+        return [self.web, *self.stopped, *self.others, *([self.worker] if self.worker else [])]
 
     def logs(self, tail: int = 6000) -> str:
         """The last `tail` characters of each process's output."""
         return "\n".join(f"--- {p.name} ---\n{p.output()[-tail:]}" for p in self.processes())
 
     def stop(self) -> None:
-        for process in [self.web, *([self.worker] if self.worker else [])]:
+        for process in [self.web, *self.others, *([self.worker] if self.worker else [])]:
             process.stop(signal.SIGTERM, timeout=10)
 
 
 @contextlib.contextmanager
-def stack(redis_url: str, *, worker: bool = True, settings: dict[str, str] | None = None) -> Iterator[Stack]:
-    """A web process (and a worker, unless `worker=False`) on `redis_url` with extra `settings`, stopped at the end."""
+def stack(
+    redis_url: str, *, worker: bool = True, settings: dict[str, str] | None = None, split: bool = False
+) -> Iterator[Stack]:
+    """A web process (and a worker, unless `worker=False`) on `redis_url` with extra `settings`, stopped at the end.
+
+    `split`: as in production, the worker serves only the `tasks` queue, and a second one
+    the `mail` and `maintenance` queues.
+    """
     port = free_port()
     env = {"REDIS_URL": redis_url, **(settings or {})}
     web = spawn("web", [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)], ROOT, env)
-    running = Stack(env=env, url=f"http://127.0.0.1:{port}", web=web)
+    running = Stack(env=env, url=f"http://127.0.0.1:{port}", web=web, queues=("tasks",) if split else ())
     try:
+        if split:
+            running.start_other_worker(("mail", "maintenance"))
         if worker:
             running.start_worker()
 

@@ -111,8 +111,14 @@ def wait_ready(server: LiveServer, timeout: float = STARTUP_TIMEOUT) -> None:
     raise RuntimeError(f"not ready after {timeout} s: {last}\n{server.logs()}")
 
 
-def start_worker(root: Path, env: dict[str, str] | None = None) -> Process:
-    return spawn("worker", [str(BIN / "dramatiq"), "app.workers", "--processes", "1", "--threads", "4"], root, env)
+def worker_command(queues: tuple[str, ...] = (), threads: int = 4) -> list[str]:
+    """`dramatiq app.workers` for `queues` (all of them when empty), as the Procfile runs it."""
+    only = ["--queues", *queues] if queues else []
+    return [str(BIN / "dramatiq"), "app.workers", *only, "--processes", "1", "--threads", str(threads)]
+
+
+def start_worker(root: Path, env: dict[str, str] | None = None, queues: tuple[str, ...] = ()) -> Process:
+    return spawn("-".join(("worker", *queues)), worker_command(queues), root, env)
 
 
 @contextlib.contextmanager
@@ -123,7 +129,9 @@ def start_live_server(root: Path, *, services: bool) -> Iterator[LiveServer]:
         spawn("web", [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)], root)
     )
     if services:
-        server.processes.append(start_worker(root))
+        # As in production, users' tasks have workers of their own (src/app/workers/queues.py).
+        server.processes.append(start_worker(root, queues=("tasks",)))
+        server.processes.append(start_worker(root, queues=("mail", "maintenance")))
     try:
         wait_ready(server)
         yield server

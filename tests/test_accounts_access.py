@@ -313,14 +313,15 @@ def test_a_provider_signed_token_signs_in_and_makes_the_user_once(
     assert second.json()["id"] == user["id"]
 
 
-def test_a_provider_token_finds_the_registered_account_by_email_and_verifies_it(
+def test_a_provider_token_never_signs_in_to_a_registered_account_by_email_alone(
     oidc_client: TestClient[Litestar], provider: OIDCProvider
 ) -> None:
+    """Linking is explicit (tests/test_oidc.py): a provider may let anyone claim any email."""
     identity = register(oidc_client)
     token = provider.token(email=identity["email"].upper())
     response = oidc_client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
-    assert response.status_code == 200, response.text
-    assert (response.json()["id"], response.json()["is_verified"]) == (identity["id"], True)
+    assert problem_of(response, 401) is None, response.text
+    assert "/api/v1/users/me/identities" in response.json()["detail"]
 
 
 def test_a_provider_token_for_another_audience_is_refused(

@@ -1,9 +1,9 @@
 """Abuse limits: repeated failed logins, password-reset requests and registrations get a 429 with Retry-After.
 
 The run's environment sets generous limits, so these tests build the app in-process with
-tight ones. The counters live in the app's `limits` store (Redis in services mode, shared
-by every app of the run), so each test starts by emptying it; login counters are keyed by
-username, and every test uses fresh ones.
+tight ones. The counters live in Redis in services mode (shared by every app of the run),
+so each test starts by emptying them; login counters are keyed by account, and every test
+uses fresh ones. Concurrency, the account and address layers and proxies: test_login_limits.py.
 """
 
 from __future__ import annotations
@@ -19,11 +19,17 @@ from litestar.testing import TestClient
 
 from app.config import get_settings
 from app.web.app import create_app
+from app.web.limits import Limiter
 from tests.accounts import PASSWORD, new_identity
 
 LOGIN_FAILURES = 3
 FORGOT_PER_HOUR = 2
 REGISTRATIONS_PER_HOUR = 2
+
+
+def limiter_of(app: Litestar) -> Limiter:
+    limiter: Limiter = app.dependencies["limiter"].dependency()
+    return limiter
 
 
 @pytest.fixture
@@ -36,7 +42,7 @@ def client(migrated: None) -> Iterator[TestClient[Litestar]]:
     )
     app = create_app(settings)
     with TestClient(app) as test_client:
-        test_client.blocking_portal.call(app.stores.get("limits").delete_all)
+        test_client.blocking_portal.call(limiter_of(app).clear_all)
         yield test_client
 
 
@@ -107,5 +113,5 @@ def test_registration_is_limited_per_address_and_a_refused_one_writes_nothing(cl
     identity = new_identity()
     assert_too_many(client.post("/api/v1/auth/register", json=identity), 3600)
     # Nothing was written: once the window is cleared, the same identity registers.
-    client.blocking_portal.call(client.app.stores.get("limits").delete_all)
+    client.blocking_portal.call(limiter_of(client.app).clear_all)
     assert client.post("/api/v1/auth/register", json=identity).status_code == 201

@@ -8,11 +8,18 @@ what it says for that status. Each operation runs as a user of its own (the auto
 fixture empties the tables after every test), so an operation that ends its own
 session (logout) cannot spoil another's run; the admin operations run as a superuser,
 so that their input is checked too, not only their 403.
+
+Every run draws a new seed (a fixed one tried the same cases on every run, and so never
+found the huge integers and NUL characters of issue 17). The seed is printed at the start
+of the module and added to any failure; `FUZZ_SEED=<seed>` replays that run (same code,
+same document, same mode).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -31,11 +38,14 @@ from tests.accounts import litestar_cli, new_identity
 from tests.servers import LiveServer
 
 #: Generated requests per operation (Hypothesis' generate phase; explicit examples come on top).
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 40
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+#: This run's seed: FUZZ_SEED replays a run, otherwise a new one each time.
+SEED = int(os.environ.get("FUZZ_SEED") or secrets.randbelow(2**32))
+REPLAY = f"replay with FUZZ_SEED={SEED} (and the same TEST_MODE)"
 CONFIG = schemathesis.Config.from_dict(
     {
-        "seed": 20261123,
+        "seed": SEED,
         "generation": {"database": "none", "max-examples": MAX_EXAMPLES},
         # Besides the random cases: each boundary and each kind of invalid value of every parameter, once.
         "phases": {"coverage": {"enabled": True}},
@@ -60,6 +70,16 @@ def served_document() -> dict[str, Any]:
 DOCUMENT = served_document()
 # The event stream never ends by itself: a generated request would wait for ever (tests/test_live_events.py covers it).
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG).exclude(operation_id="streamEvents")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def announce_seed(request: pytest.FixtureRequest) -> None:
+    """Say the seed on the terminal, past pytest's output capture."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\nschema fuzz: seed {SEED}; {REPLAY}")
 
 
 def test_the_live_server_serves_the_fuzzed_document(live_server: LiveServer) -> None:
@@ -96,4 +116,8 @@ def test_every_operation_answers_as_documented(
     case: schemathesis.Case, live_server: LiveServer, sign_in: Callable[[bool], dict[str, str]]
 ) -> None:
     headers = sign_in(case.operation.path.startswith("/api/v1/admin/"))
-    case.call_and_validate(base_url=live_server.url, headers=headers, checks=CHECKS, timeout=30)
+    try:
+        case.call_and_validate(base_url=live_server.url, headers=headers, checks=CHECKS, timeout=30)
+    except Exception as exc:
+        exc.add_note(f"schema fuzz seed {SEED}: {REPLAY}")
+        raise

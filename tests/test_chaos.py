@@ -41,12 +41,15 @@ from tests.chaos import (
     PostgresServer,
     migrate,
     postgres_server,
+    query,
     read_facts,
     require_postgres_bin,
+    seconds_until_running_again,
     send_sweeps,
     sign_up,
+    worker_ids_of,
 )
-from tests.processes import FINISHED, RedisServer, Stack, eventually, redis_server, stack
+from tests.processes import FINISHED, RedisServer, Stack, eventually, live_members, redis_server, stack
 from tests.servers import LiveServer, wait_ready
 from tests.sse import Event, events
 
@@ -329,3 +332,97 @@ async def until_task(stream: AsyncIterator[Event], task_id: str) -> list[Event]:
         if event.event == "task.updated" and event.data["id"] == task_id:
             return found
     raise AssertionError(f"the stream ended before task {task_id} showed up: {found}")
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(600)
+async def test_recovery_takes_seconds_under_load() -> None:
+    """Issue 18, measured under load with no scheduler: the workers recover by themselves.
+
+    Two users submit demo tasks of 2 s and listen to their streams, on two `tasks` workers.
+    1. `kill -9` of one worker while it runs tasks: how long until each of its tasks runs
+       again on the other one (its heartbeat expires after WORKER_STALE_SECONDS, 5 s).
+    2. Redis down for 10 s while users go on submitting (each is answered 202 and
+       committed; the send fails): how long after Redis is back until the first of those
+       tasks runs, and until every one of them has.
+    Then every task must end exactly once, with its one notification, as in the scenarios
+    above. The seconds are printed (run with -s); docs/benchmarks.md has them too
+    (bench/fair_share.py measures the same, quietly).
+    """
+    bindir = require_postgres_bin()
+    with postgres_server(bindir) as database, redis_server() as broker:
+        await asyncio.to_thread(migrate, database.url)
+        settings = {
+            "MAX_ACTIVE_TASKS": "100000",
+            "SSE_HEARTBEAT_SECONDS": "600",
+            "SSE_MAX_STREAMS_PER_USER": "100",
+            "DATABASE_URL": database.url,
+        }
+        with stack(broker.url, settings=settings, split=True) as services:
+            services.start_other_worker(("tasks",))  # the survivor
+            load = Load(services.url, users=2, listeners_per_user=1, submit_every=0.4, steps=40, step_ms=50)
+            await load.start()
+            try:
+                assert services.worker is not None
+                group = services.worker.popen.pid
+                victims = await asyncio.to_thread(
+                    eventually,
+                    lambda: worker_ids_of(broker.url, set(live_members(group))),
+                    timeout=60,
+                    what="the first worker's heartbeat",
+                )
+
+                def held() -> list[str]:
+                    rows = query(
+                        database.url,
+                        "SELECT id FROM task WHERE status = 'running' AND worker_id = ANY($1)",
+                        list(victims),
+                    )
+                    return [str(row["id"]) for row in rows]
+
+                holding = await asyncio.to_thread(eventually, held, timeout=60, what="tasks on the first worker")
+                services.kill_worker()
+                killed_at = time.monotonic()
+                rerun = await asyncio.to_thread(seconds_until_running_again, database.url, holding, killed_at)
+
+                before = {task_id for user in load.people for task_id in user.accepted}
+                broker.stop()
+                await asyncio.sleep(10)
+                during = [t for user in load.people for t in user.accepted if t not in before]
+                broker.start()
+                back_at = time.monotonic()
+
+                def started(count: int) -> bool:
+                    rows = query(
+                        database.url,
+                        "SELECT count(*) AS n FROM task WHERE id = ANY($1::uuid[])"
+                        " AND (started_at IS NOT NULL OR status = 'cancelled')",  # submitters cancel some
+                        during,
+                    )
+                    return int(rows[0]["n"]) >= count
+
+                await asyncio.to_thread(eventually, lambda: started(1), timeout=60, what="a task run", interval=0.05)
+                first = time.monotonic() - back_at
+                await asyncio.to_thread(eventually, lambda: started(len(during)), timeout=120, what="all of them")
+                every = time.monotonic() - back_at
+                await load.stop_submitting()
+                await asyncio.to_thread(
+                    eventually, lambda: not unfinished_tasks(database.url), timeout=120, what="every task to end"
+                )
+                facts = await read_facts(database.url)
+                await asyncio.to_thread(
+                    eventually, lambda: caught_up(load, facts), timeout=60, what="every client to catch up"
+                )
+            except BaseException:
+                print("\n".join(["unfinished tasks:", *await asyncio.to_thread(unfinished_tasks, database.url)]))
+                print(services.logs(tail=30000))
+                raise
+            finally:
+                await load.stop_listening()
+    print(
+        f"\nkill -9: {len(holding)} tasks running again after {rerun:.1f} s; "
+        f"Redis down 10 s: {len(during)} tasks accepted meanwhile, the first running {first:.1f} s "
+        f"and all of them {every:.1f} s after it was back"
+    )
+    check(load, facts)
+    assert during, "no task was accepted while Redis was down"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +90,59 @@ def test_broker_url_needs_redis_and_a_known_scheme(env: pytest.MonkeyPatch, tmp_
     env.setenv("BROKER_URL", "kafka://somewhere")
     with pytest.raises(ConfigurationError, match="BROKER_URL"):
         load_settings(tmp_path / "missing.env")
+
+
+@pytest.mark.parametrize("secret", ["s" * 31, "é" * 15])  # 31 and 30 bytes
+def test_a_secret_shorter_than_32_bytes_is_refused_in_either_mode(
+    env: pytest.MonkeyPatch, tmp_path: Path, secret: str
+) -> None:
+    env.setenv("SECRET_KEY", secret)
+    with pytest.raises(ConfigurationError, match="shorter than 32 bytes"):
+        load_settings(tmp_path / "missing.env")  # embedded: a key that is set is used as it is, or refused
+    env.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1/app")
+    with pytest.raises(ConfigurationError, match="shorter than 32 bytes"):
+        load_settings(tmp_path / "missing.env")
+    env.setenv("SECRET_KEY", "s" * 32)
+    assert load_settings(tmp_path / "missing.env").secret_key == "s" * 32
+
+
+def test_a_short_embedded_secret_file_is_replaced(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "secret_key").write_text("edited by hand\n")
+    settings = load_settings(tmp_path / "missing.env")
+    assert len(settings.secret_key.encode()) >= 32
+    assert (tmp_path / "var" / "secret_key").read_text().strip() == settings.secret_key
+
+
+ENTRY_POINTS = [
+    ["litestar", "run", "--port", "1"],
+    ["litestar", "database", "upgrade", "--no-prompt"],
+    ["litestar", "users", "--help"],
+    ["dramatiq", "app.workers", "--processes", "1", "--threads", "1"],
+    ["periodiq", "app.workers"],
+]
+
+
+@pytest.mark.parametrize("secret", ["", "too-short"])
+@pytest.mark.parametrize("command", ENTRY_POINTS, ids=lambda c: " ".join(c[:2]))
+def test_every_entry_point_refuses_a_bad_secret_with_one_line_and_no_traceback(
+    tmp_path: Path, command: list[str], secret: str
+) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nowhere",  # never reached: settings come first
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "SECRET_KEY": secret,
+        "VAR_DIR": str(tmp_path / "var"),
+        "LITESTAR_APP": "app.web.app:create_app",
+    }
+    binary = Path(sys.executable).parent / command[0]
+    result = subprocess.run([str(binary), *command[1:]], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Configuration error: ")]
+    assert len(errors) == 1, output
+    assert "SECRET_KEY" in errors[0]
+    assert "32 bytes" in errors[0]

@@ -34,6 +34,18 @@ def _auth(live_server: LiveServer) -> dict[str, str]:
         return signed_in_headers(client)
 
 
+def _superuser_auth(live_server: LiveServer) -> dict[str, str]:
+    """A superuser's headers (promoted with the operators' CLI): only they may send a diagnostic round trip."""
+    identity = new_identity()
+    with httpx.Client(base_url=live_server.url, timeout=TIMEOUT) as client:
+        assert client.post("/api/v1/auth/register", json=identity).status_code == 201
+        promoted = litestar_cli("users", "promote", identity["username"])
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        tokens = client.post("/api/v1/auth/login", json={"username": identity["username"], "password": PASSWORD})
+        assert tokens.status_code == 200, tokens.text
+    return {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+
+
 async def _round_trip(client: httpx.AsyncClient, request_id: str | None = None) -> str:
     headers = {"x-request-id": request_id} if request_id else {}
     response = await client.post("/api/v1/diagnostics/round-trip", headers=headers)
@@ -51,7 +63,8 @@ async def _wait_for(client: httpx.AsyncClient, token: str, after: int = 0) -> St
 
 
 async def test_a_job_sent_from_a_request_reaches_an_open_stream(live_server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT, headers=_auth(live_server)) as client:
+    headers = _superuser_auth(live_server)
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT, headers=headers) as client:
         # Start from the newest event so that only new ones come live.
         start = await _latest_id(client)
         request_id = uuid.uuid4().hex
@@ -64,7 +77,8 @@ async def test_a_job_sent_from_a_request_reaches_an_open_stream(live_server: Liv
 
 
 async def test_reconnect_with_last_event_id_misses_nothing(live_server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT, headers=_auth(live_server)) as client:
+    headers = _superuser_auth(live_server)
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT, headers=headers) as client:
         start = await _latest_id(client)
         first = await _wait_for(client, await _round_trip(client), start)
         # While "disconnected", three more events happen (worker threads may finish them in any order).

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiosmtplib
 import dramatiq
@@ -17,6 +18,7 @@ import msgspec
 import pytest
 
 from app.config import Settings, get_settings
+from app.config.redaction import redact
 from app.domain.accounts.emails import (
     OutgoingEmail,
     reset_email,
@@ -26,7 +28,7 @@ from app.domain.accounts.emails import (
 )
 from app.workers import broker
 from app.workers.actors.mail import deliver_or_drop, enqueue_email, send_email
-from app.workers.mail import MailNotSent, MailRefused, deliver, links_in
+from app.workers.mail import SUBJECT_MAX, MailNotSent, MailRefused, MailUnsendable, deliver, header_text, links_in
 from tests.servers import free_port
 from tests.smtp import SmtpServer
 
@@ -79,11 +81,20 @@ def plain_text(message: EmailMessage) -> str:
 # --- composing ----------------------------------------------------------------------------
 
 
-def test_links_point_at_the_pages_and_encode_the_token() -> None:
-    assert (
-        verification_link("https://jobs.example/", TOKEN) == "https://jobs.example/verify-email?token=abc%2B%2F%3DDEF_-"
-    )
-    assert reset_link("https://jobs.example", TOKEN) == "https://jobs.example/reset-password?token=abc%2B%2F%3DDEF_-"
+def test_links_point_at_the_pages_and_carry_the_token_encoded_in_the_path() -> None:
+    assert verification_link("https://jobs.example/", TOKEN) == "https://jobs.example/verify-email/abc%2B%2F%3DDEF_-"
+    assert reset_link("https://jobs.example", TOKEN) == "https://jobs.example/reset-password/abc%2B%2F%3DDEF_-"
+
+
+@pytest.mark.parametrize("link", [verification_link, reset_link])
+def test_a_links_token_is_redacted_from_log_text(link: Callable[[str, str], str]) -> None:
+    url = link("https://jobs.example", "s3cr3t-T0ken")
+    old_style = url.replace("/s3cr3t-T0ken", "?token=s3cr3t-T0ken")
+    for text in (f"GET {url} 200", f"mail.send({{'text': 'open {old_style}\\n'}})", f"path={urlsplit(url).path}"):
+        redacted = redact(text)
+        assert "s3cr3t-T0ken" not in redacted
+        assert "[redacted]" in redacted
+    assert redact("GET /api/v1/tasks?status=queued 200") == "GET /api/v1/tasks?status=queued 200"
 
 
 def test_the_verification_email_asks_to_confirm_with_its_link() -> None:
@@ -114,11 +125,11 @@ def test_the_reset_email_is_valid_one_hour_single_use_and_ignorable() -> None:
 
 
 def test_user_text_is_escaped_in_the_html() -> None:
-    email = verification_email("ada@example.com", "<b>ada</b>", "http://x/verify-email?token=a&b")
+    email = verification_email("ada@example.com", "<b>ada</b>", "http://x/verify-email/a?b=1&c=2")
     assert email.html is not None
     assert "<b>ada</b>" not in email.html
     assert "&lt;b&gt;ada&lt;/b&gt;" in email.html
-    assert 'href="http://x/verify-email?token=a&amp;b"' in email.html
+    assert 'href="http://x/verify-email/a?b=1&amp;c=2"' in email.html
 
 
 # --- delivery -----------------------------------------------------------------------------
@@ -239,6 +250,41 @@ async def test_refusals_do_not_open_the_breaker(own_smtp: SmtpServer) -> None:
             await deliver(OutgoingEmail(to=REFUSED, subject="no", text="x"), settings)
     await deliver(OutgoingEmail(to=unique_address(), subject="still open", text="x"), settings)
     assert own_smtp.wait_for(lambda m: m.message["Subject"] == "still open")
+
+
+async def test_a_subject_from_user_text_is_one_clean_line(own_smtp: SmtpServer) -> None:
+    """A task title with a line break once failed the build (ValueError) and was retried for ever."""
+    to = unique_address()
+    subject = "Task completed: Report\r\nBcc: victim@example.com\x1b[31m\u2028\x00  done\t!"
+    await deliver(OutgoingEmail(to=to, subject=subject, text="hello"), smtp_settings(own_smtp.port))
+    received = own_smtp.wait_for(lambda m: to in m.rcpt_tos)
+    assert received.message["Subject"] == "Task completed: Report Bcc: victim@example.com [31m done !"
+    assert received.rcpt_tos == [to]
+    assert received.message["Bcc"] is None
+
+
+def test_a_long_subject_is_capped() -> None:
+    assert header_text("x" * 500) == "x" * (SUBJECT_MAX - 1) + "…"
+    assert header_text(" a \n\n b ") == "a b"
+    assert header_text("Grüße, Zoë") == "Grüße, Zoë"
+
+
+@pytest.mark.parametrize(
+    "to",
+    ["ada@example.com\r\nBcc: victim@example.com", "ada@example.com, victim@example.com", "ada\x00@example.com", ""],
+)
+async def test_a_message_that_cannot_be_built_is_unsendable_and_never_tried(own_smtp: SmtpServer, to: str) -> None:
+    settings = msgspec.structs.replace(smtp_settings(own_smtp.port), smtp_breaker_failures=1)
+    email = OutgoingEmail(to=to, subject="unsendable", text="hello")
+    with pytest.raises(MailUnsendable) as raised:
+        await deliver(email, settings)
+    assert isinstance(raised.value, MailRefused)  # permanent: every caller that drops refusals drops it
+    await deliver_or_drop(email, settings)  # logged once, no exception: Dramatiq does not retry it
+    with pytest.raises(MailUnsendable):
+        await deliver(email, file_settings())  # no file either
+    await deliver(OutgoingEmail(to=unique_address(), subject="after", text="x"), settings)  # breaker still closed
+    assert own_smtp.wait_for(lambda m: m.message["Subject"] == "after")
+    assert all(m.message["Subject"] != "unsendable" for m in own_smtp.messages)
 
 
 # --- the actor ----------------------------------------------------------------------------

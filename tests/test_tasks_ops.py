@@ -157,7 +157,8 @@ def test_metrics_report_tasks_durations_and_queue_depth(api: httpx.Client) -> No
     p95 = metric(text, "app_task_duration_seconds", '{quantile="0.95"}')
     assert 0.04 <= p50 <= p95 < 30
     assert 0 < metric(text, "app_task_duration_seconds_sum") < 120
-    assert metric(text, "app_queue_depth", '{queue="default"}') >= 0
+    for queue in ("tasks", "mail", "maintenance"):  # each queue has workers of its own (app.workers.queues)
+        assert metric(text, "app_queue_depth", f'{{queue="{queue}"}}') >= 0
     assert "app_sse_connections" in text
 
 

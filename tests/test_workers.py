@@ -27,14 +27,14 @@ def test_the_broker_matches_the_run_mode(mode: str) -> None:
     expected = "StubBroker" if mode == "embedded" else "WakingRedisBroker"
     assert type(broker).__name__ == expected
     names = {type(m).__name__ for m in broker.middleware}
-    assert {"AsyncIO", "CurrentMessage", "LogContext", "Heartbeat", "PeriodiqMiddleware", "Retries"} <= names
+    assert {"SharedAsyncIO", "CurrentMessage", "LogContext", "Heartbeat", "PeriodiqMiddleware", "Retries"} <= names
 
 
 def test_every_worker_polls_with_the_configured_timeout() -> None:
     """The dramatiq CLI builds its Worker without a timeout argument: the default must be ours."""
     defaults = dramatiq.Worker.__init__.__kwdefaults__
     assert defaults is not None
-    assert defaults["worker_timeout"] == get_settings().worker_poll_ms == 100
+    assert defaults["worker_timeout"] == get_settings().worker_poll_ms == 1000
 
 
 @pytest.mark.services
@@ -93,6 +93,7 @@ def test_housekeeping_is_scheduled() -> None:
     scheduled = {actor.actor_name: str(actor.options["periodic"]) for actor in periodic_actors(broker)}
     assert scheduled == {
         "maintenance.purge_events": "@hourly",
+        "accounts.purge_tokens": "@hourly",
         "tasks.sweep": "* * * * *",
         "notifications.send_due_emails": "* * * * *",
         "tasks.purge": "@hourly",

@@ -7,6 +7,7 @@ rendered through the same processors so that a process writes one format only.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import logging.config
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 import structlog
 from structlog.typing import Processor
 
+from app.config.redaction import redact_secrets
 from app.config.settings import Settings
 
 
@@ -24,13 +26,21 @@ def _pre_chain() -> list[Processor]:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
+        redact_secrets,  # no emailed link's token in any line (app.config.redaction)
     ]
 
 
 def _render(settings: Settings) -> list[Processor]:
     if settings.json_logs:
         return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    return [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+    colors = sys.stderr.isatty()
+    # Tracebacks without the frames' local variables: those hold passwords, tokens and request scopes.
+    tracebacks = (
+        structlog.dev.RichTracebackFormatter(show_locals=False, color_system="truecolor" if colors else None)
+        if importlib.util.find_spec("rich") is not None
+        else structlog.dev.plain_traceback
+    )
+    return [structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=tracebacks)]
 
 
 def level(settings: Settings) -> int:

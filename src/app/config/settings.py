@@ -5,8 +5,10 @@ Every field is documented in README.md ("Configuration"); keep the two in step.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -16,6 +18,17 @@ from dotenv import dotenv_values
 
 #: Secret keys that ship in examples and must never guard a real deployment.
 WELL_KNOWN_SECRETS = frozenset({"", "change-me", "changeme", "secret", "dev", "development", "insecure"})
+#: The shortest SECRET_KEY accepted, in bytes (UTF-8): 256 bits, the size of the HMAC-SHA256 keys it becomes.
+MIN_SECRET_BYTES = 32
+
+
+#: Abuse limits (app.web.limits): each must let at least one attempt through.
+LIMITS = (
+    "login_failures_per_window",
+    "login_failures_per_account",
+    "login_failures_per_address",
+    "token_failures_per_address",
+)
 
 
 class ConfigurationError(RuntimeError):
@@ -45,13 +58,21 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     cors_origins: str = ""
 
     worker_threads: int = 8
-    worker_poll_ms: int = 100
-    worker_heartbeat_seconds: float = 5.0
-    worker_stale_seconds: float = 20.0
+    #: Threads of the `mail` and `maintenance` queues (app.workers.queues): their own, so they never wait behind tasks.
+    mail_worker_threads: int = 2
+    maintenance_worker_threads: int = 2
+    #: Sends wake idle Redis consumers at once (WakingRedisBroker): this only bounds delayed messages and lost wake-ups.
+    worker_poll_ms: int = 1000
+    worker_heartbeat_seconds: float = 1.0
+    #: A worker silent this long is gone: /health/ready stops counting it and its tasks are handed back.
+    worker_stale_seconds: float = 5.0
 
     diagnostics_enabled: bool | None = None
 
     access_token_minutes: int = 15
+    #: How long a web process may trust what it remembers of a user's credentials without hearing a
+    #: revocation (the backstop when an announcement is lost; announcements take effect at once).
+    auth_cache_seconds: float = 60.0
     refresh_token_days: int = 30
     session_days: int = 14
     email_token_minutes: int = 60
@@ -62,6 +83,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     password_hash_threads: int = 4
 
     login_failures_per_window: int = 5
+    login_failures_per_account: int = 20
+    login_failures_per_address: int = 50
+    token_failures_per_address: int = 20
     login_window_seconds: int = 300
     registrations_per_hour: int = 20
     forgot_password_per_hour: int = 5
@@ -83,11 +107,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     artifact_dir: str = ""
     max_active_tasks: int = 20
+    #: Tasks of one user running at once (keep it below the task threads, so others always get one).
+    max_running_per_user: int = 4
+    #: Per kind, tasks of one user running at once, as `kind=N,...` (e.g. `export=1`); within MAX_RUNNING_PER_USER.
+    max_running_per_kind: str = ""
     task_max_attempts: int = 3
     task_resend_seconds: int = 60
     task_stale_seconds: int = 60
     task_retention_days: int = 30
     task_progress_interval_ms: int = 100
+
+    #: Comma-separated addresses or CIDR blocks of reverse proxies whose TRUSTED_PROXY_HEADER names the client.
+    trusted_proxies: str = ""
+    trusted_proxy_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
 
     oidc_issuer: str = ""
     oidc_audience: str = ""
@@ -117,6 +149,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         if self.diagnostics_enabled is None:
             return self.app_env != "production"
         return self.diagnostics_enabled
+
+    @property
+    def running_per_kind(self) -> dict[str, int]:
+        """MAX_RUNNING_PER_KIND parsed; ValueError naming the entry that is not `kind=N` with N >= 1."""
+        limits: dict[str, int] = {}
+        for entry in filter(None, (part.strip() for part in self.max_running_per_kind.split(","))):
+            kind, _, number = entry.partition("=")
+            if not kind.strip() or not number.strip().isdigit() or int(number) < 1:
+                raise ValueError(f"{entry!r} is not kind=N with N >= 1")
+            limits[kind.strip()] = int(number)
+        return limits
 
     @property
     def var_path(self) -> Path:
@@ -154,6 +197,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """TRUSTED_PROXIES parsed; ValueError naming the entry that is no address or CIDR block."""
+        return tuple(ipaddress.ip_network(entry.strip()) for entry in self.trusted_proxies.split(",") if entry.strip())
+
+    @property
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
@@ -169,13 +217,25 @@ def _environment(env_file: Path) -> dict[str, str]:
 
 
 def _embedded_secret(var_path: Path) -> str:
-    """A random key made once and kept under var/, so sessions survive restarts."""
+    """A random key (48 random bytes, 64 characters) made once and kept under var/, so sessions survive restarts.
+
+    A file holding less than MIN_SECRET_BYTES (emptied or edited by hand) is replaced.
+    """
     path = var_path / "secret_key"
-    if not path.exists():
+    if not path.exists() or len(path.read_text().strip().encode()) < MIN_SECRET_BYTES:
         var_path.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_urlsafe(48))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def _secret_problem(secret: str) -> str | None:
+    """Why SECRET_KEY cannot guard a deployment (None: it can)."""
+    if secret.strip().lower() in WELL_KNOWN_SECRETS:
+        return "is missing or a well-known value"
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return f"is shorter than {MIN_SECRET_BYTES} bytes"
+    return None
 
 
 def load_settings(env_file: Path = Path(".env")) -> Settings:
@@ -190,12 +250,30 @@ def load_settings(env_file: Path = Path(".env")) -> Settings:
         )
     if settings.broker_url and not settings.broker_url.startswith(("amqp://", "amqps://", "redis://", "rediss://")):
         raise ConfigurationError("BROKER_URL must be an amqp:// (RabbitMQ) or redis:// URL.")
-    if settings.secret_key.strip().lower() in WELL_KNOWN_SECRETS:
-        if settings.services_mode:
+    try:
+        _ = settings.trusted_proxy_networks
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"TRUSTED_PROXIES must be comma-separated IP addresses or CIDR blocks (e.g. 10.0.0.0/8,::1): {exc}"
+        ) from exc
+    try:
+        _ = settings.running_per_kind
+    except ValueError as exc:
+        raise ConfigurationError(f"MAX_RUNNING_PER_KIND must be kind=N pairs, e.g. export=1,demo=4: {exc}") from exc
+    for name in ("worker_threads", "mail_worker_threads", "maintenance_worker_threads", "max_running_per_user"):
+        if getattr(settings, name) < 1:
+            raise ConfigurationError(f"{name.upper()} must be at least 1.")
+    for limit in LIMITS:
+        if getattr(settings, limit) < 1:
+            raise ConfigurationError(f"{limit.upper()} must be at least 1 (0 would refuse everyone).")
+    if problem := _secret_problem(settings.secret_key):
+        unset = settings.secret_key.strip().lower() in WELL_KNOWN_SECRETS
+        if settings.services_mode or not unset:  # embedded, an unset key is made; a weak one set is a mistake
             raise ConfigurationError(
-                "SECRET_KEY is missing or a well-known value. With DATABASE_URL or REDIS_URL set the "
-                "service runs against real servers and needs its own secret: set SECRET_KEY to a long "
-                'random string, e.g. the output of: python3 -c "import secrets; print(secrets.token_urlsafe(48))"'
+                f"SECRET_KEY {problem}: "
+                + ("with DATABASE_URL or REDIS_URL set the service needs its own secret; " if unset else "")
+                + f"set it to a random string of at least {MIN_SECRET_BYTES} bytes, e.g. the output of: "
+                'python3 -c "import secrets; print(secrets.token_urlsafe(48))"'
             )
         settings = msgspec.structs.replace(settings, secret_key=_embedded_secret(settings.var_path))
     return settings
@@ -203,5 +281,14 @@ def load_settings(env_file: Path = Path(".env")) -> Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The settings of this process, read once."""
-    return load_settings()
+    """The settings of this process, read once.
+
+    Every entry point (`litestar ...` through the app factory, `dramatiq app.workers`,
+    `periodiq app.workers`) reads its settings here first, so a refused configuration ends
+    the process with its one-line reason on stderr (exit code 2), not a traceback.
+    """
+    try:
+        return load_settings()
+    except ConfigurationError as exc:
+        sys.stderr.write(f"Configuration error: {exc}\n")
+        raise SystemExit(2) from None

@@ -10,6 +10,9 @@ T = TypeVar("T")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+#: The largest `?offset=`: a 32-bit signed integer, which every database here binds as an OFFSET
+#: (a larger Python int failed in the driver: a 500). Nobody pages that far; a page past the end is empty.
+MAX_OFFSET = 2**31 - 1
 
 
 class Page(msgspec.Struct, Generic[T], frozen=True, kw_only=True):

@@ -23,7 +23,7 @@ from litestar.status_codes import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.domain.accounts.emails import reset_email, reset_link, verification_email, verification_link
+from app.domain.accounts.emails import verification_email, verification_link
 from app.domain.accounts.errors import InvalidCredentials
 from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
@@ -31,8 +31,9 @@ from app.domain.accounts.schemas import PasswordChange, ProfileChange, Registrat
 from app.domain.accounts.services import VERIFY, AccountService, RefreshTokens
 from app.web.auth import AccessTokens, requires_user, sign_in_browser
 from app.web.errors import BreaksARule, TooMany
+from app.web.http.credentials import credential_of
 from app.web.limits import Limiter
-from app.workers.actors.mail import enqueue_email
+from app.workers.actors.mail import enqueue_email, enqueue_password_reset
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 AUTH_ERRORS = [NotAuthorizedException]
@@ -135,15 +136,8 @@ async def _pair(db_session: AsyncSession, tokens: AccessTokens, settings: Settin
 
 def _family(request: Request[Any, Any, Any]) -> UUID | None:
     """The refresh family of the caller's access token, if it has one."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    tokens: AccessTokens = request.app.state["access_tokens"]
-    try:
-        fam = tokens.decode(credentials.strip()).extras.get("fam")
-    except NotAuthorizedException:
-        return None
-    return UUID(fam) if fam else None
+    credential = credential_of(request)
+    return credential.family if credential is not None else None
 
 
 class AuthController(Controller):
@@ -166,7 +160,7 @@ class AuthController(Controller):
         limiter: NamedDependency[Limiter],
         settings: NamedDependency[Settings],
     ) -> UserOut:
-        await limiter.take(f"register:{client_address(request)}", settings.registrations_per_hour, 3600)
+        await limiter.registration(client_address(request))
         service = AccountService(db_session, passwords, settings)
         user = await service.register(data)
         raw = await service.email_token(user, VERIFY)
@@ -195,15 +189,8 @@ class AuthController(Controller):
     ) -> TokenPair:
         """The body is JSON or form-encoded: `username` (or the email) and `password`."""
         body = await _login_body(request)
-        key = f"login:{body.username.strip().lower()}:{client_address(request)}"
-        window = settings.login_window_seconds
-        await limiter.refuse_if_over(key, settings.login_failures_per_window, window)
-        try:
-            user = await AccountService(db_session, passwords, settings).authenticate(body.username, body.password)
-        except InvalidCredentials:
-            await limiter.count(key, window)
-            raise
-        await limiter.clear(key)
+        service = AccountService(db_session, passwords, settings)
+        user = await limiter.sign_in(service, body.username, body.password, client_address(request))
         return await _pair(db_session, tokens, settings, user)
 
     @post(
@@ -211,20 +198,23 @@ class AuthController(Controller):
         operation_id="refreshTokens",
         summary="Trade a refresh token for a new pair",
         status_code=HTTP_200_OK,
-        raises=AUTH_ERRORS,
+        raises=[*AUTH_ERRORS, TooMany],
     )
     async def refresh(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[RefreshRequest],
         db_session: NamedDependency[AsyncSession],
         tokens: NamedDependency[AccessTokens],
+        limiter: NamedDependency[Limiter],
         settings: NamedDependency[Settings],
     ) -> TokenPair:
-        try:
-            user, issued = await RefreshTokens(db_session, settings).rotate(data.refresh_token)
-        except InvalidCredentials:
-            await db_session.commit()  # a detected reuse revoked the family: keep that
-            raise
+        async with limiter.token_use(client_address(request)):
+            try:
+                user, issued = await RefreshTokens(db_session, settings).rotate(data.refresh_token)
+            except InvalidCredentials:
+                await db_session.commit()  # a detected reuse revoked the family (and its tokens and streams): keep that
+                raise
         access, expires_in = tokens.issue(user, issued.family_id)
         return TokenPair(access_token=access, refresh_token=issued.token, expires_in=expires_in)
 
@@ -241,17 +231,18 @@ class AuthController(Controller):
         self,
         request: Request[User, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        tokens: NamedDependency[AccessTokens],
         settings: NamedDependency[Settings],
         data: JSONBody[LogoutRequest | None] = None,
     ) -> None:
+        """Ends the caller's sign-in: its refresh family (and the one of `refresh_token`, if sent), the access
+        tokens issued from them and the event streams opened with those, on every process at once."""
         refreshes = RefreshTokens(db_session, settings)
         families = {_family(request)}
         if data is not None and data.refresh_token:
             families.add(await refreshes.family_of(data.refresh_token, request.user))
         for family in families - {None}:
             if family is not None:
-                await refreshes.revoke_family(family)
+                await refreshes.revoke_family(family, request.user)
 
     @get(
         "/verify",
@@ -269,16 +260,19 @@ class AuthController(Controller):
         operation_id="verifyEmail",
         summary="Confirm an email address with the emailed token",
         status_code=200,
-        raises=[ValidationException],
+        raises=[ValidationException, TooMany],
     )
     async def verify_email(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[EmailTokenRequest],
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
         settings: NamedDependency[Settings],
     ) -> UserOut:
-        return user_out(await AccountService(db_session, passwords, settings).verify_email(data.token))
+        async with limiter.token_use(client_address(request)):
+            return user_out(await AccountService(db_session, passwords, settings).verify_email(data.token))
 
     @post(
         "/forgot-password",
@@ -291,34 +285,31 @@ class AuthController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[ForgotPassword],
-        db_session: NamedDependency[AsyncSession],
-        passwords: NamedDependency[Passwords],
         limiter: NamedDependency[Limiter],
-        settings: NamedDependency[Settings],
     ) -> None:
-        await limiter.take(f"forgot:{client_address(request)}", settings.forgot_password_per_hour, 3600)
-        found = await AccountService(db_session, passwords, settings).reset_token_for(data.email)
-        if found is not None:
-            user, raw = found
-            await db_session.commit()
-            email = reset_email(user.email, user.username, reset_link(settings.base_url, raw))
-            await anyio.to_thread.run_sync(enqueue_email, email)
+        """The same work whether or not the address is an account's (a worker looks it up): no timing tells."""
+        await limiter.reset_request(client_address(request))
+        await anyio.to_thread.run_sync(enqueue_password_reset, data.email)  # the broker client blocks
 
     @post(
         "/reset-password",
         operation_id="resetPassword",
         summary="Set a new password with the emailed token",
         status_code=HTTP_204_NO_CONTENT,
-        raises=[ValidationException, BreaksARule],
+        raises=[ValidationException, BreaksARule, TooMany],
     )
     async def reset_password(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[ResetPassword],
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
         settings: NamedDependency[Settings],
     ) -> None:
-        await AccountService(db_session, passwords, settings).reset_password(data.token, data.password)
+        """Every session, refresh family, access token and event stream of the user ends."""
+        async with limiter.token_use(client_address(request)):
+            await AccountService(db_session, passwords, settings).reset_password(data.token, data.password)
 
 
 class MeController(Controller):

@@ -16,8 +16,7 @@ from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import UserFlags, UserOut, user_out
 from app.domain.accounts.services import AccountService
-from app.domain.notifications.events import EventPublisher, wake_reader
-from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
 from app.web.auth import requires_superuser
 from app.web.errors import Conflicting
 
@@ -39,7 +38,7 @@ class AdminUsersController(Controller):
         q: Annotated[str | None, QueryParameter(description="Text in email, username or name")] = None,
         active: Annotated[bool | None, QueryParameter(description="Only active (true) or inactive (false)")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Page[UserOut]:
         users, total = await AccountService(db_session, passwords, settings).list_users(
             text=q, active=active, limit=limit, offset=offset
@@ -60,11 +59,8 @@ class AdminUsersController(Controller):
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
         settings: NamedDependency[Settings],
-        publisher: NamedDependency[EventPublisher],
     ) -> UserOut:
         service = AccountService(db_session, passwords, settings)
         user = await service.set_flags(await service.require(user_id), data, by=request.user)
-        await db_session.commit()
-        if not user.is_active:
-            await wake_reader(publisher, user.id)  # their open streams end now
+        await db_session.commit()  # a deactivated user's tokens and streams end now, on every process
         return user_out(user)

@@ -48,6 +48,7 @@ from app.domain.database import create_engine, create_read_engine, session_facto
 from app.domain.tasks.artifacts import LocalArtifacts
 from app.web.accounts import AuthController, MeController
 from app.web.admin import AdminUsersController
+from app.web.admin_tasks import AdminTasksController
 from app.web.assets import StaticAssets, serve_static
 from app.web.auth import AccessTokens, AuthMiddleware, session_config
 from app.web.channels import ChannelsPublisher, channels_plugin
@@ -58,10 +59,13 @@ from app.web.embedded_workers import EmbeddedWorkersPlugin
 from app.web.errors import exception_handlers, problem_details_config
 from app.web.events import EventsController
 from app.web.health import HealthController
+from app.web.http.credentials import CredentialCache, CredentialsPlugin
+from app.web.http.input_guards import MAX_BODY_BYTES, GuardedRequest, RefuseNul
+from app.web.http.proxies import TrustedProxies
 from app.web.limits import Limiter
 from app.web.metrics import MetricsRefresher
 from app.web.notifications import AdminNotificationsController, NotificationsController
-from app.web.oidc import OIDCIdentities, OIDCVerifier
+from app.web.oidc import IdentitiesController, OIDCIdentities, OIDCVerifier
 from app.web.openapi import document_problems
 from app.web.pages import PAGE_CONTROLLERS
 from app.web.request_id import RequestIdMiddleware
@@ -192,10 +196,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     reads = create_read_engine(settings)  # hot single-statement reads: who is calling, task pages
     stores = store_registry(settings)
     tokens = AccessTokens(settings)
+    credentials = CredentialCache(reads, settings, channels, stores.get("sessions"))
     passwords = Passwords(settings)
-    limiter = Limiter(stores.get("limits"))
+    limiter = Limiter.for_settings(settings)  # atomic counters, in the `limits` store's Redis namespace
     external = (
-        OIDCIdentities(OIDCVerifier(settings.oidc_issuer, settings.oidc_audience), sessions, passwords, settings)
+        OIDCIdentities(OIDCVerifier(settings.oidc_issuer, settings.oidc_audience), sessions)
         if settings.oidc_issuer
         else None
     )
@@ -218,7 +223,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DiagnosticsController,
             AuthController,
             MeController,
+            IdentitiesController,
             AdminUsersController,
+            AdminTasksController,
             TaskKindsController,
             TasksController,
             NotificationsController,
@@ -236,18 +243,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "reads": constant(reads),
             "passwords": constant(passwords),
             "tokens": constant(tokens),
+            "credentials": constant(credentials),
+            "external_identities": constant(external),
             "limiter": constant(limiter),
             "publisher": constant(ChannelsPublisher(channels)),
             "artifacts": constant(LocalArtifacts(settings.artifact_path)),
             "draining": constant(draining),
         },
-        state=State({"access_tokens": tokens, "settings": settings}),
-        lifespan=[draining.lifespan, MetricsRefresher(sessions, broker).lifespan],
+        state=State({"settings": settings, "credentials": credentials}),
+        lifespan=[draining.lifespan, limiter.lifespan, MetricsRefresher(sessions, broker).lifespan],
         stores=stores,
         plugins=[
             _structlog(settings),
             SQLAlchemyPlugin(config=alchemy),
             channels,
+            CredentialsPlugin(credentials),  # after `channels`: it listens for revocations on them
             ProblemDetailsPlugin(problem_details_config()),
             HTMXPlugin(),
             FlashPlugin(FlashConfig(template_config=templates)),
@@ -256,11 +266,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *embedded,  # after `channels`: see EmbeddedWorkersPlugin
         ],
         middleware=[
+            TrustedProxies(settings.trusted_proxy_networks, settings.trusted_proxy_header),  # first: the client
             RequestIdMiddleware(),
-            SecurityHeadersMiddleware(),
+            SecurityHeadersMiddleware(https=settings.base_url.startswith("https://")),  # HSTS
+            RefuseNul(),  # before anything reads the path, query, cookies or tokens
             PrometheusConfig(app_name="app", prefix="app", group_path=True, exclude=QUIET_PATHS).middleware,
             session_config(settings).middleware,
-            DefineMiddleware(AuthMiddleware, reads=reads, tokens=tokens, external=external, exclude=QUIET_PATHS),
+            DefineMiddleware(
+                AuthMiddleware, credentials=credentials, tokens=tokens, external=external, exclude=QUIET_PATHS
+            ),
         ],
         csrf_config=CSRFConfig(
             secret=settings.secret_key,
@@ -268,6 +282,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             exclude=["/api/", *QUIET_PATHS, "/schema"],
         ),
         exception_handlers=exception_handlers(),
+        request_class=GuardedRequest,  # JSON depth and NUL checked before a body is decoded
+        request_max_body_size=MAX_BODY_BYTES,
         compression_config=CompressionConfig(backend="gzip", gzip_compress_level=6, exclude=["/api/v1/events"]),
         cors_config=CORSConfig(allow_origins=settings.cors_origin_list, allow_credentials=True)
         if settings.cors_origin_list
@@ -276,5 +292,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         template_config=templates,
         debug=settings.app_env == "development" and settings.log_level.upper() == "DEBUG",
         on_startup=[document_problems, tune_garbage_collector],
-        on_shutdown=[reads.dispose],
+        # The write engine too: advanced-alchemy's plugin disposes it only under its first state key
+        # ("db_engine"); a second app in one process gets "db_engine_1" and kept its connections open.
+        on_shutdown=[reads.dispose, alchemy.get_engine().dispose],
     )

@@ -6,12 +6,11 @@ everywhere; the session cookie only for pages and the live-event stream (the res
 the API is for bearer clients, so it needs no CSRF protection).
 
 Access tokens are short-lived JWTs (Litestar's `Token`) carrying the user's
-`credentials_version`; each request re-reads the user, so a deactivated user, a
-password change or a reset stops every token and session at once. That read is one
-round trip: a single SELECT on the read engine (autocommit, no ping; see
-app.domain.database), its row made into a detached User as a session would leave it
-(handlers may `merge(user, load=False)` it into theirs). The user is not cached: a
-cache would have to be cleared in every web process the moment a user is deactivated.
+`credentials_version` and their refresh family. Whether a token or session may still act
+(user active, version current, family not revoked) is asked of the process's
+CredentialCache (app.web.http.credentials): no database round trip while it remembers the
+user, and forgotten on every process the moment a revocation is announced. Each request
+gets its own detached User (handlers may `merge(user, load=False)` it into their session).
 
 The guards are coroutines: Litestar runs a plain function guard in a worker thread.
 """
@@ -33,14 +32,12 @@ from litestar.middleware.session.server_side import ServerSideSessionBackend, Se
 from litestar.security.jwt import Token
 from litestar.types import ASGIApp, Empty, Message, ScopeSession
 from litestar.utils.dataclass import extract_dataclass_items
-from sqlalchemy import bindparam, inspect, select
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.orm import make_transient_to_detached
 
 from app.config import Settings
 from app.domain.accounts.models import User
+from app.domain.accounts.revocation import Credential
 from app.domain.clock import utcnow
-from app.domain.database import read
+from app.web.http.credentials import CREDENTIAL_SCOPE_KEY, CredentialCache, credential_of
 
 ALGORITHM = "HS256"
 ISSUER = "app"
@@ -49,6 +46,7 @@ SESSION_USER = "user_id"
 SESSION_VERSION = "ver"
 _ROTATE = "_rotate"
 SESSION_PATHS = ("/api/v1/events",)
+SESSION_COOKIE = "session"
 
 
 #: How many decoded access tokens a process remembers (see AccessTokens.read).
@@ -78,24 +76,30 @@ class AccessTokens:
             encoded, self.secret, ALGORITHM, audience=AUDIENCE, issuer=ISSUER, require_claims=["exp", "sub", "jti"]
         )
 
-    def read(self, encoded: str) -> tuple[uuid.UUID, int]:
-        """(user id, credentials version) of a valid token; NotAuthorizedException otherwise.
+    def read(self, encoded: str) -> tuple[uuid.UUID, int, uuid.UUID | None]:
+        """(user id, credentials version, refresh family) of a valid token; NotAuthorizedException otherwise.
 
         A token's claims depend on its text only, so the claims of valid tokens are kept
         (checking a signature and converting claims is a good part of a small request's
         cost); the expiry is checked again on every use. Whether the user may still use
         it is not kept: the caller reads the user every time.
         """
-        user_id, version, expires = self._claims(encoded)
+        user_id, version, family, expires = self._claims(encoded)
         if expires <= time.time():
             raise NotAuthorizedException()
-        return user_id, version
+        return user_id, version, family
 
-    def _decode_claims(self, encoded: str) -> tuple[uuid.UUID, int, float]:
+    def _decode_claims(self, encoded: str) -> tuple[uuid.UUID, int, uuid.UUID | None, float]:
         token = self.decode(encoded)
         try:
-            return uuid.UUID(token.sub), int(token.extras.get("ver", 0)), token.exp.timestamp()
-        except ValueError as exc:
+            family = token.extras.get("fam")
+            return (
+                uuid.UUID(token.sub),
+                int(token.extras.get("ver", 0)),
+                uuid.UUID(str(family)) if family else None,
+                token.exp.timestamp(),
+            )
+        except (TypeError, ValueError) as exc:
             raise NotAuthorizedException() from exc
 
 
@@ -104,7 +108,12 @@ class ExternalIdentities(Protocol):
 
     def looks_external(self, token: str) -> bool: ...
 
-    async def user_for(self, token: str) -> User | None: ...
+    async def user_for(self, token: str) -> User | None:
+        """The local user the token's identity is linked to; None when the token is not valid.
+
+        A valid token that cannot sign in raises the domain's ExternalSignInRefused (a 401
+        whose detail says what to do: its email is another account's, or unverified)."""
+        ...
 
 
 class AuthMiddleware(AbstractAuthenticationMiddleware):
@@ -112,62 +121,55 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         self,
         app: ASGIApp,
         *,
-        reads: AsyncEngine,
+        credentials: CredentialCache,
         tokens: AccessTokens,
         external: ExternalIdentities | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
-        self.reads = reads
+        self.credentials = credentials
         self.tokens = tokens
         self.external = external
 
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and credentials:
-            return AuthenticationResult(user=await self._bearer_user(credentials.strip()), auth="bearer")
+            return AuthenticationResult(user=await self._bearer_user(connection, credentials.strip()), auth="bearer")
         path = connection.scope["path"]
         if not path.startswith("/api/") or path.startswith(SESSION_PATHS):
             session = connection.scope.get("session")
             if isinstance(session, dict) and SESSION_USER in session:
-                user = await self._active(session[SESSION_USER], session.get(SESSION_VERSION))
+                user = await self._session_user(connection, session)
                 return AuthenticationResult(user=user, auth="session" if user else None)
         return AuthenticationResult(user=None, auth=None)
 
-    async def _bearer_user(self, token: str) -> User | None:
+    async def _bearer_user(self, connection: ASGIConnection[Any, Any, Any, Any], token: str) -> User | None:
         if self.external is not None and self.external.looks_external(token):
             user: User | None = await self.external.user_for(token)
             return user if user is not None and user.is_active else None
         try:
-            user_id, version = self.tokens.read(token)
+            user_id, version, family = self.tokens.read(token)
         except NotAuthorizedException:
             return None
-        return await self._active(user_id, version)
+        return await self._let_in(connection, Credential(user_id=user_id, version=version, family=family))
 
-    async def _active(self, user_id: object, version: object) -> User | None:
+    async def _session_user(
+        self, connection: ASGIConnection[Any, Any, Any, Any], session: dict[str, Any]
+    ) -> User | None:
         try:
-            key = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
-        except ValueError:
+            user_id = uuid.UUID(str(session[SESSION_USER]))
+            version = int(session.get(SESSION_VERSION, -1))
+        except (TypeError, ValueError):
             return None
-        user = await load_user(self.reads, key)
-        if user is None or not user.is_active or user.credentials_version != version:
+        session_id = connection.cookies.get(SESSION_COOKIE)
+        return await self._let_in(connection, Credential(user_id=user_id, version=version, session_id=session_id))
+
+    async def _let_in(self, connection: ASGIConnection[Any, Any, Any, Any], credential: Credential) -> User | None:
+        state = await self.credentials.state(credential.user_id)
+        if state is None or not state.allows(credential.version, credential.family):
             return None
-        return user
-
-
-#: (attribute, column) of every column a User maps, and the statement that reads them for one user.
-_USER_ATTRIBUTES = tuple((prop.key, prop.columns[0]) for prop in inspect(User).column_attrs)
-_USER_BY_ID = select(*(column for _, column in _USER_ATTRIBUTES)).where(User.id == bindparam("user_id"))
-
-
-async def load_user(reads: AsyncEngine, user_id: uuid.UUID) -> User | None:
-    """The user with this id, detached (as if loaded by a session that has closed), in one round trip."""
-    rows = await read(reads, _USER_BY_ID, {"user_id": user_id})
-    if not rows:
-        return None
-    user = User(**{key: value for (key, _), value in zip(_USER_ATTRIBUTES, rows[0], strict=True)})
-    make_transient_to_detached(user)
-    return user
+        connection.scope[CREDENTIAL_SCOPE_KEY] = credential  # type: ignore[literal-required]
+        return state.user()
 
 
 async def requires_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -189,8 +191,14 @@ def sign_in_browser(connection: ASGIConnection[Any, Any, Any, Any], user: User) 
     connection.scope["session"] = {SESSION_USER: str(user.id), SESSION_VERSION: user.credentials_version, _ROTATE: True}
 
 
-def sign_out_browser(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+async def sign_out_browser(connection: ASGIConnection[Any, Any, Any, Any], credentials: CredentialCache) -> None:
+    """End this browser's session now: gone from the store first, so its open streams find it gone."""
+    credential = credential_of(connection)
+    if session_id := connection.cookies.get(SESSION_COOKIE):
+        await connection.app.stores.get("sessions").delete(session_id)
     connection.clear_session()
+    if credential is not None:
+        credentials.announce([credential.user_id])
 
 
 class RotatingSessionBackend(ServerSideSessionBackend):
@@ -241,7 +249,7 @@ class RotatingSessionConfig(ServerSideSessionConfig):
 
 def session_config(settings: Settings) -> RotatingSessionConfig:
     return RotatingSessionConfig(
-        key="session",
+        key=SESSION_COOKIE,
         store="sessions",
         max_age=settings.session_days * 86400,
         httponly=True,

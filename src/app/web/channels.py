@@ -49,6 +49,9 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
         # on connections nobody reads, so their wake-ups were lost (200 streams opened at once:
         # 71 of them saw a broadcast only at their next heartbeat). One command at a time.
         self._commands = asyncio.Lock()
+        #: False from the moment the connection is lost until every channel is subscribed again:
+        #: meanwhile messages may be missed (see app.web.http.credentials).
+        self.connected = True
 
     async def subscribe(self, channels: Iterable[str]) -> None:
         channels = set(channels)
@@ -87,16 +90,19 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
             try:
                 if self._out_of_step or self._pub_sub.connection is None:
                     lost = True  # publishes may have been missed while out of step: wake everyone once repaired
+                    self.connected = False
                     await self._resubscribe()
                 message = await self._pub_sub.get_message(ignore_subscribe_messages=True, timeout=1)
             except REDIS_DOWN as exc:
                 if not lost:
                     log.warning("channels.redis_lost", error=str(exc))
                 lost = True
+                self.connected = False
                 await asyncio.sleep(RECONNECT_SECONDS)
                 continue
             if lost:
                 lost = False
+                self.connected = True
                 log.info("channels.redis_back", channels=len(self._wanted))
                 for channel in sorted(self._wanted):
                     yield channel, WAKE_UP
@@ -130,6 +136,11 @@ def channels_plugin(settings: Settings) -> ChannelsPlugin:
         subscriber_max_backlog=SUBSCRIBER_BACKLOG,
         subscriber_backlog_strategy="dropleft",
     )
+
+
+def hears_every_message(plugin: ChannelsPlugin) -> bool:
+    """False while the backend may be missing messages (Redis lost); in memory it never does."""
+    return bool(getattr(plugin._backend, "connected", True))
 
 
 class ChannelsPublisher:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings, get_settings
 from app.domain.accounts.errors import AccountError
 from app.domain.accounts.passwords import Passwords
+from app.domain.accounts.revocation import announce_revoked, on_users_changed
 from app.domain.accounts.schemas import Registration, UserFlags
 from app.domain.accounts.services import AccountService
 from app.domain.database import create_engine, session_factory
@@ -29,6 +30,8 @@ from app.domain.tasks.maintenance import TaskKeeper
 from app.domain.tasks.models import STATUSES, Task
 from app.domain.tasks.services import TaskService, task_message_args
 from app.domain.tasks.stats import list_tasks, task_owner
+from app.web.admin_tasks import task_load
+from app.web.http.credentials import touch_changed_file
 from app.workers.actors.tasks import send_task
 from app.workers.runtime import RedisPublisher
 
@@ -42,10 +45,16 @@ def _run(work: Callable[[AccountService], Awaitable[T]]) -> T:
         settings = get_settings()
         engine = create_engine(settings)
         try:
-            async with session_factory(engine)() as session:
-                result = await work(AccountService(session, Passwords(settings), settings))
-                await session.commit()
-                return result
+            changed: set[UUID] = set()
+            stop_hearing = on_users_changed(changed.update)
+            try:
+                async with session_factory(engine)() as session:
+                    result = await work(AccountService(session, Passwords(settings), settings))
+                    await session.commit()
+            finally:
+                stop_hearing()
+            await _announce_revoked(changed, settings)
+            return result
         finally:
             await engine.dispose()
 
@@ -175,6 +184,34 @@ def list_(status: str | None, login: str | None, limit: int) -> None:
     click.echo(_run_tasks(work))
 
 
+@tasks.command(name="stats", help="Running and queued tasks per user, and each queue's depth.")
+def stats() -> None:
+    async def work(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> str:
+        from app.workers import broker
+
+        async with sessions() as session:
+            load = await task_load(session, broker, settings)
+        lines = ["QUEUE         WAITING"]
+        if settings.embedded_workers:
+            lines.append("(embedded: the queues live in the web process's memory; see /admin)")
+        elif load.queues is None:
+            lines.append("(the broker does not answer)")
+        else:
+            lines += [f"{queue:<13} {waiting}" for queue, waiting in sorted(load.queues.items())]
+        lines.append("")
+        lines.append("  ".join(f"{status} {count}" for status, count in load.by_status.items()))
+        lines.append(f"Each user runs at most {load.max_running_per_user} tasks at once.")
+        lines.append("")
+        if not load.users:
+            lines.append("Nobody has a task queued or running.")
+        else:
+            rows = [[u.username, str(u.running), str(u.queued)] for u in load.users]
+            lines.append(_table(["USER", "RUNNING", "QUEUED"], rows))
+        return "\n".join(lines)
+
+    click.echo(_run_tasks(work))
+
+
 @tasks.command(name="retry", help="Queue a failed or cancelled task again.")
 @click.argument("task_id", type=click.UUID)
 def retry(task_id: UUID) -> None:
@@ -207,6 +244,24 @@ def retry(task_id: UUID) -> None:
             f"Task {task.id} queued again (attempt {task.attempts}); "
             "the broker is unreachable: the sweeper re-sends it."
         )
+
+
+async def _announce_revoked(user_ids: set[UUID], settings: Settings) -> None:
+    """Tell every web process in services mode that these users' credentials changed.
+
+    Embedded, the web process's channels are out of this process's reach: a file under var/
+    that it watches tells it instead.
+    """
+    if not user_ids:
+        return
+    if settings.embedded_workers:
+        touch_changed_file(settings)
+        return
+    publisher = RedisPublisher(settings.redis_url, settings.redis_namespace)
+    try:
+        await announce_revoked(publisher, user_ids)
+    finally:
+        await publisher.close()
 
 
 async def _publish(events: EventLog, settings: Settings) -> None:

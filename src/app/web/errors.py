@@ -30,6 +30,7 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from app.domain.accounts.errors import AlreadyTaken, InvalidCredentials, InvalidToken
 from app.domain.errors import Conflict, DomainError, InvalidInput, LimitReached, NotFound
@@ -114,7 +115,9 @@ def from_not_found(exc: NotFoundError) -> ProblemDetailsException:
     return problem(404, "No such resource.")
 
 
-def from_conflict(exc: IntegrityError) -> ProblemDetailsException:
+def from_conflict(exc: IntegrityError | SQLIntegrityError) -> ProblemDetailsException:
+    """A constraint the database enforces (a unique key taken by a concurrent request): the request's fault."""
+    log.warning("request.integrity_error", error=str(getattr(exc, "orig", None) or exc))
     return problem(409, "The request conflicts with the current state of the resource.")
 
 
@@ -161,15 +164,20 @@ def database_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def database_down() -> ProblemDetailsException:
+    """The 503 (with Retry-After) of a request that could not reach the database: nothing was written."""
+    return problem(
+        503,
+        "The database is not answering; try again in a few seconds.",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def from_unexpected(exc: Exception) -> ProblemDetailsException:
     """A 500 for a bug; a 503 with Retry-After while the database is out of reach (not the request's fault)."""
     if database_unavailable(exc):
         log.warning("request.database_unavailable", error=str(exc))
-        return problem(
-            503,
-            "The database is not answering; try again in a few seconds.",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return database_down()
     log.error("request.unhandled_exception", exc_info=exc)
     return problem(500, "An unexpected error occurred; it has been logged.")
 
@@ -263,6 +271,7 @@ def exception_handlers() -> ExceptionHandlersMap:
         NotFoundError: _handler(from_not_found),
         DuplicateKeyError: _handler(from_conflict),
         IntegrityError: _handler(from_conflict),
+        SQLIntegrityError: _handler(from_conflict),  # SQLAlchemy's own, raised outside a repository
         DomainError: _handler(from_domain_error),
         Exception: _handler(from_unexpected),
     }

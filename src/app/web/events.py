@@ -26,7 +26,7 @@ from uuid import UUID
 import msgspec
 import structlog
 from litestar import Controller, Request, get
-from litestar.channels import ChannelsPlugin
+from litestar.channels import ChannelsPlugin, Subscriber
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException, ValidationException
@@ -38,12 +38,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.accounts.models import User
+from app.domain.accounts.revocation import Credential
 from app.domain.database import read
 from app.domain.notifications.events import EventLog, EventRecord, channels_for_reader
 from app.domain.notifications.models import Event
 from app.web.auth import requires_user
 from app.web.draining import Draining
-from app.web.errors import database_unavailable
+from app.web.errors import database_down, database_unavailable
+from app.web.http.credentials import CredentialCache, credential_of
 from app.web.metrics import SSE_CONNECTIONS, SSE_SLOW_CLIENTS
 
 log = structlog.get_logger(__name__)
@@ -75,14 +77,12 @@ _EVERYONE_READ = (
     .order_by(Event.id)
     .limit(FEED_ROWS)
 )
-#: Which of the readers' users were deactivated.
-_INACTIVE_READERS = select(User.id).where(User.id.in_(bindparam("users", expanding=True)), User.is_active.is_(False))
 
 #: Open streams per user in this process (counted while the stream's generator runs).
 _open_streams: Counter[UUID] = Counter()
 
 #: What a reader gets: the events after its id, and whether to read again at once (more backlog);
-#: None when the stream must end (the database cannot be reached, or its user was deactivated).
+#: None when the stream must end (the database cannot be reached).
 Read = tuple[Sequence[EventRecord], bool] | None
 
 
@@ -171,13 +171,7 @@ class EventFeed:
     async def _serve(self, readers: list[tuple[UUID | None, list[tuple[int, asyncio.Future[Read]]]]]) -> None:
         futures = [future for _, asks in readers for _, future in asks]
         try:
-            found = await self._query(readers)
-            records, inactive = found if found is not None else (None, set())
-            for user_id, asks in readers:
-                if user_id in inactive:
-                    for _, future in asks:
-                        if not future.done():
-                            future.set_result(None)  # the stream ends
+            records = await self._query(readers)
             if records is None or len(records) < FEED_ROWS:
                 self._hand_out(readers, records, None)
                 return
@@ -197,31 +191,22 @@ class EventFeed:
             if not isinstance(exc, Exception):
                 raise
 
-    async def _query(self, readers: list[tuple[UUID | None, Any]]) -> tuple[list[EventRecord], set[UUID]] | None:
-        """The events above the lowest id asked for, and which of the readers' users are inactive now.
-
-        Two prebuilt statements on the read engine (autocommit, no ping), one round trip each, at once.
-        """
+    async def _query(self, readers: list[tuple[UUID | None, Any]]) -> list[EventRecord] | None:
+        """The events above the lowest id asked for: one prebuilt statement on the read engine (no ping)."""
         floor = min(after_id for _, asks in readers for after_id, _ in asks)
         users = [user_id for user_id, _ in readers if user_id is not None]
         self.queries += 1
         try:
             if users:
-                # Side by side, on two connections. A deactivated user's streams end at their next read
-                # (a heartbeat, or the wake-up sent on deactivation); the client's reconnect is then refused.
-                rows, deactivated = await asyncio.gather(
-                    read(self._reads, _FEED_READ, {"floor": floor, "users": users}),
-                    read(self._reads, _INACTIVE_READERS, {"users": users}),
-                )
-                inactive = {row[0] for row in deactivated}
+                rows = await read(self._reads, _FEED_READ, {"floor": floor, "users": users})
             else:
-                rows, inactive = await read(self._reads, _EVERYONE_READ, {"floor": floor}), set()
+                rows = await read(self._reads, _EVERYONE_READ, {"floor": floor})
         except Exception as exc:
             if not database_unavailable(exc):
                 raise
             log.warning("events.database_unavailable", error=str(exc))
             return None
-        return [EventRecord(id=r[0], type=r[1], data=r[2], created_at=r[3], user_id=r[4]) for r in rows], inactive
+        return [EventRecord(id=r[0], type=r[1], data=r[2], created_at=r[3], user_id=r[4]) for r in rows]
 
     @staticmethod
     def _hand_out(
@@ -262,6 +247,17 @@ class EventFeed:
         return batch, len(batch) == BATCH
 
 
+async def _still_allowed(credentials: CredentialCache, credential: Credential) -> bool:
+    """The heartbeat's check (remembered state, so rarely a read); a database out of reach ends the stream too."""
+    try:
+        return await credentials.allows(credential)
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        log.warning("events.database_unavailable", error=str(exc))
+        return False
+
+
 #: Where the app keeps its EventFeed (in its state).
 FEED_STATE_KEY = "event_feed"
 
@@ -275,30 +271,53 @@ def event_feed(state: State, reads: AsyncEngine, sessions: async_sessionmaker[As
     return feed
 
 
+async def open_feed(
+    channels: ChannelsPlugin, feed: EventFeed, user_id: UUID | None, last_id: int
+) -> tuple[Subscriber, Read]:
+    """Subscribe to the reader's wake-ups, then read what is there: nothing published in between is missed.
+
+    The read is None when the database is out of reach (the subscription is dropped again):
+    the caller answers 503 before the stream's first byte, as for any request.
+    """
+    subscriber = await channels.subscribe(channels_for_reader(user_id))
+    first = await feed.after(user_id, last_id, soon=True)
+    if first is None:
+        await channels.unsubscribe(subscriber)
+    return subscriber, first
+
+
 async def event_stream(
     *,
     channels: ChannelsPlugin,
+    subscriber: Subscriber,
+    first: Read,
     feed: EventFeed,
     user_id: UUID | None,
     last_id: int,
     heartbeat: float,
     draining: Draining,
+    credentials: CredentialCache,
+    credential: Credential | None,
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
-    subscriber = await channels.subscribe(channels_for_reader(user_id))
+    """The reader's events, live, from what `open_feed` returned. With a credential, the stream ends the
+    moment it is revoked (announced: `watch.ended`), and at the latest at a heartbeat after AUTH_CACHE_SECONDS."""
     wakeups = subscriber.iter_events()
     next_wakeup: asyncio.Task[bytes] | None = None
     stopping = asyncio.ensure_future(draining.wait())
+    watch = credentials.watch(credential) if credential is not None else None
+    revoked = asyncio.ensure_future(watch.ended.wait() if watch is not None else asyncio.Event().wait())
     SSE_CONNECTIONS.inc()
     if user_id is not None:
         _open_streams[user_id] += 1
     try:
         yield ServerSentEventMessage(comment="connected", data=None, retry=2000)
-        soon = True
+        soon, read = True, first
         while True:
-            read = await feed.after(user_id, last_id, soon=soon)
+            if read is None:
+                read = await feed.after(user_id, last_id, soon=soon)
             if read is None:
                 return
-            batch, more = read
+            (batch, more), read = read, None
             for record in batch:
                 yield _message(record)
                 last_id = record.id
@@ -307,17 +326,26 @@ async def event_stream(
             if next_wakeup is None:
                 next_wakeup = asyncio.ensure_future(anext(wakeups))
                 next_wakeup.add_done_callback(feed.hurry)
-            done, _ = await asyncio.wait({next_wakeup, stopping}, timeout=heartbeat, return_when=FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {next_wakeup, stopping, revoked}, timeout=heartbeat, return_when=FIRST_COMPLETED
+            )
             if stopping in done:
                 return  # the process is stopping: the client reconnects (to another process) and replays
+            if revoked in done:
+                return  # signed out, password changed, deactivated: the reconnect is refused
             soon = bool(done)
             if done:
                 next_wakeup.result()
                 next_wakeup = None
             else:
+                if credential is not None and not await _still_allowed(credentials, credential):
+                    return
                 yield ServerSentEventMessage(comment="keep-alive", data=None)
     finally:
         stopping.cancel()
+        revoked.cancel()
+        if watch is not None:
+            credentials.unwatch(watch)
         SSE_CONNECTIONS.dec()
         if user_id is not None:
             _open_streams[user_id] -= 1
@@ -411,6 +439,12 @@ def _last_event_id(header: str | None, query: int | None) -> int:
         raise ValidationException(
             detail="Last-Event-ID must not be negative.", extra=[{"key": "Last-Event-ID", "message": "must be >= 0"}]
         )
+    largest = 2**63 - 1  # event ids are 64-bit: a larger one names no event and cannot be bound (was a 500)
+    if value > largest:
+        raise ValidationException(
+            detail=f"Last-Event-ID must be at most {largest}.",
+            extra=[{"key": "Last-Event-ID", "message": f"must be <= {largest}"}],
+        )
     return value
 
 
@@ -442,6 +476,7 @@ class EventsController(Controller):
         sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
         draining: NamedDependency[Draining],
+        credentials: NamedDependency[CredentialCache],
         last_event_id_header: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
         last_event_id: Annotated[int | None, QueryParameter(ge=0, required=False)] = None,
     ) -> ServerSentEvent:
@@ -451,14 +486,22 @@ class EventsController(Controller):
                 headers={"Retry-After": "5"},
             )
         after = _last_event_id(last_event_id_header, last_event_id)
+        feed = event_feed(request.app.state, reads, sessions)
+        subscriber, first = await open_feed(channels, feed, request.user.id, after)
+        if first is None:
+            raise database_down()  # logged by the feed
         log.info("events.stream_opened", path=request.url.path, last_event_id=after)
         stream = event_stream(
             channels=channels,
-            feed=event_feed(request.app.state, reads, sessions),
+            subscriber=subscriber,
+            first=first,
+            feed=feed,
             user_id=request.user.id,
             last_id=after,
             heartbeat=settings.sse_heartbeat_seconds,
             draining=draining,
+            credentials=credentials,
+            credential=credential_of(request),
         )
         request.state[STREAM_STATE_KEY] = stream
         return ServerSentEvent(stream, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -1,4 +1,9 @@
-"""/health/live and /health/ready, for load balancers, orchestrators and `make run`'s users."""
+"""/health/live and /health/ready, for load balancers, orchestrators and `make run`'s users.
+
+Anyone may call them, so a failed check answers with a fixed phrase ("error: unavailable")
+and the exception itself (which can name hosts, users, paths or driver versions) goes
+to the log (`health.check_failed`), where operators look.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 
 import anyio
 import dramatiq
+import structlog
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
@@ -15,8 +21,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.workers.heartbeat import HeartbeatStore
+from app.workers.queues import TASKS
+
+log = structlog.get_logger(__name__)
 
 CHECK_TIMEOUT = 3.0
+UNAVAILABLE = "error: unavailable"
+NO_WORKER = "error: no worker has sent a heartbeat recently"
+
+
+class _NoWorker(Exception):
+    """No worker heartbeat is fresh: the answer is NO_WORKER, nothing to log."""
 
 
 async def _check_database(engine: AsyncEngine) -> str:
@@ -27,7 +42,7 @@ async def _check_database(engine: AsyncEngine) -> str:
 
 async def _check_broker(broker: dramatiq.Broker) -> str:
     if isinstance(broker, RabbitmqBroker):
-        await anyio.to_thread.run_sync(broker.get_queue_message_counts, "default")
+        await anyio.to_thread.run_sync(broker.get_queue_message_counts, TASKS)
     elif (client := getattr(broker, "client", None)) is not None:  # Redis; the in-memory broker has none
         await anyio.to_thread.run_sync(client.ping)
     return "ok"
@@ -36,18 +51,23 @@ async def _check_broker(broker: dramatiq.Broker) -> str:
 async def _check_workers(heartbeats: HeartbeatStore) -> str:
     alive = await anyio.to_thread.run_sync(heartbeats.alive)
     if not alive:
-        raise RuntimeError("no worker has sent a heartbeat recently")
+        raise _NoWorker
     return "ok"
 
 
-async def _outcome(check: Any) -> str:
+async def _outcome(name: str, check: Any) -> str:
+    """The check's answer: "ok", or a fixed phrase saying how it failed (the exception is logged, never answered)."""
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             return str(await check)
     except TimeoutError:
+        log.warning("health.check_failed", check=name, error=f"no answer within {CHECK_TIMEOUT:.0f} s")
         return f"error: no answer within {CHECK_TIMEOUT:.0f} s"
+    except _NoWorker:
+        return NO_WORKER
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        return f"error: {exc}"
+        log.warning("health.check_failed", check=name, error=f"{type(exc).__name__}: {exc}")
+        return UNAVAILABLE
 
 
 class HealthController(Controller):
@@ -73,7 +93,9 @@ class HealthController(Controller):
     ) -> Response[dict[str, Any]]:
         names = ("database", "broker", "workers")
         results = await asyncio.gather(
-            _outcome(_check_database(db_engine)), _outcome(_check_broker(broker)), _outcome(_check_workers(heartbeats))
+            _outcome("database", _check_database(db_engine)),
+            _outcome("broker", _check_broker(broker)),
+            _outcome("workers", _check_workers(heartbeats)),
         )
         checks = dict(zip(names, results, strict=True))
         healthy = all(result == "ok" for result in results)

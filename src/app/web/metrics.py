@@ -79,7 +79,7 @@ REGISTRY.register(TASK_METRICS)
 
 def _queue_names(broker: dramatiq.Broker) -> list[str]:
     declared = {name for name in broker.get_declared_queues() if not name.endswith((".DQ", ".XQ"))}
-    return sorted(declared | {DEFAULT_QUEUE})
+    return sorted(declared or {DEFAULT_QUEUE})
 
 
 def _redis_depth(broker: Any, queues: list[str]) -> dict[str, int]:

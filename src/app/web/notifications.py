@@ -28,7 +28,7 @@ from app.domain.notifications.services import (
     count_recipients,
     new_broadcast,
 )
-from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
 from app.web.auth import requires_superuser, requires_user
 from app.web.errors import BreaksARule
 from app.workers.actors.notifications import send_broadcast
@@ -66,7 +66,7 @@ class NotificationsController(Controller):
         db_session: NamedDependency[AsyncSession],
         unread: Annotated[bool, QueryParameter(description="Only unread notifications")] = False,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Page[NotificationOut]:
         rows, total = await NotificationService(db_session).list(
             request.user.id, unread=unread, limit=limit, offset=offset

@@ -8,6 +8,10 @@ is safe to show a client.
 The provider is an integration point, so its fetches are retried with exponential
 backoff (tenacity) inside a circuit breaker (purgatory): while the provider is down,
 verification that needs a fetch fails fast instead of piling up waiting requests.
+
+Which user a verified token is, and how a user links a provider account, are the
+domain's rules (app.domain.accounts.identities): `OIDCIdentities` and
+`IdentitiesController` are its doors for the auth middleware and the API.
 """
 
 from __future__ import annotations
@@ -15,25 +19,46 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Annotated, Any, cast
+from uuid import UUID
 
 import httpx
 import jwt
-import msgspec
 import structlog
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException, ValidationException
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from app.config import Settings
+from app.domain.accounts.identities import (
+    LINK_PATH,
+    Identities,
+    IdentityLink,
+    IdentityOut,
+    ProviderIdentity,
+    identity_out,
+)
 from app.domain.accounts.models import User
-from app.domain.accounts.passwords import Passwords
-from app.domain.accounts.services import AccountService
+from app.domain.errors import InvalidInput
+from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
+from app.web.accounts import AUTH_ERRORS, BEARER
+from app.web.auth import requires_user
+from app.web.errors import BreaksARule, Conflicting, problem
 
 log = structlog.get_logger(__name__)
 
 UNAVAILABLE = "identity provider unavailable"
+#: OIDC Core 2: a subject is at most 255 ASCII characters (and the column holds no more).
+MAX_SUBJECT = 255
+#: Tries at binding a first sign-in: a concurrent first sign-in of the same identity can win the first.
+SIGN_IN_ATTEMPTS = 2
 _BREAKER = "oidc-provider"
 
 
@@ -43,15 +68,6 @@ class ExternalTokenRejected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class ExternalIdentity(msgspec.Struct, frozen=True, kw_only=True):
-    """Who the provider vouches for. Only verified emails get this far."""
-
-    subject: str
-    email: str
-    email_verified: bool
-    issuer: str
 
 
 class _ProviderError(Exception):
@@ -126,7 +142,7 @@ class OIDCVerifier:
             return False
         return claims.get("iss") == self.issuer
 
-    async def verify(self, token: str) -> ExternalIdentity:
+    async def verify(self, token: str) -> ProviderIdentity:
         """The identity in a valid token, or ExternalTokenRejected."""
         try:
             header = jwt.get_unverified_header(token)
@@ -174,16 +190,19 @@ class OIDCVerifier:
             reason = "invalid token"
         raise ExternalTokenRejected(reason)
 
-    def _identity(self, claims: Mapping[str, Any]) -> ExternalIdentity:
+    def _identity(self, claims: Mapping[str, Any]) -> ProviderIdentity:
+        """Issuer and subject name the holder; the email is only a claim (the domain decides what it is worth)."""
         subject, email = claims.get("sub"), claims.get("email")
         if not isinstance(subject, str) or not subject:
             raise ExternalTokenRejected("missing claim")
-        if not isinstance(email, str) or "@" not in email:
-            raise ExternalTokenRejected("email missing")
-        # Accounts are matched by email, so an address the provider has not checked is worthless.
-        if claims.get("email_verified") is not True:
-            raise ExternalTokenRejected("email not verified")
-        return ExternalIdentity(subject=subject, email=email, email_verified=True, issuer=self.issuer)
+        if len(subject) > MAX_SUBJECT:
+            raise ExternalTokenRejected("subject too long")
+        return ProviderIdentity(
+            issuer=self.issuer,
+            subject=subject,
+            email=email if isinstance(email, str) else None,
+            email_verified=claims.get("email_verified") is True,
+        )
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -295,29 +314,99 @@ class OIDCVerifier:
 
 
 class OIDCIdentities:
-    """The auth middleware's door to the external provider: a verified token's user, made on first sight."""
+    """The auth middleware's door to the external provider: the user a verified token is bound to."""
 
-    def __init__(
-        self,
-        verifier: OIDCVerifier,
-        sessions: async_sessionmaker[AsyncSession],
-        passwords: Passwords,
-        settings: Settings,
-    ) -> None:
+    def __init__(self, verifier: OIDCVerifier, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.verifier = verifier
         self.sessions = sessions
-        self.passwords = passwords
-        self.settings = settings
 
     def looks_external(self, token: str) -> bool:
         return self.verifier.looks_external(token)
 
     async def user_for(self, token: str) -> User | None:
+        """The token's user (made on its first sign-in), None for a token that is not valid.
+
+        A valid token that cannot sign in (its email is another account's, or unverified)
+        raises the domain's ExternalSignInRefused: a 401 whose detail says what to do.
+        """
         try:
             identity = await self.verifier.verify(token)
         except ExternalTokenRejected:
             return None
-        async with self.sessions() as session:
-            user = await AccountService(session, self.passwords, self.settings).find_or_create_external(identity.email)
-            await session.commit()
-            return user
+        for attempt in range(1, SIGN_IN_ATTEMPTS + 1):
+            try:
+                async with self.sessions() as session:
+                    user = await Identities(session).user_for(identity)
+                    await session.commit()
+                    return user
+            except IntegrityError:
+                if attempt == SIGN_IN_ATTEMPTS:
+                    raise
+        return None  # not reached: the last attempt returns or raises
+
+    async def identity_in(self, id_token: str) -> ProviderIdentity:
+        """The identity in a token presented for linking; a 422 naming why not, or a 503."""
+        try:
+            return await self.verifier.verify(id_token)
+        except ExternalTokenRejected as exc:
+            if exc.reason == UNAVAILABLE:
+                raise problem(
+                    503, "The identity provider is not answering; try again shortly.", headers={"Retry-After": "30"}
+                ) from None
+            raise InvalidInput({"id_token": exc.reason}) from None
+
+
+class IdentitiesController(Controller):
+    """The signed-in user's accounts at the identity provider (OIDC_ISSUER), bound by issuer and subject."""
+
+    path = LINK_PATH
+    tags = ["users"]
+    guards = [requires_user]
+    security = BEARER
+
+    @get(operation_id="listMyIdentities", summary="Identity provider accounts linked to me", raises=AUTH_ERRORS)
+    async def list_identities(
+        self,
+        request: Request[User, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
+    ) -> Page[IdentityOut]:
+        rows, total = await Identities(db_session).of(request.user, limit=limit, offset=offset)
+        return Page(items=[identity_out(row) for row in rows], total=total, limit=limit, offset=offset)
+
+    @post(
+        operation_id="linkIdentity",
+        summary="Link an identity provider account to me",
+        description="Send an ID token of the provider whose email the provider verified (`email_verified: true`) "
+        "and which is this account's own, verified, email. 201 when linked now, 200 when it already was.",
+        status_code=HTTP_201_CREATED,
+        raises=[*AUTH_ERRORS, ValidationException, BreaksARule, Conflicting, NotFoundException],
+        responses={HTTP_200_OK: ResponseSpec(IdentityOut, description="Already linked to this account")},
+    )
+    async def link(
+        self,
+        request: Request[User, Any, Any],
+        data: JSONBody[IdentityLink],
+        db_session: NamedDependency[AsyncSession],
+        external_identities: NamedDependency[OIDCIdentities | None],
+    ) -> Response[IdentityOut]:
+        if external_identities is None:
+            raise NotFoundException(detail="No identity provider is configured here (OIDC_ISSUER).")
+        identity = await external_identities.identity_in(data.id_token)
+        user = await db_session.merge(request.user, load=False)
+        binding, created = await Identities(db_session).link(user, identity)
+        return Response(identity_out(binding), status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+
+    @delete(
+        "/{identity_id:uuid}",
+        operation_id="unlinkIdentity",
+        summary="Unlink an identity provider account from me",
+        status_code=HTTP_204_NO_CONTENT,
+        raises=[*AUTH_ERRORS, NotFoundException, Conflicting],
+    )
+    async def unlink(
+        self, request: Request[User, Any, Any], identity_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]
+    ) -> None:
+        user = await db_session.merge(request.user, load=False)
+        await Identities(db_session).unlink(user, identity_id)

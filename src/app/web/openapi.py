@@ -12,6 +12,8 @@ from litestar import Litestar
 from litestar.openapi.spec import OpenAPIHeader, OpenAPIMediaType, OpenAPIResponse, Reference, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
+from app.web.http.input_guards import MAX_BODY_BYTES
+
 PROBLEM = "application/problem+json"
 
 PROBLEM_SCHEMA = Schema(
@@ -48,6 +50,13 @@ def document_problems(app: Litestar) -> None:
             for status, response in operation.responses.items():
                 if status[:1] in ("4", "5") and isinstance(response, OpenAPIResponse):
                     response.content = {PROBLEM: reference}
+            if operation.request_body is not None:  # app.web.http.input_guards
+                operation.responses.setdefault(
+                    "413",
+                    OpenAPIResponse(
+                        description=f"The body is larger than {MAX_BODY_BYTES} bytes.", content={PROBLEM: reference}
+                    ),
+                )
             if path.startswith("/api/"):
                 operation.responses.setdefault(
                     "503",

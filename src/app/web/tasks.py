@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.notifications.events import EventPublisher
-from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
 from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.reads import get_one, list_page
 from app.domain.tasks.schemas import KindOut, TaskOut, TaskRequest, TaskStatus, task_out
@@ -91,7 +91,7 @@ class TasksController(Controller):
         status: Annotated[TaskStatus | None, QueryParameter(description="Only tasks with this status.")] = None,
         kind: Annotated[str | None, QueryParameter()] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Page[TaskOut]:
         # The hot read: one statement on the read engine, rows straight into Structs (app.domain.tasks.reads).
         return await list_page(reads, request.user.id, status=status, kind=kind, limit=limit, offset=offset)

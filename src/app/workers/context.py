@@ -18,6 +18,7 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import CurrentMessage, Middleware
 
+from app.workers.queues import MAINTENANCE, queue_for
 from app.workers.schedules import PeriodicActor
 
 P = ParamSpec("P")
@@ -63,7 +64,11 @@ class LogContext(Middleware):
 def async_actor(
     **options: Any,
 ) -> Callable[[Callable[P, Awaitable[R]]], dramatiq.Actor[P, R]]:
-    """Declare an async actor that runs on the AsyncIO middleware's loop with the message's log context."""
+    """Declare an async actor that runs on the AsyncIO middleware's loop with the message's log context.
+
+    An actor without a `queue_name` goes to the queue of its kind (app.workers.queues):
+    periodic ones to `maintenance`, the others by their name's domain.
+    """
 
     def decorate(fn: Callable[P, Awaitable[R]]) -> dramatiq.Actor[P, R]:
         @functools.wraps(fn)
@@ -83,6 +88,8 @@ def async_actor(
 
         if "periodic" in options:
             options.setdefault("actor_class", PeriodicActor)
+            options.setdefault("queue_name", MAINTENANCE)
+        options.setdefault("queue_name", queue_for(options.get("actor_name", fn.__name__)))
         return dramatiq.actor(run, **options)
 
     return decorate

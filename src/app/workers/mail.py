@@ -1,8 +1,16 @@
 """Delivering email: over SMTP when SMTP_HOST is set, otherwise as .eml files under VAR_DIR/mail/.
 
 Embedded (nothing configured) a person trying the product has no mail server, so each
-message is written as an RFC 5322 file and its links are logged, ready to follow.
-A failed send raises MailNotSent (try again later) or MailRefused (never will be).
+message is written as an RFC 5322 file whose path is logged (its links carry secret
+tokens, so they stay in the file). A failed send raises MailNotSent (try again later) or
+MailRefused (never will be); a message that cannot even be built raises MailUnsendable
+(a MailRefused), before any server is dialled.
+
+Header text is sanitised, never trusted: a Subject made from what users typed (a task
+title) has every control character and line break turned into a space, runs of spaces
+collapsed and its length capped, so it can neither inject headers nor fail the build.
+An address cannot be mended that way (it would be someone else's): one with a control
+character, or more than one address, makes the message unsendable.
 
 SMTP goes through a circuit breaker (purgatory, one per worker process): after
 SMTP_BREAKER_FAILURES failures in a row the server is not tried for
@@ -16,8 +24,9 @@ import re
 import secrets
 from datetime import UTC, datetime
 from email import policy
+from email.errors import MessageError
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, getaddresses, make_msgid, parseaddr
 from pathlib import Path
 
 import aiosmtplib
@@ -42,6 +51,29 @@ class MailNotSent(Exception):
 
 class MailRefused(Exception):
     """The mail server refused the message for good (5xx for every recipient): trying again cannot help."""
+
+
+class MailUnsendable(MailRefused):
+    """The message cannot be built (a bad address, a header the email library rejects): no retry can help."""
+
+
+#: Longest Subject sent, in characters (RFC 5322 recommends lines under 78; folding handles the rest).
+SUBJECT_MAX = 200
+#: Characters that may not stand in a header: C0 and C1 controls, DEL, and Unicode's line and paragraph separators.
+_NOT_IN_HEADERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def header_text(value: str, limit: int = SUBJECT_MAX) -> str:
+    """`value` fit for a header: control characters and line breaks become spaces, runs of spaces one, capped."""
+    text = " ".join(_NOT_IN_HEADERS.sub(" ", value).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _address(value: str) -> str:
+    """`value` as one recipient address; MailUnsendable when it has control characters or names several."""
+    if _NOT_IN_HEADERS.search(value) or len(getaddresses([value])) != 1 or not parseaddr(value)[1]:
+        raise MailUnsendable(f"not one valid recipient address: {value!r}")
+    return value
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -83,16 +115,23 @@ def links_in(text: str) -> list[str]:
 
 
 def build_message(email: OutgoingEmail, settings: Settings) -> EmailMessage:
-    """The RFC 5322 message: From MAIL_FROM, a Date and a Message-ID, text with an optional HTML alternative."""
-    message = EmailMessage()
-    message["From"] = settings.mail_from
-    message["To"] = email.to
-    message["Subject"] = email.subject
-    message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = make_msgid(domain=_domain(settings.mail_from))
-    message.set_content(email.text, cte=_transfer_encoding(email.text))
-    if email.html is not None:
-        message.add_alternative(email.html, subtype="html", cte=_transfer_encoding(email.html))
+    """The RFC 5322 message: From MAIL_FROM, a Date and a Message-ID, text with an optional HTML alternative.
+
+    Raises MailUnsendable when it cannot be built or written out as it would go on the wire.
+    """
+    try:
+        message = EmailMessage()
+        message["From"] = settings.mail_from
+        message["To"] = _address(email.to)
+        message["Subject"] = header_text(email.subject)
+        message["Date"] = format_datetime(datetime.now(UTC))
+        message["Message-ID"] = make_msgid(domain=_domain(settings.mail_from))
+        message.set_content(email.text, cte=_transfer_encoding(email.text))
+        if email.html is not None:
+            message.add_alternative(email.html, subtype="html", cte=_transfer_encoding(email.html))
+        message.as_bytes(policy=policy.SMTP)  # what a send would do: fail here, before any server is dialled
+    except (ValueError, TypeError, LookupError, MessageError) as exc:
+        raise MailUnsendable(f"{type(exc).__name__}: {exc}") from exc
     return message
 
 
@@ -155,11 +194,11 @@ def write_eml(message: EmailMessage, folder: Path) -> Path:
 
 
 async def deliver(email: OutgoingEmail, settings: Settings) -> None:
-    """Send `email` over SMTP, or, with no SMTP_HOST, write it under VAR_DIR/mail/ and log its links."""
+    """Send `email` over SMTP, or, with no SMTP_HOST, write it under VAR_DIR/mail/ and log where."""
     message = build_message(email, settings)
     if settings.smtp_host:
         await send_smtp(message, settings)
-        log.info("mail.sent", to=email.to, subject=email.subject, message_id=message["Message-ID"])
+        log.info("mail.sent", to=email.to, subject=message["Subject"], message_id=message["Message-ID"])
         return
     path = await anyio.to_thread.run_sync(write_eml, message, settings.var_path / "mail")
-    log.info("mail.written", to=email.to, subject=email.subject, path=str(path), links=links_in(email.text))
+    log.info("mail.written", to=email.to, subject=message["Subject"], path=str(path))

@@ -7,6 +7,7 @@ the loop that opened them) and closed before that loop stops.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings, get_settings
 from app.domain.database import create_engine, session_factory
 from app.domain.notifications.events import EventPublisher
+from app.workers.per_process import WorkerCount, serves
+from app.workers.queues import TASKS
 
 log = structlog.get_logger(__name__)
 
@@ -107,11 +110,31 @@ def runtime() -> WorkerRuntime:
     return _runtime
 
 
+#: Set while this process's `tasks` worker stops: an actor then hands the next task to the queue
+#: instead of running it itself (app.workers.actors.tasks).
+tasks_stopping = threading.Event()
+
+
 class RuntimeLifecycle(Middleware):
-    """Closes the runtime's connections on the event loop before the AsyncIO middleware stops it."""
+    """Closes the runtime's connections on the event loop before the AsyncIO middleware stops it.
+
+    With several Workers in one process (embedded), only when the last one stops.
+    """
+
+    def __init__(self) -> None:
+        self._workers = WorkerCount()
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self._workers.boot()
+        if serves(worker, TASKS):
+            tasks_stopping.clear()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         global _runtime
+        if serves(worker, TASKS):
+            tasks_stopping.set()
+        if not self._workers.shut_down():
+            return
         loop_thread = get_event_loop_thread()
         if _runtime is not None and loop_thread is not None:
             loop_thread.run_coroutine(_runtime.close())

@@ -1,7 +1,9 @@
 """The account emails as plain data: what to send, to whom, with which link.
 
 Composing is a domain matter; delivering (SMTP or a file under var/mail/) is the
-workers' (`app.workers.mail`). The links point at the pages that take the token.
+workers' (`app.workers.mail`). The links point at the pages that take the token, with the
+token in the path (`/verify-email/<token>`): app.config.redaction keeps such paths (and
+the `?token=` of links sent before) out of every log line.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ class OutgoingEmail(msgspec.Struct, frozen=True, kw_only=True):
     html: str | None = None
 
 
+VERIFY_PATH = "/verify-email"
+RESET_PATH = "/reset-password"
+
+
 def verification_link(base_url: str, token: str) -> str:
-    return f"{base_url.rstrip('/')}/verify-email?token={quote(token, safe='')}"
+    return f"{base_url.rstrip('/')}{VERIFY_PATH}/{quote(token, safe='')}"
 
 
 def reset_link(base_url: str, token: str) -> str:
-    return f"{base_url.rstrip('/')}/reset-password?token={quote(token, safe='')}"
+    return f"{base_url.rstrip('/')}{RESET_PATH}/{quote(token, safe='')}"
 
 
 def duration(minutes: int) -> str:

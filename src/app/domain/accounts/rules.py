@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 
 from app.domain.accounts.errors import InvalidInput
+from app.domain.text import control_problem
 
 USERNAME = re.compile(r"^[a-z0-9_.-]{3,32}$")
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+#: Any character of an address but @, whitespace and control characters (see app.domain.text).
+_ADDRESS = r"[^@\s\x00-\x1f\x7f-\x9f]"
+EMAIL = re.compile(rf"^{_ADDRESS}{{1,64}}@{_ADDRESS}+\.{_ADDRESS}{{2,}}$")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 MAX_FULL_NAME = 200
@@ -46,7 +49,7 @@ def password_problem(password: str, *, username: str = "", email: str = "") -> s
 def full_name_problem(full_name: str | None) -> str | None:
     if full_name is not None and len(full_name) > MAX_FULL_NAME:
         return f"must be at most {MAX_FULL_NAME} characters"
-    return None
+    return control_problem(full_name)
 
 
 def check(**problems: str | None) -> None:

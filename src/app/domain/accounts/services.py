@@ -24,6 +24,7 @@ from app.domain.accounts import rules
 from app.domain.accounts.errors import AlreadyTaken, InvalidCredentials, InvalidToken, UserNotFound
 from app.domain.accounts.models import EmailToken, RefreshToken, User
 from app.domain.accounts.passwords import Passwords
+from app.domain.accounts.revocation import users_changed
 from app.domain.accounts.schemas import ProfileChange, Registration, UserFlags
 from app.domain.clock import utcnow
 from app.domain.errors import Conflict
@@ -149,31 +150,12 @@ class AccountService:
 
     async def revoke_everything(self, user: User, *, keep_family: UUID | None = None) -> None:
         """End every session, access token and refresh family of the user (but `keep_family`)."""
-        user.credentials_version += 1
+        user.credentials_version += 1  # announced on commit (app.domain.accounts.revocation)
         query = update(RefreshToken).where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
         if keep_family is not None:
             query = query.where(RefreshToken.family_id != keep_family)
         await self.session.execute(query.values(revoked_at=utcnow()))
         await self.session.flush()
-
-    async def find_or_create_external(self, email: str) -> User:
-        """The user an external identity provider vouches for (by verified email); made if new."""
-        email = rules.normal_email(email)
-        user = await self.session.scalar(select(User).where(User.email == email))
-        if user is not None:
-            if not user.is_verified:
-                user.is_verified = True
-                await self.session.flush()
-            return user
-        base = rules.normal_username(email.split("@", 1)[0])
-        base = "".join(c for c in base if c.isalnum() or c in "_.-")[:24] or "user"
-        username = base if len(base) >= 3 else f"{base}_user"
-        while await self.session.scalar(select(User.id).where(User.username == username)) is not None:
-            username = f"{base}_{secrets.token_hex(3)}"
-        user = User(email=email, username=username, is_verified=True)
-        self.session.add(user)
-        await self.session.flush()
-        return user
 
     # --- administration ------------------------------------------------------------------
 
@@ -305,12 +287,15 @@ class RefreshTokens:
         token.replaced_at = now
         return user, await self.issue(user, token.family_id)
 
-    async def revoke_family(self, family_id: UUID) -> None:
-        await self.session.execute(
+    async def revoke_family(self, family_id: UUID, user: User | None = None) -> None:
+        """End one sign-in: its refresh tokens, and (once announced) the access tokens and streams from it."""
+        owners = await self.session.scalars(
             update(RefreshToken)
             .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
             .values(revoked_at=utcnow())
+            .returning(RefreshToken.user_id)
         )
+        users_changed(self.session, {*owners, *([user.id] if user is not None else [])})  # announced on commit
         await self.session.flush()
 
     async def family_of(self, raw: str, user: User) -> UUID | None:

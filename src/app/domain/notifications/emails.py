@@ -5,8 +5,9 @@ the notification itself. The mail actor claims it (a lease: `email_due_at` moves
 by MAIL_LEASE_SECONDS, so a duplicate message finds nothing to do), sends it and marks it
 `sent`; a failure puts it back with a growing delay. The sweeper hands every pending email
 whose time has come back to the mail actor, so a crash, a broker outage or a dead mail
-server only delays an email. It is given up (`abandoned`) after MAIL_GIVE_UP_HOURS, and
-a permanent refusal by the server (`refused`) is not retried.
+server only delays an email. It is given up (`abandoned`) after MAIL_GIVE_UP_HOURS; a
+permanent refusal by the server (`refused`) and a message that cannot be built at all
+(`unsendable`, e.g. an address with a line break) are not retried.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ PENDING = "pending"
 SENT = "sent"
 REFUSED = "refused"
 ABANDONED = "abandoned"
+UNSENDABLE = "unsendable"
 
 
 def want_email(notification: Notification, owner: User) -> bool:
@@ -92,6 +94,9 @@ class NotificationEmails:
 
     async def refused(self, notification_id: UUID) -> None:
         await self._end(notification_id, REFUSED)
+
+    async def unsendable(self, notification_id: UUID) -> None:
+        await self._end(notification_id, UNSENDABLE)
 
     async def failed(self, notification_id: UUID) -> str | None:
         """Put a claimed email back for a later try: PENDING, or ABANDONED when it is too old; None if gone."""

@@ -79,6 +79,8 @@ def _typed(sql: str) -> TextClause:
 _INSERT_FOR_USER = _typed(_USER_INSERT)
 _INSERT_FOR_EVERYONE = _typed(_EVERYONE_INSERT)
 _TAKE_USER_LOCKS = text(_USER_LOCKS)
+#: SQLite: a write that changes nothing, which takes the database's write lock until commit.
+_TAKE_SQLITE_WRITE_LOCK = text("UPDATE event SET id = id WHERE 0")
 _TAKE_EVERYONE_LOCK = text(_EVERYONE_LOCK)
 
 
@@ -112,11 +114,6 @@ def channel_for(user_id: UUID | None) -> str:
 async def wake_everyone(publisher: EventPublisher) -> None:
     """Wake every reader (after `record_many`'s commit): one message on everyone's channel."""
     await publisher.publish(BROADCAST_CHANNEL, WAKE_UP)
-
-
-async def wake_reader(publisher: EventPublisher, user_id: UUID) -> None:
-    """Wake one user's streams without an event (they read again, and see whether the user may still read)."""
-    await publisher.publish(channel_for(user_id), WAKE_UP)
 
 
 def channels_for_reader(user_id: UUID | None) -> list[str]:
@@ -159,10 +156,14 @@ class EventLog:
 
         A caller takes them early to serialise a check with the writes it guards: every
         other transaction that records an event for this user waits until this one commits.
+        SQLite has one writer at a time: there, this begins the transaction's write now, so
+        the check and the writes go together before any other writer's.
         """
         if self._postgres:
             locks = _TAKE_EVERYONE_LOCK if user_id is None else _TAKE_USER_LOCKS
             await self.session.execute(locks, _lock_keys(user_id))
+        else:
+            await self.session.execute(_TAKE_SQLITE_WRITE_LOCK)
 
     async def record_many(self, event_type: str, items: Sequence[tuple[UUID, dict[str, Any]]]) -> list[EventRecord]:
         """One event per (user id, data), in one insert: for a batch that reaches many users (a broadcast).

@@ -48,7 +48,8 @@ class Notification(UUIDv7Base):
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
     read_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
-    #: The email about it (see notifications.emails): NULL (none wanted), pending, sent, refused or abandoned.
+    #: The email about it (see notifications.emails): NULL (none wanted), pending, sent, refused, abandoned, or
+    #: unsendable (a message that can never be built: tried once, never retried).
     email_status: Mapped[str | None] = mapped_column(String(16), default=None)
     email_attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     #: When a pending email may next be tried; NULL once it is no longer pending.

@@ -23,6 +23,7 @@ from app.domain.errors import InvalidInput, NotFound
 from app.domain.notifications.events import EventLog, EventPublisher, wake_everyone
 from app.domain.notifications.models import Notification
 from app.domain.notifications.schemas import NotificationOut, notification_out
+from app.domain.text import control_problem
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
@@ -93,8 +94,12 @@ def new_broadcast(request: BroadcastRequest) -> Broadcast:
     problems = {}
     if not 1 <= len(title) <= TITLE_MAX:
         problems["title"] = f"must be 1-{TITLE_MAX} characters"
+    elif problem := control_problem(title):
+        problems["title"] = problem
     if not 1 <= len(message) <= MESSAGE_MAX:
         problems["message"] = f"must be 1-{MESSAGE_MAX} characters"
+    elif problem := control_problem(message, multiline=True):
+        problems["message"] = problem
     if problems:
         raise InvalidInput(problems)
     return Broadcast(id=uuid4(), title=title, message=message, user_id=request.user_id)

@@ -1,28 +1,47 @@
 """Keeping tasks from getting lost, and old ones from piling up.
 
-`sweep` finds tasks queued for longer than TASK_RESEND_SECONDS (their message was lost,
-or the broker was down when they were created) and returns them to be sent again; and
-running tasks whose heartbeat is older than TASK_STALE_SECONDS (their worker died),
-which it queues again for their next attempt, or fails when none is left. `purge`
-deletes finished tasks older than TASK_RETENTION_DAYS, with their artifacts.
+`hand_back` finds running tasks whose worker is gone: its heartbeat key expired (the
+workers' heartbeat store lists the live ones) and the task has not been written for
+WORKER_STALE_SECONDS, or, whatever the store says, not for TASK_STALE_SECONDS (a worker
+alive but stuck). It queues them again for their next attempt, or fails them when their
+round has none left. `overdue` finds tasks that may start but stayed queued for longer
+than TASK_RESEND_SECONDS (their message was lost, or the broker was down when they were
+created), and `startable` counts those that may start now: the caller sends a message for
+each, as the scheduler's sweep does, and a worker does at once when the broker comes back.
+`purge` deletes finished tasks older than TASK_RETENTION_DAYS, with their artifacts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 from uuid import UUID
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.clock import utcnow
 from app.domain.notifications.events import EventLog, EventPublisher
 from app.domain.tasks.artifacts import ArtifactStore
+from app.domain.tasks.fairness import due_by, limits, may_start
 from app.domain.tasks.models import FAILED, FINISHED, QUEUED, RUNNING, Task
 from app.domain.tasks.services import record_task_event
 
 BATCH = 500
+_TASKS = cast(Table, Task.__table__)
+
+
+@dataclass(frozen=True)
+class HandedBack:
+    """What `hand_back` did: tasks queued again (to send), how many failed, how many may be next."""
+
+    requeued: list[UUID]
+    failed: int
+    #: Running tasks whose worker is gone but which were written too recently to be sure: look again soon.
+    suspects: int
 
 
 class TaskKeeper:
@@ -38,43 +57,88 @@ class TaskKeeper:
         self.artifacts = artifacts
         self.settings = settings
 
-    async def sweep(self) -> tuple[list[tuple[UUID, int]], int]:
-        """(tasks to send again as (id, attempt), how many running tasks were handed back)."""
+    async def hand_back(self, alive: Collection[str] | None) -> HandedBack:
+        """Queue again (or fail) the running tasks whose worker is gone; `alive`: the live workers' ids, if known."""
         now = utcnow()
-        stale = now - timedelta(seconds=self.settings.task_stale_seconds)
+        stuck = Task.heartbeat_at < now - timedelta(seconds=self.settings.task_stale_seconds)
+        orphaned = None
+        if alive is not None:
+            elsewhere = or_(Task.worker_id.is_(None), Task.worker_id.not_in(list(alive)))
+            orphaned = and_(elsewhere, Task.heartbeat_at < now - timedelta(seconds=self.settings.worker_stale_seconds))
+        dead_rule = stuck if orphaned is None else or_(stuck, orphaned)
+        requeued: list[UUID] = []
+        failed = 0
         async with self.sessions() as session, session.begin():
             events = EventLog(session)
             dead = await session.scalars(
-                select(Task).where(Task.status == RUNNING, Task.heartbeat_at < stale).limit(BATCH).with_for_update()
+                select(Task)
+                .where(Task.status == RUNNING, dead_rule)
+                .order_by(Task.id)
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
             )
-            handed_back = 0
-            requeued: list[tuple[UUID, int]] = []
             for task in dead:
-                handed_back += 1
-                if task.attempts >= self.settings.task_max_attempts:
+                if task.attempts - task.first_attempt + 1 >= self.settings.task_max_attempts:
                     task.status, task.finished_at = FAILED, now
                     task.error = "Its worker stopped responding, and no attempts are left."
+                    failed += 1
                 else:
                     task.status, task.attempts, task.enqueued_at = QUEUED, task.attempts + 1, now
                     task.error = "Its worker stopped responding; trying again."
-                    task.heartbeat_at = None
-                    requeued.append((task.id, task.attempts))
+                    requeued.append(task.id)
+                task.heartbeat_at = None
+                task.worker_id = None
                 await session.flush()
                 await record_task_event(events, task)
-            overdue = now - timedelta(seconds=self.settings.task_resend_seconds)
-            resend = list(
-                (
-                    await session.execute(
-                        update(Task)
-                        .where(Task.status == QUEUED, Task.enqueued_at < overdue)
-                        .values(enqueued_at=now)
-                        .returning(Task.id, Task.attempts)
+            suspects = 0
+            if alive is not None:
+                suspects = (
+                    await session.scalar(
+                        select(func.count())
+                        .select_from(Task)
+                        .where(
+                            Task.status == RUNNING,
+                            or_(Task.worker_id.is_(None), Task.worker_id.not_in(list(alive))),
+                        )
                     )
-                ).tuples()
-            )
+                    or 0
+                )
         await events.publish(self.publisher)
-        # Handed-back tasks are sent now; a later sweep sends them again if that send is lost.
-        return sorted(set(resend) | set(requeued)), handed_back
+        return HandedBack(requeued=requeued, failed=failed, suspects=int(suspects))
+
+    async def startable(self) -> int:
+        """How many queued tasks may start now (at most BATCH): one message each gets them all going."""
+        per_user, per_kind = limits(self.settings)
+        candidate = _TASKS.alias()
+        query = select(func.count()).select_from(
+            select(candidate.c.id).where(*may_start(candidate, per_user, per_kind)).limit(BATCH).subquery()
+        )
+        async with self.sessions() as session:
+            return int(await session.scalar(query, {"due_by": due_by(utcnow())}) or 0)
+
+    async def overdue(self) -> list[tuple[UUID, int]]:
+        """Tasks that may start but stayed queued for TASK_RESEND_SECONDS, as (id, attempt), marked as sent now."""
+        now = utcnow()
+        per_user, per_kind = limits(self.settings)
+        candidate = _TASKS.alias()
+        waiting = (
+            select(candidate.c.id)
+            .where(
+                *may_start(candidate, per_user, per_kind),
+                candidate.c.enqueued_at < now - timedelta(seconds=self.settings.task_resend_seconds),
+            )
+            .limit(BATCH)
+        )
+        # Its own transaction, holding no user's lock: a claim holds a queued row and then takes its user's lock.
+        async with self.sessions() as session, session.begin():
+            rows = await session.execute(
+                update(_TASKS)
+                .where(_TASKS.c.id.in_(waiting.scalar_subquery()), _TASKS.c.status == QUEUED)
+                .values(enqueued_at=now)
+                .returning(_TASKS.c.id, _TASKS.c.attempts),
+                {"due_by": due_by(now)},
+            )
+            return sorted((row[0], row[1]) for row in rows)
 
     async def purge(self) -> int:
         cutoff = utcnow() - timedelta(days=self.settings.task_retention_days)

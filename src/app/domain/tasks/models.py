@@ -40,6 +40,11 @@ class Task(UUIDv7Base):
     #: Runs started or scheduled, counting automatic and manual retries; a message names the
     #: attempt it is for, so a duplicate or stale message cannot claim the task.
     attempts: Mapped[int] = mapped_column(default=1)
+    #: The attempt that began the current round (1, or the attempt a retry asked for): a round has
+    #: TASK_MAX_ATTEMPTS attempts.
+    first_attempt: Mapped[int] = mapped_column(default=1, server_default="1")
+    #: The worker process (its heartbeat id, app.workers.heartbeat) running the current attempt.
+    worker_id: Mapped[str | None] = mapped_column(String(32), default=None)
     progress_current: Mapped[int] = mapped_column(default=0)
     progress_total: Mapped[int] = mapped_column(default=0)
     progress_message: Mapped[str | None] = mapped_column(String(500), default=None)

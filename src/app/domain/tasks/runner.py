@@ -1,7 +1,9 @@
 """Running one attempt of a task: claim it, run its kind, keep its progress, write how it ended.
 
-At-least-once delivery is assumed: the claim is a compare-and-set on (status, attempt),
-so a duplicate or stale message finds nothing to claim and does nothing. Progress is
+A worker does not run the task a message names: it claims the fairest task that may start
+(app.domain.tasks.fairness), so a message only says "a thread is free". At-least-once
+delivery is assumed: the claim is a compare-and-set on the task's status, so a duplicate
+or stale message finds nothing more to claim than any other and does nothing. Progress is
 written at most every TASK_PROGRESS_INTERVAL_MS (the claim counts as a write): a report
 that comes sooner waits, and is written when the interval has passed or, if the attempt
 ends first, with its end, so a short task costs two writes (claim and end) however many
@@ -21,11 +23,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 import structlog
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -35,15 +37,15 @@ from app.domain.notifications.emails import want_email
 from app.domain.notifications.events import EventLog, EventPublisher
 from app.domain.notifications.services import notify_once
 from app.domain.tasks.artifacts import ArtifactStore
+from app.domain.tasks.fairness import claim_statement, due_by, limits, over_cap_statement
 from app.domain.tasks.kinds import get_kind
 from app.domain.tasks.kinds.base import ArtifactSink, TaskCancelled
 from app.domain.tasks.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Task
-from app.domain.tasks.reads import COLUMNS, row_out
+from app.domain.tasks.reads import row_out
 from app.domain.tasks.schemas import TaskOut
 from app.domain.tasks.services import record_task_event, record_task_out
 
 log = structlog.get_logger(__name__)
-HEARTBEAT_SECONDS = 10.0
 
 
 class Outcome(Enum):
@@ -54,38 +56,43 @@ class Outcome(Enum):
 
 @dataclass(frozen=True)
 class Ended:
-    """What the door does after an attempt ends: hand `email_notification`'s pending email to the mailer, if any."""
+    """What the door does after an attempt ends.
+
+    Hand `email_notification`'s pending email to the mailer, if any; after a RETRY, make sure
+    a worker looks again in `retry_in` (the task waits out its backoff, queued).
+    """
 
     outcome: Outcome
+    task_id: UUID
     email_notification: UUID | None = None
+    retry_in: timedelta | None = None
 
 
 @dataclass(frozen=True)
 class _Claimed:
-    """A task just claimed: what its `running` event shows, and whose it is."""
+    """A task just claimed: what its `running` event shows, whose it is, and the first attempt of its round."""
 
     task: TaskOut
     user_id: UUID
+    first_attempt: int
 
 
-_TASKS = cast(Table, Task.__table__)
-#: The claim: a compare-and-set on (status, attempt), in Core (no ORM object is built for the
-#: one row), answering a TaskOut's columns and the owner.
-_CLAIM = (
-    update(_TASKS)
-    .where(
-        _TASKS.c.id == bindparam("task_id"),
-        _TASKS.c.status == QUEUED,
-        _TASKS.c.attempts == bindparam("attempt"),
-    )
-    .values(
-        status=RUNNING,
-        started_at=bindparam("now", type_=_TASKS.c.started_at.type),
-        heartbeat_at=bindparam("now", type_=_TASKS.c.heartbeat_at.type),
-        finished_at=None,
-    )
-    .returning(*(_TASKS.c[column.key] for column in COLUMNS), _TASKS.c.user_id)
-)
+#: A pick given back because its owner went over a cap is tried again this often, skipping that owner.
+CLAIM_TRIES = 5
+
+
+#: SQLite: a write that changes nothing, which takes the database's write lock until commit.
+_SQLITE_WRITE_LOCK = text("UPDATE task SET id = id WHERE 0")
+#: A task whose attempt failed waits, queued, this long before the next (doubling per attempt, up to the
+#: maximum), give or take the claim's CLOCK_SKEW allowance (app.domain.tasks.fairness).
+RETRY_MIN = timedelta(seconds=2)
+RETRY_MAX = timedelta(seconds=30)
+
+
+def backoff(attempt: int) -> timedelta:
+    """How long a task waits before its next attempt after attempt `attempt` of its round failed."""
+    factor: int = 2 ** max(0, attempt - 1)
+    return min(RETRY_MAX, RETRY_MIN * factor)
 
 
 class _Lost(Exception):
@@ -166,12 +173,20 @@ class TaskRunner:
         self.artifacts = artifacts
         self.settings = settings
         self.interval = settings.task_progress_interval_ms / 1000
+        # A running task is written at least this often: a worker gone for WORKER_STALE_SECONDS leaves
+        # its tasks unwritten that long, which is when they are handed back (app.domain.tasks.maintenance).
+        self.heartbeat_seconds = settings.worker_stale_seconds / 3
 
-    async def run(self, task_id: UUID, attempt: int, *, last_try: bool, retry_in: timedelta) -> Ended:
-        claimed = await self._claim(task_id, attempt)
+    async def run_next(self, worker_id: str | None) -> Ended | None:
+        """Claim the fairest task that may start and run that attempt; None when no task may start now."""
+        claimed = await self._claim(worker_id)
         if claimed is None:
-            return Ended(Outcome.SKIPPED)
+            return None
         task = claimed.task
+        task_id, attempt = task.id, task.attempts
+        round_attempt = attempt - claimed.first_attempt + 1
+        last_try = round_attempt >= self.settings.task_max_attempts
+        retry_in = backoff(round_attempt)
         structlog.contextvars.bind_contextvars(task_id=str(task_id), user_id=str(claimed.user_id))
         kind = get_kind(task.kind)
         context = _Context(self, task_id, claimed.user_id, attempt)
@@ -183,7 +198,7 @@ class TaskRunner:
                 result = await kind.run(kind.parse(task.params), context)
         except _Lost:
             log.info("task.lost", attempt=attempt)
-            return Ended(Outcome.SKIPPED)
+            return Ended(Outcome.SKIPPED, task_id)
         except TaskCancelled:
             return await self._end(context, CANCELLED)
         except TimeoutError:
@@ -203,17 +218,37 @@ class TaskRunner:
                 await keeper
         return await self._end(context, SUCCEEDED, result=result)
 
-    async def _claim(self, task_id: UUID, attempt: int) -> _Claimed | None:
-        now = utcnow()
-        async with self.sessions() as session, session.begin():
-            row = (await session.execute(_CLAIM, {"task_id": task_id, "attempt": attempt, "now": now})).first()
-            if row is None:
-                return None
-            claimed = _Claimed(task=row_out(row[:-1]), user_id=row[-1])
-            events = EventLog(session)
-            await record_task_out(events, claimed.task, claimed.user_id)
-        await events.publish(self.publisher)
-        return claimed
+    async def _claim(self, worker_id: str | None) -> _Claimed | None:
+        """The fair claim (app.domain.tasks.fairness), recorded with its `running` event."""
+        per_user, per_kind = limits(self.settings)
+        passed_over: list[UUID] = []
+        for _ in range(CLAIM_TRIES):
+            async with self.sessions() as session, session.begin():
+                if session.bind is not None and session.bind.dialect.name == "sqlite":
+                    # One writer at a time: wait for the write lock first, then read the clock, so a task
+                    # committed while this claim waited is not taken for one queued in the future.
+                    await session.execute(_SQLITE_WRITE_LOCK)
+                now = utcnow()
+                parameters = {"now": now, "due_by": due_by(now), "worker_id": worker_id, "passed_over": passed_over}
+                row = (await session.execute(claim_statement(per_user, per_kind), parameters)).first()
+                if row is None:
+                    return None
+                claimed = _Claimed(task=row_out(row[:-2]), user_id=row[-2], first_attempt=row[-1])
+                events = EventLog(session)
+                # The user's lock (which the event takes anyway), then the count again: a claim of another
+                # of this user's tasks that committed meanwhile is counted now (SQLite: one writer, no race).
+                await events.lock(claimed.user_id)
+                over = await session.scalar(
+                    over_cap_statement(per_user, per_kind), {"user_id": claimed.user_id, "kind": claimed.task.kind}
+                )
+                if over:
+                    await session.rollback()
+                    passed_over.append(claimed.user_id)
+                    continue
+                await record_task_out(events, claimed.task, claimed.user_id)
+            await events.publish(self.publisher)
+            return claimed
+        return None
 
     def _mine(self, context: _Context) -> Any:
         """An UPDATE of this attempt's task. Each write has a session of its own, so there is nothing to synchronise."""
@@ -242,12 +277,13 @@ class TaskRunner:
         """Write a held-back report once the interval has passed; keep the heartbeat fresh through long steps.
 
         A heartbeat that cannot be written (the database is away) is only tried again later:
-        if the database stays away for longer than TASK_STALE_SECONDS, the sweeper hands the
-        task back and this attempt's next write finds it lost.
+        if the database stays away for longer than TASK_STALE_SECONDS (or this worker's own
+        heartbeat in Redis stops too), the task is handed back and this attempt's next write
+        finds it lost.
         """
         while True:
             try:
-                async with asyncio.timeout(HEARTBEAT_SECONDS):
+                async with asyncio.timeout(self.heartbeat_seconds):
                     await context.due.wait()
             except TimeoutError:
                 try:
@@ -273,16 +309,17 @@ class TaskRunner:
                     attempts=context.attempt + 1,
                     error=error,
                     heartbeat_at=None,
+                    worker_id=None,
                     enqueued_at=utcnow() + retry_in,
                 )
                 .returning(Task)
             )
             if task is None:
-                return Ended(Outcome.SKIPPED)
+                return Ended(Outcome.SKIPPED, context.task_id)
             events = EventLog(session)
             await record_task_event(events, task)
         await events.publish(self.publisher)
-        return Ended(Outcome.RETRY)
+        return Ended(Outcome.RETRY, context.task_id, retry_in=retry_in)
 
     async def _end(
         self, context: _Context, status: str, *, result: dict[str, Any] | None = None, error: str | None = None
@@ -297,7 +334,7 @@ class TaskRunner:
                 values["artifact"] = context.artifact_key
             task = await session.scalar(self._mine(context).values(**values).returning(Task))
             if task is None:
-                return Ended(Outcome.SKIPPED)
+                return Ended(Outcome.SKIPPED, context.task_id)
             if status == SUCCEEDED and task.progress_total and task.progress_current < task.progress_total:
                 task.progress_current = task.progress_total
             events = EventLog(session)
@@ -307,7 +344,7 @@ class TaskRunner:
         await events.publish(self.publisher)
         if status != SUCCEEDED and context.artifact_key:
             await self.artifacts.delete(context.artifact_key)
-        return Ended(Outcome.FINISHED, email_notification=email)
+        return Ended(Outcome.FINISHED, context.task_id, email_notification=email)
 
     async def _notify(self, session: AsyncSession, events: EventLog, task: Task) -> UUID | None:
         """One notification per ended attempt; its id when its owner wants it by email (written pending)."""

@@ -15,6 +15,7 @@ from uuid import UUID
 
 import msgspec
 from sqlalchemy import Table, bindparam, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -25,6 +26,7 @@ from app.domain.notifications.events import EventLog
 from app.domain.tasks.kinds import KINDS, get_kind
 from app.domain.tasks.models import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, STATUSES, Task
 from app.domain.tasks.schemas import TaskOut, TaskRequest, task_out
+from app.domain.text import control_problem
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 TASK_UPDATED = "task.updated"
@@ -54,6 +56,31 @@ def _validation_errors(exc: msgspec.ValidationError) -> dict[str, str]:
     return {"params": message}
 
 
+def _text_problems(title: str, description: str | None, idempotency_key: str | None) -> dict[str, str]:
+    """The task's text fields against their rules (lengths, and app.domain.text's control characters)."""
+    problems = {}
+    if not 1 <= len(title) <= 200:
+        problems["title"] = "must be 1-200 characters"
+    elif problem := control_problem(title):
+        problems["title"] = problem
+    if description is not None and len(description) > 2000:
+        problems["description"] = "must be at most 2000 characters"
+    elif problem := control_problem(description, multiline=True):
+        problems["description"] = problem
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
+        problems["Idempotency-Key"] = "must be 1-200 characters"
+    elif problem := control_problem(idempotency_key):
+        problems["Idempotency-Key"] = problem
+    return problems
+
+
+def _replay(earlier: Task, print_: str) -> Task:
+    """The task an Idempotency-Key already names, if this request is the same one; Conflict if not."""
+    if earlier.request_fingerprint != print_:
+        raise Conflict("This Idempotency-Key was used with a different request.", "Idempotency-Key")
+    return earlier
+
+
 async def record_task_event(events: EventLog, task: Task) -> None:
     await record_task_out(events, task_out(task), task.user_id)
 
@@ -79,35 +106,24 @@ class TaskService:
         except msgspec.ValidationError as exc:
             raise InvalidInput(_validation_errors(exc)) from exc
         title = kind.title if request.title is None else request.title.strip()
-        problems = {}
-        if not 1 <= len(title) <= 200:
-            problems["title"] = "must be 1-200 characters"
-        if request.description is not None and len(request.description) > 2000:
-            problems["description"] = "must be at most 2000 characters"
-        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
-            problems["Idempotency-Key"] = "must be 1-200 characters"
+        problems = _text_problems(title, request.description, idempotency_key)
         if problems:
             raise InvalidInput(problems)
 
         print_ = fingerprint(request)
+        # The user's event lock, which recording the task's event takes anyway, taken before the
+        # key's look-up and the count: one user's submissions queue here, so a second request with
+        # the same key finds the first one's task (Postgres), and the cap holds under concurrency.
+        await self.events.lock(user.id)
         if idempotency_key:
-            earlier = await self.session.scalar(
-                select(Task).where(Task.user_id == user.id, Task.idempotency_key == idempotency_key)
-            )
+            earlier = await self._by_key(user, idempotency_key)
             if earlier is not None:
                 if earlier.created_at > utcnow() - IDEMPOTENCY_WINDOW:
-                    if earlier.request_fingerprint != print_:
-                        raise Conflict("This Idempotency-Key was used with a different request.", "Idempotency-Key")
-                    return earlier, False
+                    return _replay(earlier, print_), False
                 earlier.idempotency_key = None  # the window has passed: the key may name a new task
                 await self.session.flush()
 
-        # The user's event lock, which recording the task's event takes anyway, taken before the
-        # count: one user's submissions queue here, so the cap holds under concurrency.
-        await self.events.lock(user.id)
-        active = await self.session.scalar(_ACTIVE_COUNT, {"user_id": user.id})
-        if (active or 0) >= self.settings.max_active_tasks:
-            raise LimitReached(f"You have {active} unfinished tasks; the limit is {self.settings.max_active_tasks}.")
+        await self._refuse_over_cap(user)
 
         task = Task(
             user_id=user.id,
@@ -119,9 +135,29 @@ class TaskService:
             request_fingerprint=print_,
         )
         self.session.add(task)
-        await self.session.flush()
+        try:
+            await self.session.flush()
+        except IntegrityError:
+            # Another request with this key committed its task after our look-up (SQLite has no lock to
+            # queue on): nothing of ours is worth keeping, and that task answers as a replay.
+            await self.session.rollback()
+            winner = await self._by_key(user, idempotency_key) if idempotency_key else None
+            if winner is None:
+                raise
+            return _replay(winner, print_), False
         await record_task_event(self.events, task)
         return task, True
+
+    async def _refuse_over_cap(self, user: User) -> None:
+        """LimitReached when the user has MAX_ACTIVE_TASKS unfinished tasks; call with the user's event lock held."""
+        active = await self.session.scalar(_ACTIVE_COUNT, {"user_id": user.id})
+        if (active or 0) >= self.settings.max_active_tasks:
+            raise LimitReached(f"You have {active} unfinished tasks; the limit is {self.settings.max_active_tasks}.")
+
+    async def _by_key(self, user: User, idempotency_key: str) -> Task | None:
+        query = select(Task).where(Task.user_id == user.id, Task.idempotency_key == idempotency_key)
+        task: Task | None = await self.session.scalar(query)
+        return task
 
     async def list(
         self, user: User, *, status: str | None, kind: str | None, limit: int, offset: int
@@ -160,12 +196,21 @@ class TaskService:
         return task
 
     async def retry(self, user: User, task_id: UUID) -> tuple[Task, str | None]:
-        """Queue a failed or cancelled task again; returns it and the old artifact to delete after commit."""
+        """Queue a failed or cancelled task again; returns it and the old artifact to delete after commit.
+
+        A retry starts a new round of TASK_MAX_ATTEMPTS attempts, and counts against the
+        user's MAX_ACTIVE_TASKS as a new task does (under the same lock, so concurrent
+        retries and submissions cannot overshoot it together).
+        """
+        await self.events.lock(user.id)
         task = await self.get(user, task_id)
         if task.status not in (FAILED, CANCELLED):
             raise Conflict(f"Only a failed or cancelled task can be retried; this one is {task.status}.")
+        await self._refuse_over_cap(user)
         old_artifact = task.artifact
         task.status, task.attempts = QUEUED, task.attempts + 1
+        task.first_attempt = task.attempts
+        task.worker_id = None
         task.error = task.result = task.artifact = None
         task.started_at = task.finished_at = task.heartbeat_at = None
         task.progress_current = task.progress_total = 0

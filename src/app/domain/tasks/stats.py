@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from uuid import UUID
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.accounts.models import User
 from app.domain.clock import utcnow
 from app.domain.errors import InvalidInput
-from app.domain.tasks.models import FINISHED, STATUSES, Task
+from app.domain.tasks.models import ACTIVE, FINISHED, QUEUED, RUNNING, STATUSES, Task
 
 DURATION_WINDOW = timedelta(hours=1)
 #: At most this many durations are read per refresh (the newest), to keep the query cheap.
@@ -77,6 +77,31 @@ async def recent_durations(
 
 async def task_stats(session: AsyncSession) -> TaskStats:
     return TaskStats(by_status=await count_by_status(session), durations=await recent_durations(session))
+
+
+@dataclass(frozen=True)
+class UserLoad:
+    """One user's unfinished tasks: how many run, how many wait."""
+
+    user_id: UUID
+    username: str
+    running: int
+    queued: int
+
+
+async def load_by_user(session: AsyncSession, limit: int = 50) -> list[UserLoad]:
+    """The users with unfinished tasks, most running first (then most queued): who holds the task threads."""
+    running = func.sum(case((Task.status == RUNNING, 1), else_=0))
+    queued = func.sum(case((Task.status == QUEUED, 1), else_=0))
+    rows = await session.execute(
+        select(Task.user_id, User.username, running, queued)
+        .join(User, User.id == Task.user_id)
+        .where(Task.status.in_(ACTIVE))
+        .group_by(Task.user_id, User.username)
+        .order_by(running.desc(), queued.desc(), User.username)
+        .limit(limit)
+    )
+    return [UserLoad(user_id, username, int(r or 0), int(q or 0)) for user_id, username, r, q in rows.tuples()]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from litestar.response import Redirect, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.domain.accounts.emails import reset_email, reset_link, verification_email, verification_link
+from app.domain.accounts.emails import RESET_PATH, VERIFY_PATH, verification_email, verification_link
 from app.domain.accounts.errors import InvalidCredentials, InvalidToken
 from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
@@ -21,6 +21,7 @@ from app.domain.accounts.services import VERIFY, AccountService
 from app.domain.errors import DomainError, InvalidInput
 from app.web.accounts import client_address
 from app.web.auth import sign_in_browser, sign_out_browser
+from app.web.http.credentials import CredentialCache
 from app.web.limits import Limiter
 from app.web.pages.rendering import (
     current_user,
@@ -33,7 +34,7 @@ from app.web.pages.rendering import (
     requires_signed_in,
     safe_next,
 )
-from app.workers.actors.mail import enqueue_email
+from app.workers.actors.mail import enqueue_email, enqueue_password_reset
 
 
 class SignInPages(Controller):
@@ -63,7 +64,7 @@ class SignInPages(Controller):
         settings: NamedDependency[Settings],
     ) -> Response[Any]:
         form = await form_data(request)
-        await limiter.take(f"register:{client_address(request)}", settings.registrations_per_hour, 3600)
+        await limiter.registration(client_address(request))
         service = AccountService(db_session, passwords, settings)
         registration = Registration(
             email=form.get("email", ""),
@@ -107,26 +108,23 @@ class SignInPages(Controller):
     ) -> Response[Any]:
         form = await form_data(request)
         username = form.get("username", "")
-        key = f"login:{username.strip().lower()}:{client_address(request)}"
-        await limiter.refuse_if_over(key, settings.login_failures_per_window, settings.login_window_seconds)
+        service = AccountService(db_session, passwords, settings)
         try:
-            user = await AccountService(db_session, passwords, settings).authenticate(
-                username, form.get("password", "")
-            )
+            user = await limiter.sign_in(service, username, form.get("password", ""), client_address(request))
         except InvalidCredentials:
-            await limiter.count(key, settings.login_window_seconds)
             context = {"form": {"username": username}, "error": "Wrong username or password.", "next": form.get("next")}
             if is_htmx(request):
                 return fragment("partials/login_form.html", context)
             return await page(request, db_session, "login.html", context, 401)
-        await limiter.clear(key)
         await db_session.commit()  # a password hash redone with new parameters
         sign_in_browser(request, user)
         return go(request, safe_next(form.get("next")))
 
     @post("/logout")
-    async def logout(self, request: Request[Any, Any, Any]) -> Response[Any]:
-        sign_out_browser(request)
+    async def logout(
+        self, request: Request[Any, Any, Any], credentials: NamedDependency[CredentialCache]
+    ) -> Response[Any]:
+        await sign_out_browser(request, credentials)  # this browser's session and its streams end
         return go(request, "/")
 
     @get("/forgot-password")
@@ -138,9 +136,7 @@ class SignInPages(Controller):
         self,
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        passwords: NamedDependency[Passwords],
         limiter: NamedDependency[Limiter],
-        settings: NamedDependency[Settings],
     ) -> Response[Any]:
         form = await form_data(request)
         email_address = form.get("email", "").strip()
@@ -149,19 +145,17 @@ class SignInPages(Controller):
             if is_htmx(request):
                 return fragment("partials/forgot_form.html", context)
             return await page(request, db_session, "forgot_password.html", context, 422)
-        await limiter.take(f"forgot:{client_address(request)}", settings.forgot_password_per_hour, 3600)
-        found = await AccountService(db_session, passwords, settings).reset_token_for(email_address)
-        if found is not None:
-            user, raw = found
-            await db_session.commit()
-            email = reset_email(user.email, user.username, reset_link(settings.base_url, raw))
-            await anyio.to_thread.run_sync(enqueue_email, email)
+        await limiter.reset_request(client_address(request))
+        # Only queued, the same work for any address: the worker looks it up (no timing tells).
+        await anyio.to_thread.run_sync(enqueue_password_reset, email_address)
         sent = "If an account has this address, we have sent it a link to set a new password."
         if is_htmx(request):
             return fragment("partials/forgot_form.html", {"form": {}, "errors": {}, "sent": sent})
         return go(request, "/forgot-password", sent)
 
-    @get("/reset-password")
+    # The emailed link has its token in the path; older emails' `?token=` links still work. Either way
+    # app.config.redaction keeps it out of the logs, and the form hands it on in its POST body.
+    @get([f"{RESET_PATH}/{{token:str}}", RESET_PATH])
     async def reset_page(
         self,
         request: Request[Any, Any, Any],
@@ -176,12 +170,14 @@ class SignInPages(Controller):
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
         settings: NamedDependency[Settings],
     ) -> Response[Any]:
         form = await form_data(request)
         token = form.get("token", "")
         try:
-            await AccountService(db_session, passwords, settings).reset_password(token, form.get("password", ""))
+            async with limiter.token_use(client_address(request)):
+                await AccountService(db_session, passwords, settings).reset_password(token, form.get("password", ""))
         except (InvalidInput, InvalidToken) as exc:
             await db_session.rollback()  # a bad new password must not use up the link
             errors, error = field_errors(exc)
@@ -193,17 +189,21 @@ class SignInPages(Controller):
         await db_session.commit()  # every session of that user ends (its credentials version changed)
         return go(request, "/login", "Your password is set. Sign in with it.")
 
-    @get("/verify-email")
+    # The emailed link has its token in the path; older emails' `?token=` links still work. Either way
+    # app.config.redaction keeps it out of the logs.
+    @get([f"{VERIFY_PATH}/{{token:str}}", VERIFY_PATH])
     async def verify_email(
         self,
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
         settings: NamedDependency[Settings],
         token: Annotated[str, QueryParameter(required=False)] = "",
     ) -> Template:
         try:
-            user = await AccountService(db_session, passwords, settings).verify_email(token)
+            async with limiter.token_use(client_address(request)):
+                user = await AccountService(db_session, passwords, settings).verify_email(token)
         except InvalidToken as exc:
             return await page(request, db_session, "verify_email.html", {"verified": None, "error": exc.detail}, 400)
         await db_session.commit()
@@ -269,7 +269,7 @@ class AccountPages(Controller):
                 return fragment("partials/password_form.html", context)
             return await page(request, db_session, "account.html", {**context, "profile": {}}, status)
         await db_session.commit()
-        sign_in_browser(request, user)  # this browser stays signed in; every other session ends
+        sign_in_browser(request, user)  # this browser stays signed in; every other session and stream ends
         message = "Password changed. Other devices have been signed out."
         if is_htmx(request):
             return fragment("partials/password_form.html", {"user": user, "password": {"saved": message}})

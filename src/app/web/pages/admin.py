@@ -21,14 +21,14 @@ from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import UserFlags
 from app.domain.accounts.services import AccountService
-from app.domain.errors import Conflict, InvalidInput, NotFound
-from app.domain.notifications.events import EventPublisher, wake_reader
+from app.domain.errors import Conflict, InvalidInput, LimitReached, NotFound
+from app.domain.notifications.events import EventPublisher
 from app.domain.notifications.services import BroadcastRequest, count_recipients, new_broadcast
 from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.models import FAILED
 from app.domain.tasks.schemas import task_out
 from app.domain.tasks.services import TaskService, task_message_args
-from app.domain.tasks.stats import count_by_status, list_tasks, task_owner
+from app.domain.tasks.stats import count_by_status, list_tasks, load_by_user, task_owner
 from app.web.metrics import queue_depth
 from app.web.pages.rendering import field_errors, form_data, fragment, go, is_htmx, page, requires_admin, say
 from app.workers.actors.notifications import send_broadcast
@@ -43,7 +43,13 @@ async def _workers(heartbeats: HeartbeatStore) -> list[dict[str, Any]]:
     now = time.time()
     alive = await anyio.to_thread.run_sync(heartbeats.alive)
     return [
-        {"host": w.hostname, "pid": w.pid, "threads": w.threads, "seen": max(0, round(now - w.seen_at))}
+        {
+            "host": w.hostname,
+            "pid": w.pid,
+            "threads": w.threads,
+            "queues": ", ".join(w.queues) or "every queue",
+            "seen": max(0, round(now - w.seen_at)),
+        }
         for w in sorted(alive, key=lambda w: (w.hostname, w.pid))
     ]
 
@@ -60,6 +66,7 @@ async def _status(db_session: AsyncSession, broker: dramatiq.Broker, heartbeats:
         "queues": await _queues(broker),
         "workers": await _workers(heartbeats),
         "by_status": await count_by_status(db_session),
+        "load": await load_by_user(db_session, USERS_SHOWN),
     }
 
 
@@ -121,7 +128,6 @@ class AdminPages(Controller):
         db_session: NamedDependency[AsyncSession],
         passwords: NamedDependency[Passwords],
         settings: NamedDependency[Settings],
-        publisher: NamedDependency[EventPublisher],
     ) -> Response[Any]:
         form = await form_data(request)
         flags = msgspec.convert({f: form[f] == "true" for f in ("is_active", "is_superuser") if f in form}, UserFlags)
@@ -131,9 +137,7 @@ class AdminPages(Controller):
         except Conflict as exc:
             say(request, exc.detail, "error")
             return go(request, "/admin")
-        await db_session.commit()
-        if not user.is_active:
-            await wake_reader(publisher, user.id)  # their open pages' streams end now
+        await db_session.commit()  # a deactivated user's sessions and streams end now, on every process
         if is_htmx(request):
             return fragment("partials/admin_user.html", {"u": user, "me": request.user})
         return go(request, "/admin", f"Updated {user.username}.")
@@ -154,7 +158,7 @@ class AdminPages(Controller):
         service = TaskService(db_session, settings)
         try:
             task, old_artifact = await service.retry(owner, task_id)
-        except (Conflict, NotFound) as exc:
+        except (Conflict, NotFound, LimitReached) as exc:  # the owner's MAX_ACTIVE_TASKS holds for admins too
             say(request, exc.detail, "error")
             return go(request, "/admin")
         title, message_args = task.title, task_message_args(task)

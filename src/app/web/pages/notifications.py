@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.domain.accounts.models import User
 from app.domain.notifications.events import EventPublisher
 from app.domain.notifications.services import NotificationService
+from app.domain.pagination import MAX_OFFSET
 from app.web.pages.rendering import fragment, go, is_htmx, live_from, page, requires_signed_in
 
 PAGE_SIZE = 20
@@ -42,7 +43,7 @@ class NotificationPages(Controller):
         self,
         request: Request[User, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Template:
         listing = await notification_list(NotificationService(db_session), request.user, offset)
         return await page(request, db_session, "notifications.html", listing)
@@ -52,7 +53,7 @@ class NotificationPages(Controller):
         self,
         request: Request[User, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Template:
         listing = await notification_list(NotificationService(db_session), request.user, offset)
         return fragment("partials/notification_list.html", {**listing, "bell_oob": True})

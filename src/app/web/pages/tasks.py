@@ -19,6 +19,7 @@ from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.errors import Conflict, DomainError, LimitReached
 from app.domain.notifications.events import EventPublisher
+from app.domain.pagination import MAX_OFFSET
 from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.kinds import KINDS, Kind, get_kind
 from app.domain.tasks.models import Task
@@ -89,7 +90,7 @@ class TaskPages(Controller):
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
         kind: Annotated[str | None, QueryParameter(required=False)] = None,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Template:
         listing = await task_list(TaskService(db_session, settings), request.user, offset)
         return await page(request, db_session, "dashboard.html", {"start": start_form(kind), **listing})
@@ -100,7 +101,7 @@ class TaskPages(Controller):
         request: Request[User, Any, Any],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Template:
         listing = await task_list(TaskService(db_session, settings), request.user, offset)
         return fragment("partials/task_list.html", listing)
@@ -220,7 +221,7 @@ class TaskPages(Controller):
         db_session: AsyncSession,
         settings: Settings,
         view: str,
-        exc: Conflict,
+        exc: DomainError,
     ) -> Response[Any]:
         await db_session.rollback()
         if is_htmx(request):
@@ -262,7 +263,7 @@ class TaskPages(Controller):
         service = TaskService(db_session, settings)
         try:
             task, old_artifact = await service.retry(request.user, task_id)
-        except Conflict as exc:
+        except (Conflict, LimitReached) as exc:  # a retry counts against MAX_ACTIVE_TASKS too
             return await self._refused(request, task_id, db_session, settings, view, exc)
         title, message_args = task.title, task_message_args(task)
         await db_session.commit()

@@ -6,12 +6,13 @@ import structlog
 
 from app.domain.notifications.events import EventLog
 from app.workers.context import async_actor
+from app.workers.queues import MAINTENANCE
 from app.workers.runtime import runtime
 
 log = structlog.get_logger(__name__)
 
 
-@async_actor(actor_name="diagnostics.round_trip", max_retries=0)
+@async_actor(actor_name="diagnostics.round_trip", queue_name=MAINTENANCE, max_retries=0)
 async def round_trip(token: str) -> None:
     """Record a broadcast `diagnostic.round_trip` event carrying `token` and the request id."""
     context = structlog.contextvars.get_contextvars()

@@ -4,7 +4,14 @@ Account emails (`mail.send`) are retried by Dramatiq with exponential backoff. E
 about notifications (`notifications.email`) live in the notification's row until sent
 (see app.domain.notifications.emails): the actor claims one, sends it and records the
 outcome, and `notifications.send_due_emails` hands back whatever is still due, so no
-notification email is lost to a crash, a broker outage or a dead mail server.
+notification email is lost to a crash, a broker outage or a dead mail server. A message
+that cannot be built (MailUnsendable) fails once, with one `mail.unsendable` error line,
+and is never retried.
+
+A password reset (`mail.password_reset`) is asked for with nothing but the address: the
+request handler only queues it, the same work whether or not an account has that
+address, so its answer time tells nothing; the lookup, the token and the email happen
+here.
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ import structlog
 from periodiq import cron
 
 from app.config import Settings, get_settings
-from app.domain.accounts.emails import OutgoingEmail
+from app.domain.accounts.emails import OutgoingEmail, reset_email, reset_link
+from app.domain.accounts.passwords import Passwords
+from app.domain.accounts.services import AccountService
 from app.domain.notifications.emails import NotificationEmails
 from app.workers.context import async_actor, current_message
 from app.workers.errors import BROKER_DOWN
-from app.workers.mail import MailNotSent, MailRefused, deliver
+from app.workers.mail import MailNotSent, MailRefused, MailUnsendable, deliver
 from app.workers.runtime import runtime
 
 log = structlog.get_logger(__name__)
@@ -31,6 +40,8 @@ async def deliver_or_drop(email: OutgoingEmail, settings: Settings) -> None:
     """Deliver `email`; a permanent refusal is logged and dropped, MailNotSent propagates (so Dramatiq retries)."""
     try:
         await deliver(email, settings)
+    except MailUnsendable as exc:
+        log.error("mail.unsendable", to=email.to, error=str(exc))
     except MailRefused as exc:
         log.warning("mail.refused", to=email.to, subject=email.subject, error=str(exc))
 
@@ -39,6 +50,34 @@ async def deliver_or_drop(email: OutgoingEmail, settings: Settings) -> None:
 async def send_email(email: dict[str, str | None]) -> None:
     """Deliver one email given as `msgspec.to_builtins(OutgoingEmail)`."""
     await deliver_or_drop(msgspec.convert(email, OutgoingEmail), get_settings())
+
+
+@async_actor(actor_name="mail.password_reset", max_retries=5, min_backoff=1_000, max_backoff=60_000)
+async def send_password_reset(address: str) -> None:
+    """Email a reset link to the active account with this address, if there is one (else nothing happens).
+
+    A retry (the mail server was down) makes a new token, which also ends the one before.
+    """
+    settings = get_settings()
+    async with runtime().session() as session, session.begin():
+        found = await AccountService(session, Passwords(settings), settings).reset_token_for(address)
+    if found is None:
+        return
+    user, raw = found
+    link = reset_link(settings.base_url, raw)
+    await deliver_or_drop(
+        reset_email(user.email, user.username, link, valid_minutes=settings.email_token_minutes), settings
+    )
+
+
+def enqueue_password_reset(address: str) -> bool:
+    """Queue a password reset for `address` (the handler's whole work, known address or not); False if not queued."""
+    try:
+        send_password_reset.send(address)
+    except BROKER_DOWN:
+        log.error("mail.not_queued", actor="mail.password_reset")
+        return False
+    return True
 
 
 def enqueue_email(email: OutgoingEmail) -> bool:
@@ -67,6 +106,10 @@ async def email_notification(notification_id: str) -> None:
         return  # already sent, or another worker holds it
     try:
         await deliver(email, settings)
+    except MailUnsendable as exc:
+        async with rt.session() as session, session.begin():
+            await NotificationEmails(session, settings).unsendable(key)
+        log.error("mail.unsendable", notification_id=notification_id, to=email.to, error=str(exc))
     except MailRefused as exc:
         async with rt.session() as session, session.begin():
             await NotificationEmails(session, settings).refused(key)

@@ -10,12 +10,13 @@ from periodiq import cron
 from app.config import get_settings
 from app.domain.notifications.events import EventLog
 from app.workers.context import async_actor
+from app.workers.queues import MAINTENANCE
 from app.workers.runtime import runtime
 
 log = structlog.get_logger(__name__)
 
 
-@async_actor(actor_name="maintenance.purge_events", periodic=cron("@hourly"), max_retries=0)
+@async_actor(actor_name="maintenance.purge_events", queue_name=MAINTENANCE, periodic=cron("@hourly"), max_retries=0)
 async def purge_events() -> None:
     """Delete events older than EVENT_RETENTION_HOURS."""
     cutoff = datetime.now(UTC) - timedelta(hours=get_settings().event_retention_hours)

@@ -7,12 +7,15 @@ import structlog
 
 from app.domain.notifications.services import Broadcast, deliver_broadcast
 from app.workers.context import async_actor
+from app.workers.queues import MAIL
 from app.workers.runtime import runtime
 
 log = structlog.get_logger(__name__)
 
 
-@async_actor(actor_name="notifications.broadcast", max_retries=5, min_backoff=1_000, max_backoff=60_000)
+@async_actor(
+    actor_name="notifications.broadcast", queue_name=MAIL, max_retries=5, min_backoff=1_000, max_backoff=60_000
+)
 async def broadcast(payload: dict[str, str | None]) -> None:
     """Write the notifications of one broadcast given as `msgspec.to_builtins(Broadcast)`.
 

@@ -1,9 +1,18 @@
-"""The one actor that runs every kind of task, and the housekeeping that keeps tasks from getting lost."""
+"""The one actor that runs every kind of task, and the housekeeping that keeps tasks from getting lost.
+
+A `tasks.run` message means "a worker thread may start a task": the worker claims the
+fairest task that may start (app.domain.tasks.fairness), whichever task the message was
+sent for, runs it, and then claims the next one itself before it goes back to the queue;
+it stops when none may start. So every message is a turn, never a promise to one task:
+one sent per new, retried or handed-back task, and one after a retry's backoff. A message
+that finds nothing to claim (a duplicate, or every waiting task's owner at a cap) does
+nothing: the worker that ends one of that owner's tasks claims the next.
+"""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
-from uuid import UUID
 
 import anyio
 import dramatiq
@@ -14,25 +23,19 @@ from app.config import get_settings
 from app.domain.tasks.artifacts import LocalArtifacts
 from app.domain.tasks.kinds import KINDS
 from app.domain.tasks.maintenance import TaskKeeper
-from app.domain.tasks.runner import Outcome, TaskRunner
+from app.domain.tasks.runner import TaskRunner
 from app.workers.actors.mail import queue_notification_email
 from app.workers.context import async_actor, current_message
 from app.workers.errors import BROKER_DOWN
-from app.workers.runtime import runtime
+from app.workers.heartbeat import current_worker_id
+from app.workers.queues import MAINTENANCE, TASKS
+from app.workers.runtime import runtime, tasks_stopping
 
 log = structlog.get_logger(__name__)
 
-MIN_BACKOFF_MS = 1_000
-MAX_BACKOFF_MS = 30_000
-
-
-class RetryAttempt(dramatiq.Retry):
-    """Raised so that Dramatiq's Retries middleware re-delivers the task after a backoff (logged quietly)."""
-
-
-def _retry_in(retries: int) -> timedelta:
-    """An upper bound of Dramatiq's backoff for the next retry, for the sweeper's patience."""
-    return timedelta(milliseconds=min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** (retries + 1)))
+#: A worker runs tasks one after another within one message for this long at most; then it hands the
+#: next turn to the queue (so Dramatiq's time limit below bounds a message, and a stop is not held up).
+CHAIN_SECONDS = 300
 
 
 def artifacts() -> LocalArtifacts:
@@ -41,63 +44,88 @@ def artifacts() -> LocalArtifacts:
 
 @async_actor(
     actor_name="tasks.run",
-    max_retries=get_settings().task_max_attempts - 1,
-    min_backoff=MIN_BACKOFF_MS,
-    max_backoff=MAX_BACKOFF_MS,
-    retry_when=lambda retries, exc: isinstance(exc, RetryAttempt),
-    # Kinds enforce their own time limits; this is only the backstop above the longest one.
-    time_limit=(max(kind.time_limit_seconds for kind in KINDS.values()) + 300) * 1000,
+    queue_name=TASKS,
+    # A kind's failures never reach Dramatiq (the runner records them); what does is the database or
+    # the broker failing under the worker: the turn is taken again after a backoff, not lost.
+    max_retries=10,
+    min_backoff=1_000,
+    max_backoff=30_000,
+    # Kinds enforce their own time limits; this is only the backstop above the longest chain.
+    time_limit=(max(kind.time_limit_seconds for kind in KINDS.values()) + CHAIN_SECONDS + 300) * 1000,
 )
-async def run_task(task_id: str, attempt: int) -> None:
-    """Run attempt `attempt` of a task. A Dramatiq retry of this message runs the next attempt."""
-    message = current_message.get()
-    retries = int(message.options.get("retries", 0)) if message is not None else 0
+async def run_task(task_id: str | None = None, attempt: int | None = None) -> None:
+    """Run the fairest task that may start, then the next, until none may; the arguments only name who sent it."""
     settings = get_settings()
     rt = runtime()
     runner = TaskRunner(rt.sessions, rt.publisher, artifacts(), settings)
-    ended = await runner.run(
-        UUID(task_id),
-        attempt + retries,
-        last_try=retries >= settings.task_max_attempts - 1,
-        retry_in=_retry_in(retries),
-    )
-    if ended.email_notification is not None:
-        # The broker client blocks: not on the loop. If this fails, the due-email sweep sends it.
-        await anyio.to_thread.run_sync(queue_notification_email, ended.email_notification)
-    if ended.outcome is Outcome.RETRY:
-        raise RetryAttempt(f"task {task_id} attempt {attempt + retries} failed; the next one follows a backoff")
+    worker_id = current_worker_id(dramatiq.get_broker())
+    began = time.monotonic()
+    while (ended := await runner.run_next(worker_id)) is not None:
+        structlog.contextvars.unbind_contextvars("task_id", "user_id")
+        if ended.email_notification is not None:
+            # The broker client blocks: not on the loop. If this fails, the due-email sweep sends it.
+            await anyio.to_thread.run_sync(queue_notification_email, ended.email_notification)
+        if ended.retry_in is not None:  # a turn for when its backoff has passed
+            await anyio.to_thread.run_sync(lambda: send_task(str(ended.task_id), delay=ended.retry_in))
+        if tasks_stopping.is_set() or time.monotonic() - began > CHAIN_SECONDS:
+            await anyio.to_thread.run_sync(send_task, None)  # the next turn, for another worker (or this one)
+            return
 
 
-def send_task(task_id: str, attempt: int) -> bool:
-    """Hand a committed task to the broker; False when the broker is unreachable (the sweeper re-sends)."""
+def send_task(task_id: str | None, attempt: int | None = None, *, delay: timedelta | None = None) -> bool:
+    """Send a turn (for a committed task, if named); False when the broker is unreachable (the sweeper re-sends)."""
     try:
-        run_task.send(task_id, attempt)
+        run_task.send_with_options(
+            args=(task_id, attempt), delay=int(delay.total_seconds() * 1000) if delay is not None else None
+        )
     except BROKER_DOWN:  # the Redis broker raises redis' own errors
         log.warning("task.send_failed", task_id=task_id, attempt=attempt)
         return False
     return True
 
 
-@async_actor(actor_name="tasks.sweep", periodic=cron("* * * * *"), max_retries=0)
-async def sweep_tasks() -> None:
-    """Re-send tasks stuck in `queued`; hand back running tasks whose worker went silent.
+def send_turns(count: int) -> int:
+    """Send `count` turns; how many were sent before the broker failed."""
+    for sent in range(count):
+        if not send_task(None):
+            return sent
+    return count
 
-    Cron runs it at each minute; the scheduled run sends one follow-up 30 s later (which
-    sends none), so tasks are swept every half minute.
+
+@async_actor(actor_name="tasks.sweep", queue_name=MAINTENANCE, periodic=cron("* * * * *"), max_retries=0)
+async def sweep_tasks() -> None:
+    """Hand back running tasks whose worker is gone; send turns for tasks left queued too long.
+
+    Workers do the first within seconds of a worker's heartbeat running out
+    (app.workers.recovery); this is the backstop. Cron runs it at each minute; the scheduled
+    run sends one follow-up 30 s later (which sends none), so tasks are swept every half minute.
     """
     message = current_message.get()
     if message is not None and "scheduled_at" in message.options:
         sweep_tasks.send_with_options(delay=30_000)
     rt = runtime()
     keeper = TaskKeeper(rt.sessions, rt.publisher, artifacts(), get_settings())
-    resend, handed_back = await keeper.sweep()
-    for task_id, attempt in resend:
-        await anyio.to_thread.run_sync(send_task, str(task_id), attempt)
-    if resend or handed_back:
-        log.info("tasks.sweep", resent=len(resend), handed_back=handed_back)
+    alive = await anyio.to_thread.run_sync(_alive_worker_ids)
+    handed = await keeper.hand_back(alive)
+    overdue = await keeper.overdue()
+    sent = await anyio.to_thread.run_sync(send_turns, len(handed.requeued) + len(overdue))
+    if handed.requeued or handed.failed or overdue:
+        log.info("tasks.sweep", resent=len(overdue), handed_back=len(handed.requeued) + handed.failed, sent=sent)
 
 
-@async_actor(actor_name="tasks.purge", periodic=cron("@hourly"), max_retries=0)
+def _alive_worker_ids() -> set[str] | None:
+    """The ids of the live workers; None when unknown (the store does not answer, or it only knows this process)."""
+    from app.workers import heartbeats
+
+    if not heartbeats.shared:
+        return None
+    try:
+        return {worker.id for worker in heartbeats.alive()}
+    except BROKER_DOWN:
+        return None
+
+
+@async_actor(actor_name="tasks.purge", queue_name=MAINTENANCE, periodic=cron("@hourly"), max_retries=0)
 async def purge_tasks() -> None:
     """Delete finished tasks and their artifacts past TASK_RETENTION_DAYS."""
     rt = runtime()

@@ -1,4 +1,9 @@
-"""`export`: the user's own tasks or notifications as a CSV or JSON file, streamed in batches."""
+"""`export`: the user's own tasks or notifications as a CSV or JSON file, streamed in batches.
+
+A CSV cell that a spreadsheet would run as a formula (text starting with `=`, `+`, `-`,
+`@`, a tab or a carriage return, OWASP's list) gets a leading `'`, so an exported title
+like `=HYPERLINK(...)` is shown as text. JSON is written as stored.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +40,14 @@ MODELS: dict[str, type[Task] | type[Notification]] = {"tasks": Task, "notificati
 class ExportParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     dataset: Annotated[Literal["tasks", "notifications"], msgspec.Meta(title="Data", description="What to export")]
     format: Annotated[Literal["csv", "json"], msgspec.Meta(title="Format", description="The file's format")] = "csv"
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """`value`, with a leading `'` when it is text a spreadsheet would take for a formula."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 def _cell(value: Any) -> Any:
@@ -80,7 +93,7 @@ def _encode(rows: list[dict[str, Any]], fmt: str, *, first: bool, header: list[s
     writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\r\n")
     if first:
         writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: csv_safe(value) for key, value in row.items()} for row in rows)
     return buffer.getvalue().encode()
 
 

@@ -1,0 +1,155 @@
+"""What a credential may still do, and how every process hears that it may not.
+
+A credential is what a request shows: an access token (its user, the user's
+`credentials_version` when it was issued, and its refresh family) or a browser session
+(its user, that version, and the session's id). It stops working when
+
+- the user is deactivated, or the version moves on (password change or reset,
+  deactivation: everything of the user ends), or
+- its refresh family is revoked (logout, a reused refresh token: that sign-in ends), or
+- its browser session is gone (the browser signed out).
+
+`CredentialState` is what the database says about one user, read in one go. Web
+processes keep it in memory (the hot path costs no database round trip) and drop it the
+moment a door announces a revocation on `REVOCATION_CHANNEL`: every process subscribes.
+
+Whatever changes a user is announced without a door having to remember it: every
+session records the users it changed (ORM changes to a User, and refresh families
+revoked through `users_changed`), and once it commits, the callbacks registered with
+`on_users_changed` get their ids (the web's CredentialCache, the CLI's announcer). A
+process that drops its copy then reads the committed truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import bindparam, event, inspect, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session, UOWTransaction, make_transient_to_detached
+
+from app.domain.accounts.models import RefreshToken, User
+from app.domain.clock import utcnow
+from app.domain.database import read
+from app.domain.notifications.events import EventPublisher
+
+#: The channel on which revocations are announced: a JSON list of user ids.
+REVOCATION_CHANNEL = "auth.revoked"
+
+
+class Credential(msgspec.Struct, frozen=True, kw_only=True):
+    """What one request (or one open stream) was let in with."""
+
+    user_id: uuid.UUID
+    version: int
+    family: uuid.UUID | None = None
+    session_id: str | None = None
+
+
+#: (attribute, column) of every column a User maps, and the statement that reads them for one user.
+_USER_ATTRIBUTES = tuple((prop.key, prop.columns[0]) for prop in inspect(User).column_attrs)
+_USER_BY_ID = select(*(column for _, column in _USER_ATTRIBUTES)).where(User.id == bindparam("user_id"))
+#: Refresh families of the user revoked recently enough that access tokens issued from them may live on.
+_REVOKED_FAMILIES = select(RefreshToken.family_id).where(
+    RefreshToken.user_id == bindparam("user_id"),
+    RefreshToken.revoked_at > bindparam("since"),
+)
+
+
+class CredentialState:
+    """One user's row and the refresh families revoked within an access token's lifetime."""
+
+    __slots__ = ("_values", "is_active", "revoked_families", "version")
+
+    def __init__(self, values: dict[str, Any], revoked_families: frozenset[uuid.UUID]) -> None:
+        self._values = values
+        self.is_active: bool = values["is_active"]
+        self.version: int = values["credentials_version"]
+        self.revoked_families = revoked_families
+
+    def allows(self, version: object, family: uuid.UUID | None = None) -> bool:
+        """True while a credential issued at `version` (from `family`) may act for this user."""
+        return self.is_active and version == self.version and (family is None or family not in self.revoked_families)
+
+    def user(self) -> User:
+        """A new detached User (as a closed session leaves it): each request gets its own to change."""
+        user = User(**self._values)
+        make_transient_to_detached(user)
+        return user
+
+
+async def load_credentials(reads: AsyncEngine, user_id: uuid.UUID, token_lifetime: timedelta) -> CredentialState | None:
+    """The user's credential state, or None for no such user: two statements side by side."""
+    parameters = {"user_id": user_id, "since": utcnow() - token_lifetime}
+    rows, families = await asyncio.gather(
+        read(reads, _USER_BY_ID, parameters),
+        read(reads, _REVOKED_FAMILIES, parameters),
+    )
+    if not rows:
+        return None
+    values = {key: value for (key, _), value in zip(_USER_ATTRIBUTES, rows[0], strict=True)}
+    return CredentialState(values, frozenset(row[0] for row in families))
+
+
+def encode_revoked(user_ids: Iterable[uuid.UUID]) -> bytes:
+    return msgspec.json.encode(sorted(str(user_id) for user_id in user_ids))
+
+
+def decode_revoked(data: bytes) -> list[uuid.UUID] | None:
+    """The user ids of an announcement; None when it names none (a wake-up: forget everyone)."""
+    try:
+        raw = msgspec.json.decode(data, type=list[uuid.UUID])
+    except msgspec.DecodeError:
+        return None
+    return raw or None
+
+
+async def announce_revoked(publisher: EventPublisher, user_ids: Iterable[uuid.UUID]) -> None:
+    """Tell every process that these users' credentials changed (for a process without a web app: the CLI)."""
+    ids = set(user_ids)
+    if ids:
+        await publisher.publish(REVOCATION_CHANNEL, encode_revoked(ids))
+
+
+# --- which users a transaction changed -----------------------------------------------------
+
+#: Where a session keeps the ids of the users it changed, until it commits or rolls back.
+_CHANGED = "changed_users"
+_callbacks: list[Callable[[set[uuid.UUID]], None]] = []
+
+
+def users_changed(session: Session | Any, user_ids: Iterable[uuid.UUID]) -> None:
+    """Record that the session's transaction changes these users' credentials (beyond their row)."""
+    target = session.sync_session if hasattr(session, "sync_session") else session
+    target.info.setdefault(_CHANGED, set()).update(user_ids)
+
+
+def on_users_changed(callback: Callable[[set[uuid.UUID]], None]) -> Callable[[], None]:
+    """Call `callback(ids)` in the committing thread after each commit that changed users; returns the undo."""
+    _callbacks.append(callback)
+    return lambda: _callbacks.remove(callback)
+
+
+@event.listens_for(Session, "before_flush")
+def _collect(session: Session, _flush: UOWTransaction, _instances: object) -> None:
+    changed = [o.id for o in (*session.new, *session.dirty, *session.deleted) if isinstance(o, User)]
+    if changed:
+        users_changed(session, changed)
+
+
+@event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    ids: set[uuid.UUID] | None = session.info.pop(_CHANGED, None)
+    if ids:
+        for callback in list(_callbacks):
+            callback(ids)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _rolled_back(session: Session, _previous: object) -> None:
+    session.info.pop(_CHANGED, None)

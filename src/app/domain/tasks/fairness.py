@@ -1,0 +1,112 @@
+"""Which queued task starts next: fair shares between users, within each user's running caps.
+
+A worker thread with nothing to do claims one task, the fairest that may start:
+
+- *may start*: queued, due (`enqueued_at` is before `due_by`, the claim's clock plus
+  CLOCK_SKEW: a retry waits out its backoff, and a task another machine just queued is
+  not taken for a future one), and
+  its owner runs fewer than MAX_RUNNING_PER_USER tasks, and fewer than MAX_RUNNING_PER_KIND
+  of its kind;
+- *fairest*: of the owners with the fewest running tasks, the oldest task (then the lowest id).
+
+So a user who queued 100 tasks holds at most MAX_RUNNING_PER_USER threads, and another
+user's new task is the next to start when a thread frees. The claim is one UPDATE whose
+subquery picks the row with `FOR UPDATE SKIP LOCKED` on Postgres (concurrent claimers
+never wait for each other and never pick the same row; SQLite has one writer at a time,
+where the statement alone is atomic). Two claimers picking two tasks of one user at once
+could both see the user below the cap; on Postgres the claim then takes the user's lock
+and counts again (`over_cap`), and gives its pick back if the user went over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy.sql.dml import ReturningUpdate
+
+from app.config import Settings
+from app.domain.tasks.models import QUEUED, RUNNING, Task
+from app.domain.tasks.reads import COLUMNS
+
+_TASKS = cast(Table, Task.__table__)
+#: How far the clocks of the processes that queue tasks and claim them may differ.
+CLOCK_SKEW = timedelta(seconds=1)
+
+
+def due_by(now: datetime) -> datetime:
+    """Tasks due before this may start at `now` (on the claimer's clock)."""
+    return now + CLOCK_SKEW
+
+
+def _running(owner: Any, kind: Any = None) -> Any:
+    """How many tasks of `owner` (a user id column) run now (of `kind` too, when given): a scalar subquery."""
+    mine = _TASKS.alias()
+    conditions = [mine.c.user_id == owner, mine.c.status == RUNNING]
+    if kind is not None:
+        conditions.append(mine.c.kind == kind)
+    return select(func.count()).select_from(mine).where(*conditions).scalar_subquery()
+
+
+def may_start(candidate: Any, per_user: int, per_kind: Sequence[tuple[str, int]]) -> list[ColumnElement[bool]]:
+    """The conditions on a queued `candidate` row (a task table or alias) under which it may start now."""
+    conditions: list[ColumnElement[bool]] = [
+        candidate.c.status == QUEUED,
+        candidate.c.enqueued_at <= bindparam("due_by", type_=_TASKS.c.enqueued_at.type),
+        _running(candidate.c.user_id) < per_user,
+    ]
+    for kind, limit in per_kind:
+        conditions.append(or_(candidate.c.kind != kind, _running(candidate.c.user_id, kind) < limit))
+    return conditions
+
+
+def limits(settings: Settings) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """(MAX_RUNNING_PER_USER, MAX_RUNNING_PER_KIND as sorted pairs): what the statements below are built for."""
+    per_user = settings.max_running_per_user
+    return per_user, tuple(sorted((kind, min(limit, per_user)) for kind, limit in settings.running_per_kind.items()))
+
+
+@lru_cache(maxsize=8)
+def claim_statement(per_user: int, per_kind: tuple[tuple[str, int], ...]) -> ReturningUpdate[Any]:
+    """Mark the fairest task that may start as running; returns a TaskOut's columns, the owner and the kind.
+
+    Parameters: `now` (the claim's time), `due_by` (`due_by(now)`), `worker_id`, and `passed_over` (owners to skip: a
+    pick given back because its owner went over a cap). Built once per set of limits.
+    """
+    candidate = _TASKS.alias()
+    pick = (
+        select(candidate.c.id)
+        .where(
+            *may_start(candidate, per_user, per_kind),
+            candidate.c.user_id.not_in(bindparam("passed_over", expanding=True)),
+        )
+        .order_by(_running(candidate.c.user_id), candidate.c.created_at, candidate.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=candidate)  # nothing on SQLite
+        .scalar_subquery()
+    )
+    return (
+        update(_TASKS)
+        .where(_TASKS.c.id == pick, _TASKS.c.status == QUEUED)
+        .values(
+            status=RUNNING,
+            started_at=bindparam("now", type_=_TASKS.c.started_at.type),
+            heartbeat_at=bindparam("now", type_=_TASKS.c.heartbeat_at.type),
+            finished_at=None,
+            worker_id=bindparam("worker_id", type_=_TASKS.c.worker_id.type),
+        )
+        .returning(*(_TASKS.c[column.key] for column in COLUMNS), _TASKS.c.user_id, _TASKS.c.first_attempt)
+    )
+
+
+@lru_cache(maxsize=8)
+def over_cap_statement(per_user: int, per_kind: tuple[tuple[str, int], ...]) -> Any:
+    """True when user `user_id` runs more tasks than a cap allows (of all, or of `kind`)."""
+    owner = bindparam("user_id", type_=_TASKS.c.user_id.type)
+    checks: list[ColumnElement[bool]] = [_running(owner) > per_user]
+    for kind, limit in per_kind:
+        checks.append(and_(bindparam("kind", type_=_TASKS.c.kind.type) == kind, _running(owner, kind) > limit))
+    return select(or_(*checks))

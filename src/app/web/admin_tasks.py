@@ -1,0 +1,85 @@
+"""GET /api/v1/admin/tasks/load for superusers: who holds the task threads, and each queue's depth.
+
+The same reading backs the admin page's status panel and `litestar tasks load`.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import dramatiq
+import msgspec
+import structlog
+from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.domain.tasks.stats import count_by_status, load_by_user
+from app.web.auth import requires_superuser
+from app.web.metrics import queue_depth
+
+log = structlog.get_logger(__name__)
+
+#: Users listed, busiest first.
+USERS_SHOWN = 50
+
+
+class UserLoadOut(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: UUID
+    username: str
+    running: int
+    queued: int
+
+
+class TaskLoadOut(msgspec.Struct, frozen=True, kw_only=True):
+    #: Messages waiting on each queue (a `tasks` message is a turn to start the fairest task, not a task);
+    #: null when the broker does not answer.
+    queues: dict[str, int] | None
+    #: Tasks in each status, of every user.
+    by_status: dict[str, int]
+    #: The users with unfinished tasks, most running first (at most 50).
+    users: list[UserLoadOut]
+    max_running_per_user: int
+    max_running_per_kind: dict[str, int]
+
+
+async def queues_or_none(broker: dramatiq.Broker) -> dict[str, int] | None:
+    try:
+        return await queue_depth(broker)
+    except Exception as exc:  # noqa: BLE001 - a broker that is down: the reading says so instead of failing
+        log.warning("admin.queue_depth_failed", error=repr(exc))
+        return None
+
+
+async def task_load(session: AsyncSession, broker: dramatiq.Broker, settings: Settings) -> TaskLoadOut:
+    users = await load_by_user(session, USERS_SHOWN)
+    return TaskLoadOut(
+        queues=await queues_or_none(broker),
+        by_status=await count_by_status(session),
+        users=[UserLoadOut(user_id=u.user_id, username=u.username, running=u.running, queued=u.queued) for u in users],
+        max_running_per_user=settings.max_running_per_user,
+        max_running_per_kind=settings.running_per_kind,
+    )
+
+
+class AdminTasksController(Controller):
+    path = "/api/v1/admin/tasks"
+    tags = ["admin"]
+    guards = [requires_superuser]
+    security = [{"BearerToken": []}]
+
+    @get(
+        "/load",
+        operation_id="adminTaskLoad",
+        summary="Running and queued tasks per user, and each queue's depth (superusers only)",
+        raises=[NotAuthorizedException, PermissionDeniedException],
+    )
+    async def load(
+        self,
+        db_session: NamedDependency[AsyncSession],
+        broker: NamedDependency[dramatiq.Broker],
+        settings: NamedDependency[Settings],
+    ) -> TaskLoadOut:
+        return await task_load(db_session, broker, settings)

@@ -1,0 +1,1 @@
+"""HTTP plumbing: middleware and the machinery every door shares (proxies, limits, credentials)."""

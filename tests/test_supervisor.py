@@ -1,0 +1,102 @@
+"""`make run` in services mode keeps serving when a worker or the scheduler dies (issue 18).
+
+Found by issue 18: honcho stopped the whole stack, web included, as soon as one worker
+process died. `python -m app.supervisor` (what `make run` runs) starts the dead process
+again and logs it; the others are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.config import get_settings
+from app.supervisor import read_procfile
+from app.workers.heartbeat import WorkerInfo
+from tests.processes import ROOT, eventually, live_members
+from tests.servers import BIN, LiveServer, free_port, spawn, wait_ready
+
+pytestmark = pytest.mark.services
+
+
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = parent(pid)
+    return False
+
+
+def task_workers(supervisor: int) -> dict[int, WorkerInfo]:
+    """The live workers of the `tasks` queue that `supervisor` started, by pid, from their heartbeats."""
+    import msgspec
+
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        found = {}
+        for key in client.scan_iter(match=f"{settings.redis_namespace}:workers:*"):
+            raw = client.get(key)
+            if raw:
+                info = msgspec.json.decode(raw, type=WorkerInfo)
+                if info.queues == ("tasks",) and descends_from(info.pid, supervisor):
+                    found[info.pid] = info
+        return found
+    finally:
+        client.close()
+
+
+def test_the_procfile_is_read_as_honcho_reads_it(tmp_path: Path) -> None:
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("# comment\n\nweb: litestar run --port ${PORT:-8000}\nworker: dramatiq app.workers\n")
+    assert read_procfile(procfile) == [
+        ("web", "litestar run --port ${PORT:-8000}"),
+        ("worker", "dramatiq app.workers"),
+    ]
+    names = [name for name, _ in read_procfile(ROOT / "Procfile")]
+    assert names == ["web", "worker", "mailer", "housekeeper", "scheduler"]
+
+
+def test_a_killed_worker_is_started_again_and_the_web_app_keeps_serving(migrated: None) -> None:
+    port = free_port()
+    command = [str(BIN / "python"), "-m", "app.supervisor", "Procfile"]
+    supervisor = spawn("supervisor", command, ROOT, env={"LOG_LEVEL": "INFO", "PORT": str(port)})
+    server = LiveServer(url=f"http://127.0.0.1:{port}", processes=[supervisor])
+    try:
+        wait_ready(server)
+        (pid, first) = eventually(
+            lambda: next(iter(task_workers(supervisor.popen.pid).items()), None), timeout=60, what="a tasks worker"
+        )
+        # The `dramatiq` main process and its worker process: the whole group, as a crash or the OOM killer would.
+        group = os.getpgid(pid)
+        os.killpg(group, signal.SIGKILL)
+        eventually(lambda: not live_members(group), timeout=10, what="the worker's processes to be gone")
+        for _ in range(10):  # the web app answers all along
+            assert httpx.get(server.url + "/health/live", timeout=5).status_code == 200
+            time.sleep(0.2)
+        again = eventually(
+            lambda: [
+                info for info in task_workers(supervisor.popen.pid).values() if info.id != first.id and info.pid != pid
+            ],
+            timeout=120,
+            what="a new tasks worker",
+        )
+        assert again
+        assert "worker exited with code" in supervisor.output()
+        assert supervisor.popen.poll() is None
+    finally:
+        supervisor.stop(signal.SIGINT, timeout=30)
+    assert "web stopped" in supervisor.output()
