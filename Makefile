@@ -62,9 +62,12 @@ web: migrate ## Serve the web app alone (services mode: workers run elsewhere).
 
 # The queues a `make worker` serves: `make worker QUEUES=tasks`, `QUEUES=mail`, `QUEUES=maintenance` (the
 # Procfile runs one worker per queue, each with its own threads); by default one worker serves all three.
+# It polls as WORKER_POLL_MS says (Dramatiq reads dramatiq_worker_timeout) and serves its metrics on
+# WORKER_METRICS_PORT (9191; a second `make worker` on this machine needs another, 0 for none).
 QUEUES ?= tasks mail maintenance
 worker: install ## Run a Dramatiq worker for QUEUES (services mode; default: every queue).
-	$(RUN) dramatiq app.workers --queues $(QUEUES) --processes $${WORKER_PROCESSES:-1} --threads $${WORKER_THREADS:-8}
+	dramatiq_worker_timeout=$${WORKER_POLL_MS:-1000} WORKER_METRICS_PORT=$${WORKER_METRICS_PORT:-9191} \
+	  $(RUN) dramatiq app.workers --queues $(QUEUES) --processes $${WORKER_PROCESSES:-1} --threads $${WORKER_THREADS:-8}
 
 scheduler: install ## Run the periodiq scheduler (services mode).
 	$(RUN) periodiq app.workers

@@ -24,6 +24,7 @@ BENCHMARKS = (
     "bench.memory",
     "bench.sse_capacity",
     "bench.pipeline",
+    "bench.peer_pipeline",
     "bench.event_latency",
     "bench.fair_share",
 )

@@ -7,6 +7,8 @@ until all have succeeded, with one web process and one worker process (8 threads
 services mode. Both rates run from the first send to the last message done.
 
 `python -m bench.pipeline raw-worker REDIS_URL NAMESPACE THREADS` is the baseline's worker.
+Run it alone with `python -m bench.pipeline` (Postgres and Redis must be running);
+`BENCH_PIPELINE_TASKS=2000` runs fewer tasks (and messages) than the default 5,000.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dramatiq.brokers.redis import RedisBroker
 from bench import Section, percentiles, run_alone, table
 from bench.service_stack import FAST_SIGN_UP, RawHttp, ServiceStack, service_stack
 
-TASKS = 5_000
+TASKS = int(os.environ.get("BENCH_PIPELINE_TASKS", "5000"))
 USERS = 8
 CONNECTIONS = 32
 WORKER_THREADS = 8
@@ -49,41 +51,51 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 #: What profiling found and what was changed, with the figures of this benchmark before and after.
 PROFILE_AND_FIX = """\
-**Profile and fix.** Measured before the fixes (2,000 tasks, same set-up, on this two-core
-machine while other benchmarks and test runs shared it): raw Dramatiq 1,848 msgs/s, the
-service 15 tasks/s end to end (0.8%) and 31 submissions/s, `POST /api/v1/tasks` p50 950 ms
-with 32 connections; CPU per task 13.4 ms in the web process, 26.3 ms in the worker,
-6.1 ms in Postgres. `py-spy record --gil` showed SQLAlchemy (ORM statements, unit of work,
-result objects) as 58% of the worker's and 43% of the web process's busy time;
-`pg_stat_activity` under load showed nearly every backend `idle in transaction`, waiting
-on its client between round trips, and submissions for one user queued behind
-`pg_advisory_xact_lock`. Round trips per task: the create took a user row lock
-(`FOR NO KEY UPDATE`), counted active tasks (no index on `(user_id, status)`), inserted
-the task, took two advisory locks and inserted the event (9 statements); the worker wrote
-three transactions per task (claim, the one progress report, end) of 4-8 statements each.
-Changed: an event insert takes its advisory locks in the same statement (a CTE feeding the
-INSERT, so the id is still drawn after the locks); the active-task cap is checked under
-the user's event lock (taken once, before the count) instead of a row lock, with a new
-index `ix_task_user_id_status` (migration 0005), so a create is 6 statements; the runner
-counts the claim as a progress write and holds back a report that comes sooner than
-`TASK_PROGRESS_INTERVAL_MS`, writing it with the end if the task ends first (two
-transactions for a short task); task UPDATEs skip the ORM's session synchronisation;
-the notification insert returns its row instead of reading it again, and the owner's
-row is read only when email is wanted. After (5,000 tasks, with the machine even busier:
-raw Dramatiq reached only 666 msgs/s in that run): 19 tasks/s end to end (2.8% of raw),
-35 submissions/s; CPU per task 10.3 ms web, 16.3 ms worker, 4.0 ms Postgres (all
-processes: 46.7 -> 31.5 ms per task); 7.0 Postgres transactions per task (each pool
-checkout's pre-ping counts as one), from 9.8. Side by side on the same machine at the
-same time (two copies of the service, 600 tasks each, alternating): 11 -> 16-27 tasks/s.
+**Profile and fix, first round.** Before (2,000 tasks): 15 tasks/s end to end, `POST
+/api/v1/tasks` p50 950 ms; CPU per task 13.4 ms web, 26.3 ms worker. `py-spy record --gil`
+showed SQLAlchemy's ORM as 58% of the worker's and 43% of the web process's busy time, and
+backends `idle in transaction` between round trips. Changed: an event insert takes its
+advisory locks in the same statement (a CTE feeding the INSERT); the active-task cap is
+checked under the user's event lock with an index on `(user_id, status)`; the runner counts
+the claim as a progress write and writes a held-back report with the end (two transactions
+for a short task). After: 19 tasks/s, CPU per task 10.3 ms web, 16.3 ms worker.
 
-The target, 25% of raw Dramatiq (about 375-460 tasks/s here), is not met, and is not
-within reach of this design on two cores: raw Dramatiq spends 0.3-0.5 ms of CPU per
-message, while a task through the service costs about 31 ms of CPU in all (an
-authenticated request, two transactions in the worker, four events written and published), which
-caps two cores at roughly 60 tasks/s even when nothing else runs. What is left is mostly
-ORM overhead per statement (SQLAlchemy's ORM insert/update machinery, not the SQL) in
-the create handler and the runner, and one pre-ping per pool checkout; moving those hot
-paths to Core statements that return rows, as the task reads were, is the next step.
+**Second round (issue 19).** `py-spy record --gil` on the worker while this benchmark ran
+(2,000 tasks): 35% of its busy samples in `Session.execute`, half of those in SQLAlchemy's
+*compiler*: the notification insert (`postgresql.insert(...).on_conflict_do_nothing()`, like
+SQLite's) is not cacheable (`inherit_cache = False`, its cache key is None), so it was compiled
+afresh at every task's end; the rest was ORM DML (`update(Task)...returning(Task)` built ORM
+objects, and the progress fix-up and the email flag were written back by a flush). In the web
+process the create spent its time in the ORM flush of a new `Task`. Round trips per task, counted
+from the code (Postgres; a pool checkout's ping, BEGIN and COMMIT included): submission 7 (ping,
+BEGIN, lock, count, task INSERT, event INSERT, COMMIT), claim 7 (ping, BEGIN, claim, lock, count
+again, event, COMMIT), end 8 (ping, BEGIN, UPDATE, event, notification, its event, the owner's
+email flag, COMMIT): 22. Changed, with every guarantee kept:
+- submission: after the user's lock, one Core statement counts the active tasks, inserts the
+  task only under the cap and inserts its `task.updated` event from the inserted row (CTEs;
+  its snapshot is taken after the lock, so the cap holds; the event id is drawn under the lock);
+  no ORM object (`create` returns the TaskOut). 5 round trips.
+- claim: the claim's RETURNING takes the owner's event locks itself (the count that follows is a
+  statement of its own, so it sees every claim committed before the lock); on SQLite, one writer,
+  the count again is skipped. 6 round trips.
+- end: Core UPDATE returning the TaskOut's columns (the progress fill-up in the same SET); the
+  notification in one cacheable text statement (`INSERT ... ON CONFLICT (dedupe_key) DO NOTHING`,
+  the same SQL on both databases) that also marks its email pending when the owner wants one;
+  both events (`task.updated`, `notification.created`) in one INSERT (`EventLog.record_several`,
+  ids in the order given). 6 round trips. Progress writes and requeues are Core too.
+So 17 round trips per task instead of 22; `Postgres transactions` stays 6 (three pool pings and
+three transactions). Measured alternately on this machine (before, after, before, after; 2,000
+tasks, load average 4-8 from other work): tasks/s end to end 77 and 112 -> 128 and 161;
+submissions/s 161 and 212 -> 242 and 256; `POST /api/v1/tasks` p50 189 and 140 -> 127 and 125 ms;
+CPU per task, web 3.8 and 3.4 -> 2.8 and 2.9 ms, worker 5.9 and 5.2 -> 3.6 and 3.5 ms, Postgres
+4.4 and 3.9 -> 3.4 and 3.1 ms.
+
+The target, 25% of raw Dramatiq (about 500 tasks/s here), is still out of reach on two cores: a
+task costs about 10 ms of CPU in all (an authenticated HTTP request, three transactions, four
+events written and published) against 0.2-0.3 ms for a no-op message, which bounds two cores at
+roughly 200 tasks/s with nothing else running. What is left: a ping per pool checkout (three per
+task; `app.domain.database`), one Redis PUBLISH per event, the broker send in a thread, and in the
+web process Litestar's middleware and request body handling, which now outweigh the create itself.
 """
 
 

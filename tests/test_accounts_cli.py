@@ -6,11 +6,14 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import click
 import pytest
+from click.testing import CliRunner
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.web.app import create_app
+from app.web.cli import OperatorCLIPlugin, users
 from tests.accounts import PASSWORD, litestar_cli, new_identity
 
 
@@ -102,3 +105,36 @@ def test_an_unknown_user_is_an_error() -> None:
     result = litestar_cli("users", "deactivate", "nobody-at-all@example.com")
     assert result.returncode != 0
     assert "No user with username or email 'nobody-at-all@example.com'" in said(result)
+
+
+def undocumented(group: click.Group) -> list[str]:
+    """The commands of `group` without help, their options without help text and arguments their help does not name."""
+    missing = []
+    for name, command in group.commands.items():
+        described = command.help or ""
+        if not described:
+            missing.append(name)
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.help:
+                missing.append(f"{name} {param.opts[0]}")
+            if isinstance(param, click.Argument) and param.human_readable_name not in described:
+                missing.append(f"{name} {param.human_readable_name}")
+    return missing
+
+
+def test_the_operator_groups_are_on_the_litestar_cli() -> None:
+    cli = click.Group()
+    OperatorCLIPlugin().on_cli_init(cli)
+    assert {"users", "tasks"} <= set(cli.commands)
+
+
+def test_every_users_command_option_and_argument_is_described() -> None:
+    assert set(users.commands) == {"create", "promote", "deactivate"}
+    assert undocumented(users) == []
+    shown = CliRunner().invoke(users, ["create", "--help"])
+    assert shown.exit_code == 0, shown.output
+    for option in ("--email", "--username", "--password", "--full-name", "--superuser"):
+        assert option in shown.output
+    assert "asked for twice, hidden" in " ".join(shown.output.split())
+    promote = CliRunner().invoke(users, ["promote", "--help"])
+    assert "LOGIN (a username or an email address)" in " ".join(promote.output.split())

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from app.config import get_settings
-from app.supervisor import read_procfile
+from app.supervisor import read_procfile, with_env_file
 from app.workers.heartbeat import WorkerInfo
 from tests.processes import ROOT, eventually, live_members
 from tests.servers import BIN, LiveServer, free_port, spawn, wait_ready
@@ -68,6 +68,15 @@ def test_the_procfile_is_read_as_honcho_reads_it(tmp_path: Path) -> None:
     ]
     names = [name for name, _ in read_procfile(ROOT / "Procfile")]
     assert names == ["web", "worker", "mailer", "housekeeper", "scheduler"]
+
+
+def test_the_processes_see_values_set_only_in_dot_env(tmp_path: Path) -> None:
+    """As with honcho: `WORKER_POLL_MS=250` in .env reaches the Procfile's `${WORKER_POLL_MS:-1000}`."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("WORKER_POLL_MS=250\nPORT=9000\n")
+    merged = with_env_file({"PORT": "8123", "PATH": "/bin"}, env_file)
+    assert merged == {"WORKER_POLL_MS": "250", "PORT": "8123", "PATH": "/bin"}  # the environment wins
+    assert with_env_file({"PATH": "/bin"}, tmp_path / "missing.env") == {"PATH": "/bin"}
 
 
 def test_a_killed_worker_is_started_again_and_the_web_app_keeps_serving(migrated: None) -> None:

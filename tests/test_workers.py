@@ -15,7 +15,6 @@ from dramatiq.brokers.stub import StubBroker
 from periodiq import PeriodiqMiddleware, cron
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.config import get_settings
 from app.domain.notifications.events import EventLog
 from app.domain.notifications.models import Event
 from app.workers import broker
@@ -30,11 +29,12 @@ def test_the_broker_matches_the_run_mode(mode: str) -> None:
     assert {"SharedAsyncIO", "CurrentMessage", "LogContext", "Heartbeat", "PeriodiqMiddleware", "Retries"} <= names
 
 
-def test_every_worker_polls_with_the_configured_timeout() -> None:
-    """The dramatiq CLI builds its Worker without a timeout argument: the default must be ours."""
+def test_the_worker_defaults_are_dramatiqs_own() -> None:
+    """A CLI worker's idle poll is Dramatiq's own setting, `dramatiq_worker_timeout`, which the Procfile sets
+    from WORKER_POLL_MS (tests/test_worker_metrics.py runs it): importing the app patches no default."""
     defaults = dramatiq.Worker.__init__.__kwdefaults__
     assert defaults is not None
-    assert defaults["worker_timeout"] == get_settings().worker_poll_ms == 1000
+    assert defaults["worker_timeout"] == dramatiq.worker.WORKER_TIMEOUT
 
 
 @pytest.mark.services

@@ -9,7 +9,9 @@ SIGKILL to what is left after STOP_SECONDS.
 
 Each line a process writes is printed with its name in front, as honcho does. Commands
 run with `/bin/sh -c`, so the Procfile's `${VAR:-default}` works; the environment is
-passed on as it is. Only the standard library: it must start when nothing else does.
+passed on, with the values of the `.env` beside the Procfile that it does not set, as
+honcho did (the Procfile's `${WORKER_POLL_MS:-1000}` must see a value set only in `.env`).
+The standard library and python-dotenv only: it must start when nothing else does.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+
+from dotenv import dotenv_values
 
 #: After a process exits, it is started again after this long, doubling (up to the maximum) while it keeps dying.
 RESTART_MIN_SECONDS = 1.0
@@ -145,8 +149,16 @@ class Supervisor:
         self.stopping.set()
 
 
+def with_env_file(environ: dict[str, str], env_file: Path) -> dict[str, str]:
+    """`environ`, plus the values of `env_file` (if it exists) for the names `environ` does not set."""
+    merged = {name: value for name, value in dotenv_values(env_file).items() if value is not None}
+    merged.update(environ)
+    return merged
+
+
 def main(argv: list[str]) -> int:
     procfile = Path(argv[1] if len(argv) > 1 else "Procfile")
+    os.environ.update(with_env_file(dict(os.environ), procfile.parent / ".env"))
     supervisor = Supervisor(read_procfile(procfile))
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)

@@ -66,6 +66,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     worker_heartbeat_seconds: float = 1.0
     #: A worker silent this long is gone: /health/ready stops counting it and its tasks are handed back.
     worker_stale_seconds: float = 5.0
+    #: Port of a `dramatiq` process group's Prometheus exporter (app.workers.metrics), on HOST; 0: none.
+    #: One per group on a machine: the Procfile gives worker, mailer and housekeeper 9191, 9192 and 9193.
+    worker_metrics_port: int = 0
 
     diagnostics_enabled: bool | None = None
 

@@ -5,15 +5,28 @@ checked before use (`_check_on_checkout`: one round trip). `create_read_engine` 
 calling, a page of tasks): autocommit connections (no BEGIN/ROLLBACK around a single
 SELECT) and no ping, so a read costs one round trip; `read` repeats a read once when its
 connection turned out to be broken (a Postgres restart), which a ping would have found.
+
+Embedded (SQLite), a read does not go through aiosqlite: every aiosqlite call is a hop to
+the connection's own thread and back (cursor, execute, fetch, close: four per read), each
+waiting for the GIL behind a busy event loop, and its overflow connections each started
+and stopped a thread. `create_read_engine` gives a SQLite engine `SqliteReads` instead: a
+few threads, each with its own synchronous connection (SQLAlchemy's SingletonThreadPool),
+and a read is one hop to one of them, statement, rows and their types done there. WAL lets
+those connections read beside the writer; sqlite3 keeps each connection's prepared
+statements (its statement cache), so a read that comes back is not compiled again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
-from sqlalchemy import Executable, Row, event
+import sqlalchemy
+from sqlalchemy import Engine, Executable, Row, SingletonThreadPool, event
 from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -89,8 +102,60 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
+#: Embedded reads: threads, each with its own SQLite connection (see SqliteReads).
+SQLITE_READ_THREADS = 4
+
+
+class SqliteReads:
+    """Reads of the embedded SQLite file, one thread hop each: a thread per connection.
+
+    A read runs whole (checkout, statement, rows with their types) on one of
+    SQLITE_READ_THREADS threads, each holding its own connection for as long as it lives
+    (SingletonThreadPool). The threads start on first use and stop when the async engine
+    they belong to is disposed; a later read starts them again.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        url = settings.sqlalchemy_url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://", 1)
+        self.engine: Engine = sqlalchemy.create_engine(
+            url,
+            echo=settings.database_echo,
+            json_deserializer=msgspec.json.decode,
+            isolation_level="AUTOCOMMIT",  # no BEGIN around a lone SELECT
+            poolclass=SingletonThreadPool,
+            pool_size=SQLITE_READ_THREADS,
+            pool_reset_on_return=None,
+            connect_args={"check_same_thread": False},  # closed by `close`, from the loop's thread
+        )
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._threads: ThreadPoolExecutor | None = None
+
+    def _rows(self, statement: Executable, parameters: Mapping[str, Any] | None) -> Sequence[Row[Any]]:
+        with self.engine.connect() as connection:
+            return connection.execute(statement, parameters).all()
+
+    async def read(self, statement: Executable, parameters: Mapping[str, Any] | None) -> Sequence[Row[Any]]:
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(SQLITE_READ_THREADS, thread_name_prefix="sqlite-read")
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self._rows, statement, parameters)
+
+    def close(self, *_: Any) -> None:
+        """Stop the threads and close their connections (the async engine was disposed)."""
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=True)
+        self.engine.dispose()
+
+
+#: The SqliteReads of each SQLite read engine (keyed by its sync engine, gone with it).
+_sqlite_reads: weakref.WeakKeyDictionary[Engine, SqliteReads] = weakref.WeakKeyDictionary()
+
+
 def create_read_engine(settings: Settings) -> AsyncEngine:
-    """An engine for single-statement reads: autocommit, no ping on checkout (see `read`)."""
+    """An engine for single-statement reads: autocommit, no ping on checkout (see `read`).
+
+    On SQLite, `read` runs its statements through a SqliteReads of the same file instead.
+    """
     options = engine_options(settings)
     options.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     if not settings.is_sqlite:
@@ -102,6 +167,9 @@ def create_read_engine(settings: Settings) -> AsyncEngine:
     engine = create_async_engine(settings.sqlalchemy_url, **options)
     if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        reads = SqliteReads(settings)
+        _sqlite_reads[engine.sync_engine] = reads
+        event.listen(engine.sync_engine, "engine_disposed", reads.close)
     return engine
 
 
@@ -114,8 +182,10 @@ async def read(
     the pool then discards it and every connection as old, and the statement runs once more
     on a new one. A database still out of reach raises as before (a 503 at the door).
     Callers keep their statements (with bind parameters) and reuse them: building and
-    caching a statement costs more than running it.
+    caching a statement costs more than running it. Embedded, the read is SqliteReads'.
     """
+    if (sqlite_reads := _sqlite_reads.get(engine.sync_engine)) is not None:
+        return await sqlite_reads.read(statement, parameters)
     try:
         async with engine.connect() as connection:
             return (await connection.execute(statement, parameters)).all()

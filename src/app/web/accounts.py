@@ -55,6 +55,7 @@ LOGIN_SCHEMA = Schema(
         "username": Schema(type=OpenAPIType.STRING, description="The username or the email"),
         "password": Schema(type=OpenAPIType.STRING, write_only=True),
     },
+    examples=[{"username": "ann", "password": "a long passphrase"}],
 )
 
 
@@ -147,6 +148,11 @@ class AuthController(Controller):
     @post(
         "/register",
         operation_id="register",
+        description=(
+            "Makes an account and emails a link to verify its address. The username is 3-32 of `a-z0-9_.-`; the "
+            "password at least 10 characters and not the username or email. 409 when the email or username is "
+            "taken."
+        ),
         summary="Create an account",
         status_code=HTTP_201_CREATED,
         raises=[ValidationException, AlreadyRegistered, BreaksARule, TooMany],
@@ -196,6 +202,10 @@ class AuthController(Controller):
     @post(
         "/refresh",
         operation_id="refreshTokens",
+        description=(
+            "Answers a new access and refresh token; the old refresh token stops working. A refresh token used "
+            "twice (already rotated) revokes its whole family."
+        ),
         summary="Trade a refresh token for a new pair",
         status_code=HTTP_200_OK,
         raises=[*AUTH_ERRORS, TooMany],
@@ -247,6 +257,7 @@ class AuthController(Controller):
     @get(
         "/verify",
         operation_id="verifyToken",
+        description="200 with the caller's user id while the access token is valid; 401 otherwise.",
         summary="Check an access token",
         guards=[requires_user],
         security=BEARER,
@@ -258,6 +269,10 @@ class AuthController(Controller):
     @post(
         "/verify-email",
         operation_id="verifyEmail",
+        description=(
+            "Marks the address verified with the token from the emailed link; 400 for an invalid, expired or used "
+            "token."
+        ),
         summary="Confirm an email address with the emailed token",
         status_code=200,
         raises=[ValidationException, TooMany],
@@ -318,12 +333,21 @@ class MeController(Controller):
     guards = [requires_user]
     security = BEARER
 
-    @get(operation_id="getMe", summary="The signed-in user", raises=AUTH_ERRORS)
+    @get(
+        operation_id="getMe",
+        description="The caller's account; never a password hash.",
+        summary="The signed-in user",
+        raises=AUTH_ERRORS,
+    )
     async def me(self, request: Request[User, Any, Any]) -> UserOut:
         return user_out(request.user)
 
     @patch(
         operation_id="updateMe",
+        description=(
+            "Changes `full_name` and whether a task's end is also emailed (`email_notifications`); fields left out "
+            "stay."
+        ),
         summary="Change profile and email preferences",
         raises=[*AUTH_ERRORS, ValidationException, BreaksARule],
     )
@@ -341,6 +365,10 @@ class MeController(Controller):
     @post(
         "/password",
         operation_id="changePassword",
+        description=(
+            "Needs the current password (401 if wrong). Every other session, refresh family, access token and event "
+            "stream of the user is revoked at once."
+        ),
         summary="Change the password; other sessions end",
         status_code=HTTP_204_NO_CONTENT,
         raises=[*AUTH_ERRORS, ValidationException, BreaksARule],

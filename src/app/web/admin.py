@@ -29,7 +29,15 @@ class AdminUsersController(Controller):
     guards = [requires_superuser]
     security = [{"BearerToken": []}]
 
-    @get(operation_id="adminListUsers", summary="List users (superusers only)", raises=ADMIN_ERRORS)
+    @get(
+        operation_id="adminListUsers",
+        description=(
+            "A page of users, searched by `q` in email, username or name and filtered by `active`. 403 unless the "
+            "caller is a superuser."
+        ),
+        summary="List users (superusers only)",
+        raises=ADMIN_ERRORS,
+    )
     async def list_users(
         self,
         db_session: NamedDependency[AsyncSession],
@@ -48,6 +56,10 @@ class AdminUsersController(Controller):
     @patch(
         "/{user_id:uuid}",
         operation_id="adminUpdateUser",
+        description=(
+            "Sets `is_active` and `is_superuser`; a deactivated user's tokens, sessions and streams end at once. "
+            "409 for deactivating or demoting oneself."
+        ),
         summary="Activate, deactivate, promote or demote a user (superusers only; not oneself)",
         raises=[*ADMIN_ERRORS, NotFoundException, Conflicting],
     )

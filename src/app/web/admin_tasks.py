@@ -73,6 +73,10 @@ class AdminTasksController(Controller):
     @get(
         "/load",
         operation_id="adminTaskLoad",
+        description=(
+            "Each queue's depth (null while the broker does not answer), tasks by status, the busiest users (at "
+            "most 50) and the running-task limits."
+        ),
         summary="Running and queued tasks per user, and each queue's depth (superusers only)",
         raises=[NotAuthorizedException, PermissionDeniedException],
     )

@@ -66,7 +66,8 @@ from app.web.limits import Limiter
 from app.web.metrics import MetricsRefresher
 from app.web.notifications import AdminNotificationsController, NotificationsController
 from app.web.oidc import IdentitiesController, OIDCIdentities, OIDCVerifier
-from app.web.openapi import document_problems
+from app.web.openapi import complete_document
+from app.web.openapi_examples import schema_examples
 from app.web.pages import PAGE_CONTROLLERS
 from app.web.request_id import RequestIdMiddleware
 from app.web.security import SecurityHeadersMiddleware
@@ -215,7 +216,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def constant(value: Any) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *PAGE_CONTROLLERS,
             HealthController,
@@ -291,8 +292,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=_openapi(assets),
         template_config=templates,
         debug=settings.app_env == "development" and settings.log_level.upper() == "DEBUG",
-        on_startup=[document_problems, tune_garbage_collector],
+        on_startup=[tune_garbage_collector],
         # The write engine too: advanced-alchemy's plugin disposes it only under its first state key
         # ("db_engine"); a second app in one process gets "db_engine_1" and kept its connections open.
         on_shutdown=[reads.dispose, alchemy.get_engine().dispose],
     )
+    # Now, not at start-up: `litestar schema openapi` builds the app without starting it (app.web.openapi).
+    complete_document(app, schema_examples())
+    return app

@@ -17,11 +17,6 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import structlog
-from advanced_alchemy.exceptions import (
-    DuplicateKeyError,
-    IntegrityError,
-    NotFoundError,
-)
 from asyncpg.exceptions import AdminShutdownError, CannotConnectNowError, CrashShutdownError, PostgresConnectionError
 from litestar import MediaType, Request, Response
 from litestar.exceptions import ClientException, HTTPException, TooManyRequestsException, ValidationException
@@ -111,11 +106,7 @@ def from_http_exception(exc: HTTPException) -> ProblemDetailsException:
     return problem(status, detail, headers=exc.headers)
 
 
-def from_not_found(exc: NotFoundError) -> ProblemDetailsException:
-    return problem(404, "No such resource.")
-
-
-def from_conflict(exc: IntegrityError | SQLIntegrityError) -> ProblemDetailsException:
+def from_conflict(exc: SQLIntegrityError) -> ProblemDetailsException:
     """A constraint the database enforces (a unique key taken by a concurrent request): the request's fault."""
     log.warning("request.integrity_error", error=str(getattr(exc, "orig", None) or exc))
     return problem(409, "The request conflicts with the current state of the resource.")
@@ -265,13 +256,17 @@ def problem_details_config() -> ProblemDetailsConfig:
 
 
 def exception_handlers() -> ExceptionHandlersMap:
-    """Every other exception, converted to a problem and rendered the same way."""
+    """Every other exception, converted to a problem and rendered the same way.
+
+    Database errors are mapped once, here: a unique or foreign key the database enforces
+    (SQLAlchemy's IntegrityError) is a 409; "not found" is the domain's NotFound, a 404.
+    Nothing uses advanced-alchemy's repositories (hot paths are SQLAlchemy Core, the rest
+    the ORM session), so its NotFoundError and DuplicateKeyError are never raised and have
+    no handler.
+    """
     return {
         HTTPException: _handler(from_http_exception),
-        NotFoundError: _handler(from_not_found),
-        DuplicateKeyError: _handler(from_conflict),
-        IntegrityError: _handler(from_conflict),
-        SQLIntegrityError: _handler(from_conflict),  # SQLAlchemy's own, raised outside a repository
+        SQLIntegrityError: _handler(from_conflict),
         DomainError: _handler(from_domain_error),
         Exception: _handler(from_unexpected),
     }

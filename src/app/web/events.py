@@ -9,14 +9,16 @@ makes its event wait for the next wake-up or heartbeat.
 
 The streams of a process share their reads (`EventFeed`): the readers waiting at one
 moment are served by one query for up to FEED_USERS users, and a heartbeat's re-check
-waits up to FEED_TICK seconds to join others. A stream holds no database connection
-while it waits.
+waits up to FEED_TICK seconds to join others; while the newest event id stays where it
+was, a re-check whose last read found nothing is answered without a read (see EventFeed).
+A stream holds no database connection while it waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from asyncio import FIRST_COMPLETED
 from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator, Sequence
@@ -33,7 +35,7 @@ from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -47,6 +49,7 @@ from app.web.draining import Draining
 from app.web.errors import database_down, database_unavailable
 from app.web.http.credentials import CredentialCache, credential_of
 from app.web.metrics import SSE_CONNECTIONS, SSE_SLOW_CLIENTS
+from app.web.openapi import EVENT_STREAM
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +61,10 @@ FEED_USERS = 500
 FEED_ROWS = 2_000
 #: How long a heartbeat's re-check of the table may wait to share a read with others (seconds).
 FEED_TICK = 1.0
+#: How long a re-check may go without a read while the newest event id does not move (seconds).
+FEED_QUIET_SECONDS = 30.0
+#: The probe of a tick's re-checks: the newest event id (the primary key's last entry).
+_NEWEST = select(func.max(Event.id))
 
 _FEED_COLUMNS = (Event.id, Event.type, Event.payload, Event.created_at, Event.user_id)
 #: A shared read: every event above the floor of the readers' users or for everyone, oldest first.
@@ -84,6 +91,8 @@ _open_streams: Counter[UUID] = Counter()
 #: What a reader gets: the events after its id, and whether to read again at once (more backlog);
 #: None when the stream must end (the database cannot be reached).
 Read = tuple[Sequence[EventRecord], bool] | None
+#: A probe of the newest event id: that id and when it was made (time.monotonic()); None: not made.
+Probe = tuple[int, float] | None
 
 
 def _message(record: EventRecord) -> ServerSentEventMessage:
@@ -103,6 +112,16 @@ class EventFeed:
     and a reader below it with none there reads on its own, BATCH rows. Heartbeat re-checks (`soon=False`) wait up to
     FEED_TICK seconds for a read to join, so idle streams cost one query per tick, not
     one per stream.
+
+    Idle streams need not read even that: a tick's re-checks first probe the newest event
+    id (one statement for every stream of the process). A reader (user, last id) whose
+    read found nothing after that id, at a probe that still holds, has nothing new: an
+    event committed since then moves the probe, since an id is taken at the insert and a
+    later commit with a smaller id (another writer's, still open at the probe) is the one
+    case the probe misses. For that case a reader is read again at least every
+    FEED_QUIET_SECONDS, so an event whose wake-up was lost reaches an idle stream within
+    that time and a heartbeat at the latest, and within a heartbeat when the probe moved.
+    Wake-ups always read.
     """
 
     def __init__(
@@ -112,11 +131,15 @@ class EventFeed:
         self._sessions = sessions
         self._tick = tick
         self._waiting: dict[UUID | None, list[tuple[int, asyncio.Future[Read]]]] = {}
+        self._rechecks: set[asyncio.Future[Read]] = set()  # the waiting heartbeat re-checks
+        #: (user, last id) a read found nothing new for: the newest id probed just before it, and when.
+        self._quiet: dict[tuple[UUID | None, int], tuple[int, float]] = {}
         self._due = False  # a reader that may not wait is waiting (or the tick has come)
         self._running: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        #: Queries run so far (read by the tests and benchmarks).
+        #: Queries run so far, probes of the newest id apart (read by the tests and benchmarks).
         self.queries = 0
+        self.probes = 0
 
     async def after(self, user_id: UUID | None, after_id: int, *, soon: bool = True) -> Read:
         """The reader's events after `after_id` (at most BATCH), and whether there are more."""
@@ -126,8 +149,11 @@ class EventFeed:
         if soon:
             self._due = True
             self._start()
-        elif self._timer is None:
-            self._timer = loop.call_later(self._tick, self._on_tick)
+        else:
+            self._rechecks.add(future)
+            future.add_done_callback(self._rechecks.discard)
+            if self._timer is None:
+                self._timer = loop.call_later(self._tick, self._on_tick)
         return await future
 
     def hurry(self, _: object = None) -> None:
@@ -156,9 +182,10 @@ class EventFeed:
                     self._timer.cancel()
                     self._timer = None
                 waiting, self._waiting = self._waiting, {}
-                readers = list(waiting.items())
+                probed = await self._answer_quiet(waiting)
+                readers = [(user_id, asks) for user_id, asks in waiting.items() if asks]
                 for start in range(0, len(readers), FEED_USERS):
-                    await self._serve(readers[start : start + FEED_USERS])
+                    await self._serve(readers[start : start + FEED_USERS], probed)
         finally:
             self._running = None
             if self._waiting:
@@ -168,12 +195,57 @@ class EventFeed:
                 elif self._timer is None:
                     self._timer = loop.call_later(self._tick, self._on_tick)
 
-    async def _serve(self, readers: list[tuple[UUID | None, list[tuple[int, asyncio.Future[Read]]]]]) -> None:
+    async def _answer_quiet(self, waiting: dict[UUID | None, list[tuple[int, asyncio.Future[Read]]]]) -> Probe:
+        """Answer (and take out of `waiting`) the re-checks that need no read; the probe, None when none was made."""
+        if not any(future in self._rechecks for asks in waiting.values() for _, future in asks):
+            return None
+        probed_at = time.monotonic()
+        self.probes += 1
+        try:
+            newest = int((await read(self._reads, _NEWEST))[0][0] or 0)
+        except Exception as exc:  # noqa: BLE001 - the reads that follow meet it too, and answer for it
+            log.warning("events.probe_failed", error=str(exc))
+            return None
+        self._quiet = {
+            reader: seen
+            for reader, seen in self._quiet.items()
+            if seen[0] == newest and probed_at - seen[1] < FEED_QUIET_SECONDS
+        }
+        for user_id, asks in waiting.items():
+            unanswered = []
+            for after_id, future in asks:
+                if future in self._rechecks and (user_id, after_id) in self._quiet:
+                    if not future.done():
+                        future.set_result(((), False))
+                else:
+                    unanswered.append((after_id, future))
+            asks[:] = unanswered
+        return newest, probed_at
+
+    def _note_quiet(
+        self, readers: list[tuple[UUID | None, list[tuple[int, Any]]]], records: list[EventRecord], probed: Probe
+    ) -> None:
+        """Remember the readers a complete read found nothing new for (at the probe made before it)."""
+        if probed is None:
+            return
+        newest_of: dict[UUID | None, int] = {record.user_id: record.id for record in records}  # ids ascend
+        everyone = newest_of.get(None, 0)
+        for user_id, asks in readers:
+            latest = max(everyone, newest_of.get(user_id, 0) if user_id is not None else 0)
+            for after_id, _ in asks:
+                if after_id >= latest:
+                    self._quiet[(user_id, after_id)] = probed
+
+    async def _serve(
+        self, readers: list[tuple[UUID | None, list[tuple[int, asyncio.Future[Read]]]]], probed: Probe = None
+    ) -> None:
         futures = [future for _, asks in readers for _, future in asks]
         try:
             records = await self._query(readers)
             if records is None or len(records) < FEED_ROWS:
                 self._hand_out(readers, records, None)
+                if records is not None:
+                    self._note_quiet(readers, records, probed)
                 return
             # The read stopped at FEED_ROWS: it is complete only up to its last id. Readers with
             # events up to there take them and come back at once; a reader below that id with
@@ -460,6 +532,7 @@ class EventsController(Controller):
             "Reconnect with `Last-Event-ID` (or `?last_event_id=`) to receive every event after that id first."
         ),
         media_type="text/event-stream",
+        responses={200: EVENT_STREAM},
         guards=[requires_user],
         security=[{"BearerToken": []}],
         raises=[NotAuthorizedException, ValidationException, TooManyRequestsException],

@@ -16,6 +16,8 @@ import structlog
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -74,7 +76,20 @@ class HealthController(Controller):
     path = "/health"
     tags = ["operations"]
 
-    @get("/live", operation_id="healthLive", summary="The process serves requests", opt={"skip_logging": True})
+    @get(
+        "/live",
+        operation_id="healthLive",
+        summary="The process serves requests",
+        description="200 while the process serves requests; it checks nothing else.",
+        responses={
+            HTTP_200_OK: ResponseSpec(
+                dict[str, str],
+                description="The process serves.",
+                examples=[Example(summary="Serving", value={"status": "ok"})],
+            )
+        },
+        opt={"skip_logging": True},
+    )
     async def live(self) -> dict[str, str]:
         return {"status": "ok"}
 
@@ -82,7 +97,30 @@ class HealthController(Controller):
         "/ready",
         operation_id="healthReady",
         summary="Database, broker and workers answer",
-        description="200 when all checks pass, 503 naming the ones that failed.",
+        description="200 when the database, the broker and at least one worker answer; 503 naming the ones that "
+        "failed (each check answers `ok` or a fixed phrase; the cause is logged, never answered).",
+        responses={
+            HTTP_200_OK: ResponseSpec(
+                dict[str, Any],
+                description="Every check passed.",
+                examples=[
+                    Example(
+                        summary="Every check passed",
+                        value={"status": "ok", "checks": {"database": "ok", "broker": "ok", "workers": "ok"}},
+                    )
+                ],
+            ),
+            HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(
+                dict[str, Any],
+                description="A check failed: `checks` names it (the same shape as the 200, not a problem document).",
+                examples=[
+                    Example(
+                        summary="No worker has sent a heartbeat",
+                        value={"status": "error", "checks": {"database": "ok", "broker": "ok", "workers": NO_WORKER}},
+                    )
+                ],
+            ),
+        },
         opt={"skip_logging": True},
     )
     async def ready(

@@ -57,6 +57,7 @@ class NotificationsController(Controller):
 
     @get(
         operation_id="listNotifications",
+        description="A page of the caller's notifications; `unread=true` shows only unread ones.",
         summary="The user's notifications, newest first",
         raises=[NotAuthorizedException, ValidationException],
     )
@@ -76,6 +77,7 @@ class NotificationsController(Controller):
     @get(
         "/unread-count",
         operation_id="countUnreadNotifications",
+        description="The number the bell shows.",
         summary="How many of the user's notifications are unread",
         raises=[NotAuthorizedException],
     )
@@ -87,6 +89,9 @@ class NotificationsController(Controller):
     @post(
         "/{notification_id:uuid}/read",
         operation_id="readNotification",
+        description=(
+            "Marks it read (reading it again changes nothing) and sends `notification.updated` to the caller's streams."
+        ),
         summary="Mark a notification read (again: no change)",
         status_code=HTTP_200_OK,
         raises=ERRORS,
@@ -107,6 +112,7 @@ class NotificationsController(Controller):
     @post(
         "/read-all",
         operation_id="readAllNotifications",
+        description="Marks every unread notification of the caller read; `updated` says how many changed.",
         summary="Mark every notification of the user read",
         status_code=HTTP_200_OK,
         raises=[NotAuthorizedException],
@@ -126,6 +132,7 @@ class NotificationsController(Controller):
     @delete(
         "/{notification_id:uuid}",
         operation_id="deleteNotification",
+        description="Deletes one of the caller's notifications; 404 for another user's.",
         summary="Delete a notification",
         status_code=HTTP_204_NO_CONTENT,
         raises=ERRORS,

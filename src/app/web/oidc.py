@@ -364,7 +364,15 @@ class IdentitiesController(Controller):
     guards = [requires_user]
     security = BEARER
 
-    @get(operation_id="listMyIdentities", summary="Identity provider accounts linked to me", raises=AUTH_ERRORS)
+    @get(
+        operation_id="listMyIdentities",
+        description=(
+            "The identity provider accounts (issuer and subject) bound to the caller, whose bearer tokens sign in "
+            "as them."
+        ),
+        summary="Identity provider accounts linked to me",
+        raises=AUTH_ERRORS,
+    )
     async def list_identities(
         self,
         request: Request[User, Any, Any],
@@ -401,6 +409,10 @@ class IdentitiesController(Controller):
     @delete(
         "/{identity_id:uuid}",
         operation_id="unlinkIdentity",
+        description=(
+            "Unbinds one of the caller's identity provider accounts; 409 when it is the only way the account can "
+            "sign in."
+        ),
         summary="Unlink an identity provider account from me",
         status_code=HTTP_204_NO_CONTENT,
         raises=[*AUTH_ERRORS, NotFoundException, Conflicting],

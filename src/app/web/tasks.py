@@ -8,8 +8,10 @@ from uuid import UUID
 import anyio
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, NotFoundException, ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
@@ -25,6 +27,7 @@ from app.domain.tasks.schemas import KindOut, TaskOut, TaskRequest, TaskStatus, 
 from app.domain.tasks.services import TaskService, describe_kinds, task_message_args
 from app.web.auth import requires_user
 from app.web.errors import BreaksARule, Conflicting, TooMany
+from app.web.openapi import ResultDownload
 from app.workers.actors.tasks import send_task
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
@@ -37,7 +40,12 @@ class TaskKindsController(Controller):
     guards = [requires_user]
     security = BEARER
 
-    @get(operation_id="listTaskKinds", summary="The kinds of task that can be started", raises=[NotAuthorizedException])
+    @get(
+        operation_id="listTaskKinds",
+        summary="The kinds of task that can be started",
+        description="Each kind with its title, what it does and the JSON Schema of its `params` (with defaults).",
+        raises=[NotAuthorizedException],
+    )
     async def kinds(self) -> list[KindOut]:
         return [msgspec.convert(kind, KindOut) for kind in describe_kinds()]
 
@@ -57,6 +65,21 @@ class TasksController(Controller):
             "user already has MAX_ACTIVE_TASKS unfinished tasks."
         ),
         status_code=HTTP_202_ACCEPTED,
+        response_description="The task, queued.",
+        response_headers=[
+            ResponseHeader(
+                name="Location",
+                value="/api/v1/tasks/01936b2f-1a2b-7c3d-8e4f-5a6b7c8d9e0f",
+                description="The task's address.",
+                documentation_only=True,
+            )
+        ],
+        responses={
+            HTTP_200_OK: ResponseSpec(
+                TaskOut,
+                description="The same `Idempotency-Key` and body within 24 hours: the original task, not new.",
+            )
+        },
         raises=[NotAuthorizedException, ValidationException, Conflicting, BreaksARule, TooMany],
     )
     async def create(
@@ -69,21 +92,25 @@ class TasksController(Controller):
         idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)] = None,
     ) -> Response[TaskOut]:
         service = TaskService(db_session, settings)
-        task, created = await service.create(request.user, data, idempotency_key)
-        body = task_out(task)
+        body, created = await service.create(request.user, data, idempotency_key)
         await db_session.commit()  # the task exists before its message does
         if created:
             # The message first (the broker client blocks: in a thread), so the worker can start on
             # the task while this process wakes the task's live streams.
-            await anyio.to_thread.run_sync(send_task, *task_message_args(task))
+            await anyio.to_thread.run_sync(send_task, *task_message_args(body))
             await service.events.publish(publisher)
         return Response(
             body,
             status_code=HTTP_202_ACCEPTED if created else HTTP_200_OK,
-            headers={"Location": f"/api/v1/tasks/{task.id}"},
+            headers={"Location": f"/api/v1/tasks/{body.id}"},
         )
 
-    @get(operation_id="listTasks", summary="The user's tasks, newest first", raises=[NotAuthorizedException])
+    @get(
+        operation_id="listTasks",
+        summary="The user's tasks, newest first",
+        description="A page of the caller's own tasks, filtered by `status` and `kind` when given.",
+        raises=[NotAuthorizedException],
+    )
     async def list_tasks(
         self,
         request: Request[User, Any, Any],
@@ -96,7 +123,13 @@ class TasksController(Controller):
         # The hot read: one statement on the read engine, rows straight into Structs (app.domain.tasks.reads).
         return await list_page(reads, request.user.id, status=status, kind=kind, limit=limit, offset=offset)
 
-    @get("/{task_id:uuid}", operation_id="getTask", summary="One task", raises=ERRORS)
+    @get(
+        "/{task_id:uuid}",
+        operation_id="getTask",
+        summary="One task",
+        description="The task with its progress, result or error; 404 also for another user's task.",
+        raises=ERRORS,
+    )
     async def get_task(
         self, request: Request[User, Any, Any], task_id: FromPath[UUID], reads: NamedDependency[AsyncEngine]
     ) -> TaskOut:
@@ -106,6 +139,7 @@ class TasksController(Controller):
         "/{task_id:uuid}/cancel",
         operation_id="cancelTask",
         summary="Cancel a task (queued: at once; running: at its next step)",
+        description="A queued task is cancelled at once; a running one stops at its next step. 409 once it ended.",
         status_code=HTTP_202_ACCEPTED,
         raises=[*ERRORS, Conflicting],
     )
@@ -127,6 +161,8 @@ class TasksController(Controller):
         "/{task_id:uuid}/retry",
         operation_id="retryTask",
         summary="Queue a failed or cancelled task again",
+        description="The task is queued again with `attempts` + 1 (its old file is deleted); 409 unless it failed "
+        "or was cancelled.",
         status_code=HTTP_202_ACCEPTED,
         raises=[*ERRORS, Conflicting],
     )
@@ -153,6 +189,7 @@ class TasksController(Controller):
         "/{task_id:uuid}",
         operation_id="deleteTask",
         summary="Delete a finished task and its artifact",
+        description="Deletes the task and its file; 409 while it is queued or running (cancel it first).",
         status_code=HTTP_204_NO_CONTENT,
         raises=[*ERRORS, Conflicting],
     )
@@ -173,6 +210,9 @@ class TasksController(Controller):
         "/{task_id:uuid}/result",
         operation_id="getTaskResult",
         summary="The task's file as a download, or its result JSON",
+        description="An export's file as an attachment (CSV or JSON); a task without a file answers its result "
+        "JSON; 404 while there is neither.",
+        operation_class=ResultDownload,
         raises=ERRORS,
     )
     async def result(

@@ -21,6 +21,7 @@ from redis.retry import Retry
 from app.config import Settings
 from app.workers.context import LogContext
 from app.workers.heartbeat import Heartbeat, HeartbeatStore, MemoryHeartbeats, RedisHeartbeats
+from app.workers.metrics import WorkerMetrics
 from app.workers.per_process import SharedAsyncIO
 from app.workers.recovery import Recovery
 from app.workers.runtime import RuntimeLifecycle
@@ -96,6 +97,29 @@ class _WakingConsumer(_RedisConsumer):
             super().close()
 
 
+class PollCheck(Middleware):
+    """Warns when a `dramatiq` worker process will poll at another interval than WORKER_POLL_MS says.
+
+    The CLI builds its Worker with Dramatiq's default worker timeout, which Dramatiq reads from
+    `dramatiq_worker_timeout` when it is imported (the CLI has no flag): the Procfile,
+    compose.yaml and `make worker` set it from WORKER_POLL_MS, but a WORKER_POLL_MS that only
+    `.env` holds never reaches it. Only the CLI sends `process_boot`; embedded workers are
+    given WORKER_POLL_MS directly.
+    """
+
+    def __init__(self, poll_ms: int) -> None:
+        self.poll_ms = poll_ms
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        if self.poll_ms != dramatiq.worker.WORKER_TIMEOUT:
+            log.warning(
+                "worker.poll_differs",
+                worker_poll_ms=self.poll_ms,
+                dramatiq_worker_timeout=dramatiq.worker.WORKER_TIMEOUT,
+                fix="start `dramatiq` with dramatiq_worker_timeout=$WORKER_POLL_MS in its environment",
+            )
+
+
 def heartbeat_store(settings: Settings) -> HeartbeatStore:
     if settings.embedded_workers:
         return MemoryHeartbeats()
@@ -103,6 +127,14 @@ def heartbeat_store(settings: Settings) -> HeartbeatStore:
 
 
 def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Broker:
+    """The broker and its middleware.
+
+    The idle poll of a `dramatiq` CLI worker is Dramatiq's own setting, the environment
+    variable `dramatiq_worker_timeout` (read when Dramatiq is imported, before this runs): the
+    Procfile, compose.yaml and `make worker` set it from WORKER_POLL_MS. Embedded workers
+    are given WORKER_POLL_MS directly (app.workers.embedded).
+    """
+    metrics = _worker_metrics(settings)
     # RuntimeLifecycle must come after AsyncIO: its shutdown hook runs while the loop still runs.
     extra: list[Middleware] = [
         SharedAsyncIO(),
@@ -111,9 +143,15 @@ def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Bro
         RuntimeLifecycle(),
         PeriodiqMiddleware(skip_delay=60),
         Heartbeat(
-            heartbeats, interval=settings.worker_heartbeat_seconds, ttl=settings.worker_stale_seconds, watch=Recovery()
+            heartbeats,
+            interval=settings.worker_heartbeat_seconds,
+            ttl=settings.worker_stale_seconds,
+            watch=Recovery(),
+            on_beat=metrics.record_beat if metrics is not None else None,
         ),
         OneStopSignal(),
+        PollCheck(settings.worker_poll_ms),
+        *([metrics] if metrics is not None else []),
     ]
     broker: dramatiq.Broker
     url = settings.job_broker_url
@@ -125,7 +163,6 @@ def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Bro
         broker = WakingRedisBroker(client=_redis_client(url), namespace=settings.redis_namespace)  # type: ignore[no-untyped-call]
     for middleware in extra:
         broker.add_middleware(middleware)
-    _default_worker_timeout(settings.worker_poll_ms)
     # A consumer that lost the broker tries again after this long (Dramatiq: 3 s): with Redis back,
     # messages flow again within a second.
     dramatiq.worker.CONSUMER_RESTART_DELAY_SECS = CONSUMER_RESTART_SECONDS
@@ -144,14 +181,12 @@ def _redis_client(url: str) -> redis.Redis:
     )
 
 
-def _default_worker_timeout(milliseconds: int) -> None:
-    """Make WORKER_POLL_MS the poll timeout of every Worker, including the `dramatiq` CLI's.
+def _worker_metrics(settings: Settings) -> WorkerMetrics | None:
+    """Dramatiq's Prometheus middleware for `dramatiq` process groups with WORKER_METRICS_PORT set.
 
-    An idle Redis consumer backs off up to the worker timeout between polls (1,000 ms by
-    default), which is how long an idle worker may take to notice a message. The CLI
-    has no flag for it and reads `dramatiq_worker_timeout` only at import, before this
-    module runs, so the keyword default itself is set here.
+    Embedded, the workers share the web process and its /metrics; Dramatiq's middleware needs
+    a worker process of its own (it sets up on `process_boot`, which only the CLI sends).
     """
-    defaults = dramatiq.Worker.__init__.__kwdefaults__
-    if defaults is not None:
-        defaults["worker_timeout"] = milliseconds
+    if settings.embedded_workers or not settings.worker_metrics_port:
+        return None
+    return WorkerMetrics(settings)

@@ -37,6 +37,8 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     seen_at: float
     #: The queues this process's workers take messages from (empty: every queue).
     queues: tuple[str, ...] = ()
+    #: The longest an idle worker of this process waits between two polls of the broker (its worker timeout).
+    poll_ms: int = 0
 
 
 @runtime_checkable
@@ -53,6 +55,8 @@ class HeartbeatStore(Protocol):
 #: What a worker process does after each beat (app.workers.recovery): given the live workers' ids and the
 #: store's generation (None, None: the store did not answer) and this process's own beat.
 Watch = Callable[[set[str] | None, str | None, WorkerInfo], None]
+#: Told of each beat, whether or not the store took it (app.workers.metrics records its time).
+OnBeat = Callable[[WorkerInfo], None]
 
 
 class MemoryHeartbeats:
@@ -109,11 +113,20 @@ class Heartbeat(Middleware):
     counts all their threads and queues.
     """
 
-    def __init__(self, store: HeartbeatStore, *, interval: float, ttl: float, watch: Watch | None = None) -> None:
+    def __init__(
+        self,
+        store: HeartbeatStore,
+        *,
+        interval: float,
+        ttl: float,
+        watch: Watch | None = None,
+        on_beat: OnBeat | None = None,
+    ) -> None:
         self.store = store
         self.interval = interval
         self.ttl = ttl
         self.watch = watch
+        self.on_beat = on_beat
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._info: WorkerInfo | None = None
@@ -138,6 +151,7 @@ class Heartbeat(Middleware):
             started_at=now,
             seen_at=now,
             queues=queues,
+            poll_ms=worker.worker_timeout,
         )
         self._stop.clear()
         self._beat()
@@ -167,6 +181,11 @@ class Heartbeat(Middleware):
         if self._info is not None:
             self._info = msgspec.structs.replace(self._info, seen_at=time.time())
             self._safely(self.store.beat, self._info, self.ttl)
+            if self.on_beat is not None:
+                try:
+                    self.on_beat(self._info)
+                except Exception:  # a failing listener must not stop the beats that keep this worker alive
+                    log.exception("heartbeat.on_beat_failed")
 
     def _watch(self) -> None:
         """Tell the watcher who is alive (only a store that every process beats in can say who is gone)."""

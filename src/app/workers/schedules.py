@@ -13,11 +13,60 @@ from typing import Any
 
 import dramatiq
 import pendulum
+import redis
 import structlog
 
+from app.config import get_settings
 from app.workers.errors import BROKER_DOWN
 
 log = structlog.get_logger(__name__)
+
+
+#: How long a scheduled run's claim is kept: far longer than two schedulers' clocks ever differ.
+CLAIM_SECONDS = 24 * 3600
+
+
+class ScheduleClaims:
+    """Each scheduled run is sent by one scheduler, however many run (services mode).
+
+    Every scheduler sends every due actor at each cron minute; before sending, it claims
+    the run (the actor and its minute, in UTC) with one atomic Redis `SET NX`, and only the
+    one that made the claim sends. The minute, not periodiq's full timestamp: schedulers on
+    machines whose clocks differ by a second, or with other time zones, name the same run.
+    Redis out of reach: the run is sent anyway (the periodic jobs are safe to run twice, and
+    a run not sent at all would wait for the next one).
+    """
+
+    def __init__(self, redis_url: str, namespace: str) -> None:
+        self._client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self._prefix = f"{namespace}:schedule:"
+
+    @staticmethod
+    def run_name(actor_name: str, scheduled_at: str) -> str:
+        minute = pendulum.parse(scheduled_at).in_timezone("UTC").format("YYYY-MM-DDTHH:mm")  # type: ignore[union-attr]
+        return f"{actor_name}@{minute}"
+
+    def claim(self, actor_name: str, scheduled_at: str) -> bool:
+        """True when this scheduler is the first to send this run."""
+        try:
+            return bool(
+                self._client.set(self._prefix + self.run_name(actor_name, scheduled_at), 1, nx=True, ex=CLAIM_SECONDS)
+            )
+        except redis.RedisError as exc:
+            log.warning("schedule.claim_failed", actor=actor_name, error=str(exc))
+            return True
+
+
+_claims: ScheduleClaims | None = None
+
+
+def schedule_claims() -> ScheduleClaims | None:
+    """The process's claims, services mode only (embedded, the one web process is the only scheduler)."""
+    global _claims
+    settings = get_settings()
+    if _claims is None and settings.redis_url:
+        _claims = ScheduleClaims(settings.redis_url, settings.redis_namespace)
+    return _claims
 
 
 class PeriodicActor(dramatiq.Actor[Any, Any]):
@@ -39,6 +88,10 @@ class PeriodicActor(dramatiq.Actor[Any, Any]):
     ) -> dramatiq.Message[Any]:
         if "scheduled_at" not in options:
             return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+        claims = schedule_claims()
+        if claims is not None and not claims.claim(self.actor_name, options["scheduled_at"]):
+            log.info("schedule.sent_by_another", actor=self.actor_name, scheduled_at=options["scheduled_at"])
+            return self.message_with_options(args=args, kwargs=kwargs, **options)
         try:
             return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
         except BROKER_DOWN as exc:

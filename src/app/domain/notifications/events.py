@@ -16,11 +16,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import TextClause, bindparam, delete, func, insert, or_, select, text, union_all
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Table,
+    Text,
+    TextClause,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    union_all,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import BIT
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.clock import utcnow
@@ -41,6 +58,21 @@ def _lock_keys(user_id: UUID | None) -> dict[str, int]:
     if user_id is None:
         return {"everyone": EVENT_ORDER_LOCK}
     return {"everyone": EVENT_ORDER_LOCK, "space": USER_EVENT_LOCKS, "key": _user_lock_key(user_id)}
+
+
+def user_lock_expressions(user_id: Any) -> tuple[Any, Any]:
+    """SQL expressions that take, in this order, the locks an event of user `user_id` (a uuid column) takes.
+
+    For a statement that learns its user as it runs (the task claim's RETURNING, which
+    evaluates them left to right), so that it holds them before its next statement, as
+    `lock` does. Postgres only: the key is `_user_lock_key`'s, the id's last 32 bits, signed.
+    """
+    tail = func.right(func.replace(sql_cast(user_id, Text), "-", ""), 8)
+    key = sql_cast(sql_cast(literal("x") + tail, BIT(32)), Integer)
+    return (
+        func.pg_advisory_xact_lock_shared(literal(EVENT_ORDER_LOCK, BigInteger)),
+        func.pg_advisory_xact_lock(literal(USER_EVENT_LOCKS, Integer), key),
+    )
 
 
 #: The locks an event takes (see above). A select list is evaluated in order, so the
@@ -66,6 +98,19 @@ _EVERYONE_INSERT = (
 )
 
 
+#: Several events of one user in one statement, in the order given: the rows come out of `unnest ... WITH
+#: ORDINALITY` sorted, and each draws its id as it reaches the insert, after the locks are held.
+_USER_INSERT_SEVERAL = (
+    "WITH locks AS (SELECT pg_advisory_xact_lock_shared(CAST(:everyone AS bigint)) AS everyone, "
+    "pg_advisory_xact_lock(:space, :key) AS mine) "
+    "INSERT INTO event (user_id, type, payload, created_at) "
+    "SELECT CAST(:user_id AS uuid), e.type, CAST(e.payload AS jsonb), CAST(:created_at AS timestamptz) "
+    "FROM locks, unnest(CAST(:types AS text[]), CAST(:payloads AS text[])) WITH ORDINALITY AS e(type, payload, n) "
+    "ORDER BY e.n "
+    "RETURNING id"
+)
+
+
 def _typed(sql: str) -> TextClause:
     columns = Event.__table__.c
     return text(sql).bindparams(
@@ -78,6 +123,13 @@ def _typed(sql: str) -> TextClause:
 
 _INSERT_FOR_USER = _typed(_USER_INSERT)
 _INSERT_FOR_EVERYONE = _typed(_EVERYONE_INSERT)
+_INSERT_SEVERAL_FOR_USER = text(_USER_INSERT_SEVERAL).bindparams(
+    bindparam("user_id", type_=Event.__table__.c.user_id.type),
+    bindparam("created_at", type_=Event.__table__.c.created_at.type),
+)
+#: SQLite: several rows, their ids returned in the order of the rows given.
+_EVENTS = cast(Table, Event.__table__)
+_INSERT_SEVERAL = insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True)
 _TAKE_USER_LOCKS = text(_USER_LOCKS)
 #: SQLite: a write that changes nothing, which takes the database's write lock until commit.
 _TAKE_SQLITE_WRITE_LOCK = text("UPDATE event SET id = id WHERE 0")
@@ -147,9 +199,59 @@ class EventLog:
         self.pending.append(record)
         return record
 
+    async def record_several(self, user_id: UUID, events: Sequence[tuple[str, dict[str, Any]]]) -> list[EventRecord]:
+        """Several events of one user, in the order given, in one statement (one round trip instead of one each).
+
+        What a transaction that ends a task records: its `task.updated`, then the
+        notification's `notification.created`. Locks and id order as with `record`.
+        """
+        if not events:
+            return []
+        await self.session.flush()
+        now = utcnow()
+        if self._postgres:
+            parameters = {
+                "user_id": user_id,
+                "created_at": now,
+                "types": [event_type for event_type, _ in events],
+                "payloads": [msgspec.json.encode(data).decode() for _, data in events],
+                **_lock_keys(user_id),
+            }
+            # Drawn in the order of the rows: ascending ids are the events in the order given.
+            ids = sorted(
+                int(event_id)
+                for event_id in (await self.session.execute(_INSERT_SEVERAL_FOR_USER, parameters)).scalars()
+            )
+        else:
+            rows = [
+                {"user_id": user_id, "type": event_type, "payload": data, "created_at": now}
+                for event_type, data in events
+            ]
+            ids = [int(event_id) for event_id in (await self.session.execute(_INSERT_SEVERAL, rows)).scalars()]
+        records = [
+            EventRecord(id=event_id, type=event_type, data=data, created_at=now, user_id=user_id)
+            for event_id, (event_type, data) in zip(ids, events, strict=True)
+        ]
+        self.pending.extend(records)
+        return records
+
+    def written(self, record: EventRecord) -> None:
+        """An event the caller inserted itself, to publish with the others after commit.
+
+        For a statement that writes an event along with the change it reports (the task
+        submission's, app.domain.tasks.services): it must run with `lock` held for the
+        event's user in this transaction, so that its id is drawn under the locks as here.
+        """
+        self.pending.append(record)
+
+    @property
+    def postgres(self) -> bool:
+        """Whether this log's session is on Postgres (advisory locks; statements SQLite cannot run)."""
+        return self.session.bind is not None and self.session.bind.dialect.name == "postgresql"
+
     @property
     def _postgres(self) -> bool:
-        return self.session.bind is not None and self.session.bind.dialect.name == "postgresql"
+        return self.postgres
 
     async def lock(self, user_id: UUID | None) -> None:
         """Take now, until commit, the locks that an event for `user_id` takes (Postgres; see above).

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, cast
 from uuid import UUID, uuid4
 
 import msgspec
-from sqlalchemy import func, select, update
+from advanced_alchemy.mixins.uuid import uuid7  # type: ignore[attr-defined]  # the models' own id default
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.domain.accounts.models import User
 from app.domain.clock import utcnow
 from app.domain.errors import InvalidInput, NotFound
+from app.domain.notifications.emails import PENDING
 from app.domain.notifications.events import EventLog, EventPublisher, wake_everyone
 from app.domain.notifications.models import Notification
 from app.domain.notifications.schemas import NotificationOut, notification_out
@@ -62,6 +64,89 @@ async def notify_once(
         return None
     await events.record(NOTIFICATION_CREATED, msgspec.to_builtins(notification_out(notification)), user_id=user_id)
     return notification
+
+
+_NOTIFICATIONS = cast("Table", Notification.__table__)
+
+
+#: A notification unless its dedupe key exists, its email `pending` when the owner wants email: one statement,
+#: the same SQL on Postgres and SQLite. Text, not the dialects' `insert(...).on_conflict_do_nothing()`: those
+#: constructs are not cacheable (`inherit_cache = False`), so SQLAlchemy compiled one for every task's end.
+#: Returns the new row's email_status (no row when the key existed).
+_INSERT_ONCE = text(
+    "INSERT INTO notification (id, user_id, category, title, message, is_read, task_id, dedupe_key, created_at, "
+    "email_status, email_due_at, email_attempts) "
+    "VALUES (:id, :owner, :category, :title, :message, :is_read, :task_id, :dedupe_key, :now, "
+    "CASE WHEN (SELECT email_notifications FROM user_account WHERE id = :owner) THEN :pending END, "
+    "CASE WHEN (SELECT email_notifications FROM user_account WHERE id = :owner) THEN :now END, 0) "
+    "ON CONFLICT (dedupe_key) DO NOTHING "
+    "RETURNING email_status"
+).bindparams(
+    bindparam("id", type_=_NOTIFICATIONS.c.id.type),
+    bindparam("owner", type_=_NOTIFICATIONS.c.user_id.type),
+    bindparam("category", type_=_NOTIFICATIONS.c.category.type),
+    bindparam("title", type_=_NOTIFICATIONS.c.title.type),
+    bindparam("message", type_=_NOTIFICATIONS.c.message.type),
+    bindparam("is_read", type_=_NOTIFICATIONS.c.is_read.type),
+    bindparam("task_id", type_=_NOTIFICATIONS.c.task_id.type),
+    bindparam("dedupe_key", type_=_NOTIFICATIONS.c.dedupe_key.type),
+    bindparam("now", type_=_NOTIFICATIONS.c.created_at.type),
+    bindparam("pending", type_=_NOTIFICATIONS.c.email_status.type),
+)
+
+
+class NewNotification(msgspec.Struct, frozen=True, kw_only=True):
+    """A notification just written: what its `notification.created` event shows, and whether an email waits."""
+
+    out: NotificationOut
+    email_pending: bool
+
+
+async def add_notification_once(
+    session: AsyncSession,
+    *,
+    user_id: UUID,
+    category: str,
+    title: str,
+    message: str,
+    dedupe_key: str,
+    task_id: UUID | None = None,
+) -> NewNotification | None:
+    """`notify_once` in one Core statement, without its event: None when `dedupe_key` already existed.
+
+    The caller records the `notification.created` event (with its others, `EventLog.record_several`).
+    The email is marked pending in the same statement when the owner wants email, so no second
+    read of the user and no second write of the row. No ORM object is built: the hot path of every
+    task's end (app.domain.tasks.runner).
+    """
+    now = utcnow()
+    notification_id = uuid7()
+    parameters = {
+        "id": notification_id,
+        "is_read": False,
+        "pending": PENDING,
+        "owner": user_id,
+        "category": category,
+        "title": title,
+        "message": message,
+        "task_id": task_id,
+        "dedupe_key": dedupe_key,
+        "now": now,
+    }
+    row = (await session.execute(_INSERT_ONCE, parameters)).first()
+    if row is None:
+        return None
+    out = NotificationOut(
+        id=notification_id,
+        category=category,
+        title=title,
+        message=message,
+        is_read=False,
+        task_id=task_id,
+        created_at=now,
+        read_at=None,
+    )
+    return NewNotification(out=out, email_pending=row[0] == PENDING)
 
 
 NOTIFICATION_UPDATED = "notification.updated"

@@ -15,7 +15,8 @@ subquery picks the row with `FOR UPDATE SKIP LOCKED` on Postgres (concurrent cla
 never wait for each other and never pick the same row; SQLite has one writer at a time,
 where the statement alone is atomic). Two claimers picking two tasks of one user at once
 could both see the user below the cap; on Postgres the claim then takes the user's lock
-and counts again (`over_cap`), and gives its pick back if the user went over.
+(in the claim's own RETURNING) and counts again in its next statement (`over_cap`), and
+gives its pick back if the user went over.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sqlalchemy import ColumnElement, Table, and_, bindparam, func, or_, select,
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from app.config import Settings
+from app.domain.notifications.events import user_lock_expressions
 from app.domain.tasks.models import QUEUED, RUNNING, Task
 from app.domain.tasks.reads import COLUMNS
 
@@ -70,11 +72,15 @@ def limits(settings: Settings) -> tuple[int, tuple[tuple[str, int], ...]]:
 
 
 @lru_cache(maxsize=8)
-def claim_statement(per_user: int, per_kind: tuple[tuple[str, int], ...]) -> ReturningUpdate[Any]:
-    """Mark the fairest task that may start as running; returns a TaskOut's columns, the owner and the kind.
+def claim_statement(
+    per_user: int, per_kind: tuple[tuple[str, int], ...], *, lock_owner: bool = False
+) -> ReturningUpdate[Any]:
+    """Mark the fairest task that may start as running; returns a TaskOut's columns, the owner and the first attempt.
 
     Parameters: `now` (the claim's time), `due_by` (`due_by(now)`), `worker_id`, and `passed_over` (owners to skip: a
-    pick given back because its owner went over a cap). Built once per set of limits.
+    pick given back because its owner went over a cap). Built once per set of limits. With `lock_owner` (Postgres)
+    its RETURNING also takes the owner's event locks (two more columns, after the claimed row is written), so
+    the count that follows (`over_cap_statement`) needs no round trip of its own to lock first.
     """
     candidate = _TASKS.alias()
     pick = (
@@ -98,7 +104,12 @@ def claim_statement(per_user: int, per_kind: tuple[tuple[str, int], ...]) -> Ret
             finished_at=None,
             worker_id=bindparam("worker_id", type_=_TASKS.c.worker_id.type),
         )
-        .returning(*(_TASKS.c[column.key] for column in COLUMNS), _TASKS.c.user_id, _TASKS.c.first_attempt)
+        .returning(
+            *(_TASKS.c[column.key] for column in COLUMNS),
+            _TASKS.c.user_id,
+            _TASKS.c.first_attempt,
+            *(user_lock_expressions(_TASKS.c.user_id) if lock_owner else ()),
+        )
     )
 
 

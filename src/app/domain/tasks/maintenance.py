@@ -8,14 +8,15 @@ round has none left. `overdue` finds tasks that may start but stayed queued for 
 than TASK_RESEND_SECONDS (their message was lost, or the broker was down when they were
 created), and `startable` counts those that may start now: the caller sends a message for
 each, as the scheduler's sweep does, and a worker does at once when the broker comes back.
-`purge` deletes finished tasks older than TASK_RETENTION_DAYS, with their artifacts.
+`purge` deletes finished tasks older than TASK_RETENTION_DAYS, with their artifacts
+(`purge_batches` does it batch by batch, for a caller that shows progress).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import cast
 from uuid import UUID
 
@@ -141,21 +142,41 @@ class TaskKeeper:
             return sorted((row[0], row[1]) for row in rows)
 
     async def purge(self) -> int:
-        cutoff = utcnow() - timedelta(days=self.settings.task_retention_days)
+        """Delete finished tasks older than TASK_RETENTION_DAYS, with their artifacts; returns how many."""
         deleted = 0
+        async for count in self.purge_batches(self.retention_cutoff()):
+            deleted += count
+        return deleted
+
+    def retention_cutoff(self) -> datetime:
+        """Tasks that finished before this are past TASK_RETENTION_DAYS."""
+        return utcnow() - timedelta(days=self.settings.task_retention_days)
+
+    async def count_purgeable(self, cutoff: datetime) -> int:
+        """How many finished tasks `purge_batches(cutoff)` would delete now (for a progress bar)."""
+        query = select(func.count()).select_from(Task).where(Task.status.in_(FINISHED), Task.finished_at < cutoff)
+        async with self.sessions() as session:
+            return int(await session.scalar(query) or 0)
+
+    async def purge_batches(self, cutoff: datetime, batch_size: int = BATCH) -> AsyncIterator[int]:
+        """Delete finished tasks that finished before `cutoff`, `batch_size` per transaction; yields each batch's count.
+
+        Each batch commits, then its artifacts are deleted, before the caller hears of it: a purge
+        stopped midway leaves no row without its file's deletion having been tried, and no lock held.
+        """
         while True:
             async with self.sessions() as session, session.begin():
                 rows = (
                     await session.execute(
                         select(Task.id, Task.artifact)
                         .where(Task.status.in_(FINISHED), Task.finished_at < cutoff)
-                        .limit(BATCH)
+                        .limit(batch_size)
                     )
                 ).all()
                 if not rows:
-                    return deleted
+                    return
                 await session.execute(delete(Task).where(Task.id.in_([row.id for row in rows])))
             for row in rows:
                 if row.artifact:
                     await self.artifacts.delete(row.artifact)
-            deleted += len(rows)
+            yield len(rows)

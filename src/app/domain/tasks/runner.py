@@ -23,27 +23,26 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
+import msgspec
 import structlog
-from sqlalchemy import select, text, update
+from sqlalchemy import Row, Table, and_, bindparam, case, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.domain.accounts.models import User
 from app.domain.clock import utcnow
-from app.domain.notifications.emails import want_email
 from app.domain.notifications.events import EventLog, EventPublisher
-from app.domain.notifications.services import notify_once
+from app.domain.notifications.services import NOTIFICATION_CREATED, NewNotification, add_notification_once
 from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.fairness import claim_statement, due_by, limits, over_cap_statement
 from app.domain.tasks.kinds import get_kind
 from app.domain.tasks.kinds.base import ArtifactSink, TaskCancelled
 from app.domain.tasks.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Task
-from app.domain.tasks.reads import row_out
+from app.domain.tasks.reads import COLUMNS, row_out
 from app.domain.tasks.schemas import TaskOut
-from app.domain.tasks.services import record_task_event, record_task_out
+from app.domain.tasks.services import TASK_UPDATED, record_task_out
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +82,24 @@ CLAIM_TRIES = 5
 
 #: SQLite: a write that changes nothing, which takes the database's write lock until commit.
 _SQLITE_WRITE_LOCK = text("UPDATE task SET id = id WHERE 0")
+
+_TASKS = cast(Table, Task.__table__)
+#: What every write of an attempt returns: a TaskOut's columns (app.domain.tasks.reads.row_out), then the owner.
+_OUT = (*(_TASKS.c[column.key] for column in COLUMNS), _TASKS.c.user_id)
+#: The attempt's own row: still running, still this attempt (parameters `task_id`, `attempt`).
+_MINE = and_(
+    _TASKS.c.id == bindparam("task_id", type_=_TASKS.c.id.type),
+    _TASKS.c.status == RUNNING,
+    _TASKS.c.attempts == bindparam("attempt"),
+)
+#: A succeeded task's progress is full: a total it did not count up to is reached at its end.
+_FULL_PROGRESS = case(
+    (
+        and_(_TASKS.c.progress_total > 0, _TASKS.c.progress_current < _TASKS.c.progress_total),
+        _TASKS.c.progress_total,
+    ),
+    else_=_TASKS.c.progress_current,
+)
 #: A task whose attempt failed waits, queued, this long before the next (doubling per attempt, up to the
 #: maximum), give or take the claim's CLOCK_SKEW allowance (app.domain.tasks.fairness).
 RETRY_MIN = timedelta(seconds=2)
@@ -219,59 +236,54 @@ class TaskRunner:
         return await self._end(context, SUCCEEDED, result=result)
 
     async def _claim(self, worker_id: str | None) -> _Claimed | None:
-        """The fair claim (app.domain.tasks.fairness), recorded with its `running` event."""
+        """The fair claim (app.domain.tasks.fairness), recorded with its `running` event.
+
+        Postgres: the claim's RETURNING takes the owner's event locks, the next statement counts
+        again under them, the event is the third; with the BEGIN and COMMIT, five round trips.
+        SQLite: the write lock first, then the claim and its event (one writer: no count again).
+        """
         per_user, per_kind = limits(self.settings)
         passed_over: list[UUID] = []
         for _ in range(CLAIM_TRIES):
             async with self.sessions() as session, session.begin():
-                if session.bind is not None and session.bind.dialect.name == "sqlite":
+                postgres = session.bind is not None and session.bind.dialect.name == "postgresql"
+                if not postgres:
                     # One writer at a time: wait for the write lock first, then read the clock, so a task
                     # committed while this claim waited is not taken for one queued in the future.
                     await session.execute(_SQLITE_WRITE_LOCK)
                 now = utcnow()
                 parameters = {"now": now, "due_by": due_by(now), "worker_id": worker_id, "passed_over": passed_over}
-                row = (await session.execute(claim_statement(per_user, per_kind), parameters)).first()
+                claim = claim_statement(per_user, per_kind, lock_owner=postgres)
+                row = (await session.execute(claim, parameters)).first()
                 if row is None:
                     return None
-                claimed = _Claimed(task=row_out(row[:-2]), user_id=row[-2], first_attempt=row[-1])
-                events = EventLog(session)
-                # The user's lock (which the event takes anyway), then the count again: a claim of another
-                # of this user's tasks that committed meanwhile is counted now (SQLite: one writer, no race).
-                await events.lock(claimed.user_id)
-                over = await session.scalar(
+                width = len(COLUMNS)
+                claimed = _Claimed(task=row_out(row[:width]), user_id=row[width], first_attempt=row[width + 1])
+                # Under the owner's lock (taken by the claim), count again: a claim of another of this user's
+                # tasks that committed meanwhile is counted now. SQLite: one writer, no race.
+                if postgres and await session.scalar(
                     over_cap_statement(per_user, per_kind), {"user_id": claimed.user_id, "kind": claimed.task.kind}
-                )
-                if over:
+                ):
                     await session.rollback()
                     passed_over.append(claimed.user_id)
                     continue
+                events = EventLog(session)
                 await record_task_out(events, claimed.task, claimed.user_id)
             await events.publish(self.publisher)
             return claimed
         return None
 
-    def _mine(self, context: _Context) -> Any:
-        """An UPDATE of this attempt's task. Each write has a session of its own, so there is nothing to synchronise."""
-        return (
-            update(Task)
-            .where(Task.id == context.task_id, Task.status == RUNNING, Task.attempts == context.attempt)
-            .execution_options(synchronize_session=False)
-        )
-
     async def _write_progress(self, context: _Context, current: int, total: int, message: str | None) -> bool:
         """Store progress and the heartbeat; True when the user asked to cancel."""
+        values = {"current": current, "total": total, "message": message, "now": utcnow()}
         async with self.sessions() as session, session.begin():
-            task = await session.scalar(
-                self._mine(context)
-                .values(progress_current=current, progress_total=total, progress_message=message, heartbeat_at=utcnow())
-                .returning(Task)
-            )
-            if task is None:
+            row = (await session.execute(_PROGRESS, {**_mine(context), **values})).first()
+            if row is None:
                 raise _Lost()
             events = EventLog(session)
-            await record_task_event(events, task)
+            await _record_row(events, row)
         await events.publish(self.publisher)
-        return bool(task.cancel_requested)
+        return bool(row[-1])
 
     async def _keep(self, context: _Context) -> None:
         """Write a held-back report once the interval has passed; keep the heartbeat fresh through long steps.
@@ -288,7 +300,7 @@ class TaskRunner:
             except TimeoutError:
                 try:
                     async with context.writing, self.sessions() as session, session.begin():
-                        await session.execute(self._mine(context).values(heartbeat_at=utcnow()))
+                        await session.execute(_HEARTBEAT, {**_mine(context), "now": utcnow()})
                 except Exception as exc:  # noqa: BLE001 - a missed heartbeat is not the task's failure
                     log.warning("task.heartbeat_failed", attempt=context.attempt, error=str(exc))
                 continue
@@ -301,72 +313,108 @@ class TaskRunner:
                 return
 
     async def _requeue(self, context: _Context, error: str, retry_in: timedelta) -> Ended:
+        values = {"error": error, "next_attempt": context.attempt + 1, "enqueued_at": utcnow() + retry_in}
         async with self.sessions() as session, session.begin():
-            task = await session.scalar(
-                self._mine(context)
-                .values(
-                    status=QUEUED,
-                    attempts=context.attempt + 1,
-                    error=error,
-                    heartbeat_at=None,
-                    worker_id=None,
-                    enqueued_at=utcnow() + retry_in,
-                )
-                .returning(Task)
-            )
-            if task is None:
+            row = (await session.execute(_REQUEUE, {**_mine(context), **values})).first()
+            if row is None:
                 return Ended(Outcome.SKIPPED, context.task_id)
             events = EventLog(session)
-            await record_task_event(events, task)
+            await _record_row(events, row)
         await events.publish(self.publisher)
         return Ended(Outcome.RETRY, context.task_id, retry_in=retry_in)
 
     async def _end(
         self, context: _Context, status: str, *, result: dict[str, Any] | None = None, error: str | None = None
     ) -> Ended:
+        """Write how the attempt ended, its `task.updated` event and (succeeded, failed) the owner's notification.
+
+        One transaction of three statements: the task's UPDATE, the notification's INSERT (which
+        also marks its email pending when the owner wants one) and both events in one INSERT.
+        """
         email: UUID | None = None
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "result": result}
+        if context.pending is not None:  # the last report, held back by the interval, goes with the end
+            current, total, message = context.pending
+            if status == SUCCEEDED and total and current < total:
+                current = total
+            values |= {"progress_current": current, "progress_total": total, "progress_message": message}
+        elif status == SUCCEEDED:
+            values["progress_current"] = _FULL_PROGRESS
+        if status == SUCCEEDED:
+            values["artifact"] = context.artifact_key
         async with self.sessions() as session, session.begin():
-            values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "result": result}
-            if context.pending is not None:  # the last report, held back by the interval, goes with the end
-                current, total, message = context.pending
-                values |= {"progress_current": current, "progress_total": total, "progress_message": message}
-            if status == SUCCEEDED:
-                values["artifact"] = context.artifact_key
-            task = await session.scalar(self._mine(context).values(**values).returning(Task))
-            if task is None:
+            statement = update(_TASKS).where(_MINE).values(**values).returning(*_OUT)
+            row = (await session.execute(statement, _mine(context))).first()
+            if row is None:
                 return Ended(Outcome.SKIPPED, context.task_id)
-            if status == SUCCEEDED and task.progress_total and task.progress_current < task.progress_total:
-                task.progress_current = task.progress_total
+            task, user_id = row_out(row[:-1]), row[-1]
             events = EventLog(session)
-            await record_task_event(events, task)
+            recorded: list[tuple[str, dict[str, Any]]] = [(TASK_UPDATED, msgspec.to_builtins(task))]
             if status in (SUCCEEDED, FAILED):
-                email = await self._notify(session, events, task)
+                created = await _notify(session, task, user_id)
+                if created is not None:
+                    recorded.append((NOTIFICATION_CREATED, msgspec.to_builtins(created.out)))
+                    email = created.out.id if created.email_pending else None
+            await events.record_several(user_id, recorded)
         await events.publish(self.publisher)
         if status != SUCCEEDED and context.artifact_key:
             await self.artifacts.delete(context.artifact_key)
         return Ended(Outcome.FINISHED, context.task_id, email_notification=email)
 
-    async def _notify(self, session: AsyncSession, events: EventLog, task: Task) -> UUID | None:
-        """One notification per ended attempt; its id when its owner wants it by email (written pending)."""
-        ok = task.status == SUCCEEDED
-        title = "Task completed" if ok else "Task failed"
-        message = f"“{task.title}” {'completed' if ok else 'failed'}" + ("." if ok else f": {task.error}")
-        created = await notify_once(
-            session,
-            events,
-            user_id=task.user_id,
-            category="task",
-            title=title,
-            message=message,
-            task_id=task.id,
-            dedupe_key=f"task:{task.id}:{task.attempts}:{task.status}",
-        )
-        if created is None:
-            return None
-        # Most owners want no email: read the one flag, and the whole user only for those who do.
-        if not await session.scalar(select(User.email_notifications).where(User.id == task.user_id)):
-            return None
-        owner = await session.get(User, task.user_id)
-        if owner is None or not want_email(created, owner):
-            return None
-        return created.id
+
+def _mine(context: _Context) -> dict[str, Any]:
+    """The parameters of `_MINE`: this attempt's task."""
+    return {"task_id": context.task_id, "attempt": context.attempt}
+
+
+#: Progress and the heartbeat; returns the task (`_OUT`) and its cancel flag. Parameters: `_MINE`'s, current,
+#: total, message, now.
+_PROGRESS = (
+    update(_TASKS)
+    .where(_MINE)
+    .values(
+        progress_current=bindparam("current"),
+        progress_total=bindparam("total"),
+        progress_message=bindparam("message", type_=_TASKS.c.progress_message.type),
+        heartbeat_at=bindparam("now", type_=_TASKS.c.heartbeat_at.type),
+    )
+    .returning(*_OUT, _TASKS.c.cancel_requested)
+)
+#: The heartbeat alone, through a long step. Parameters: `_MINE`'s, now.
+_HEARTBEAT = update(_TASKS).where(_MINE).values(heartbeat_at=bindparam("now", type_=_TASKS.c.heartbeat_at.type))
+#: Queued again for the next attempt, due after its backoff. Parameters: `_MINE`'s, error, next_attempt, enqueued_at.
+_REQUEUE = (
+    update(_TASKS)
+    .where(_MINE)
+    .values(
+        status=QUEUED,
+        attempts=bindparam("next_attempt"),
+        error=bindparam("error", type_=_TASKS.c.error.type),
+        heartbeat_at=None,
+        worker_id=None,
+        enqueued_at=bindparam("enqueued_at", type_=_TASKS.c.enqueued_at.type),
+    )
+    .returning(*_OUT)
+)
+
+
+async def _record_row(events: EventLog, row: Row[Any]) -> None:
+    """The `task.updated` event of a row that starts with `_OUT`."""
+    width = len(COLUMNS)
+    await record_task_out(events, row_out(row[:width]), row[width])
+
+
+async def _notify(session: AsyncSession, task: TaskOut, user_id: UUID) -> NewNotification | None:
+    """One notification per ended attempt (its event is the caller's to record); None when it existed."""
+    ok = task.status == SUCCEEDED
+    title = "Task completed" if ok else "Task failed"
+    message = f"“{task.title}” {'completed' if ok else 'failed'}" + ("." if ok else f": {task.error}")
+    return await add_notification_once(
+        session,
+        user_id=user_id,
+        category="task",
+        title=title,
+        message=message,
+        task_id=task.id,
+        dedupe_key=f"task:{task.id}:{task.attempts}:{task.status}",
+    )

@@ -14,7 +14,8 @@ from typing import Any, cast
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import Table, bindparam, func, select
+from advanced_alchemy.mixins.uuid import uuid7  # type: ignore[attr-defined]  # the models' own id default
+from sqlalchemy import Table, bindparam, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,10 +23,11 @@ from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.clock import utcnow
 from app.domain.errors import Conflict, InvalidInput, LimitReached, NotFound
-from app.domain.notifications.events import EventLog
+from app.domain.notifications.events import EventLog, EventRecord
+from app.domain.notifications.models import Event
 from app.domain.tasks.kinds import KINDS, get_kind
 from app.domain.tasks.models import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, STATUSES, Task
-from app.domain.tasks.schemas import TaskOut, TaskRequest, task_out
+from app.domain.tasks.schemas import TaskOut, TaskRequest, progress_of, task_out
 from app.domain.text import control_problem
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -33,12 +35,71 @@ TASK_UPDATED = "task.updated"
 
 
 _TASKS = cast(Table, Task.__table__)
+_EVENTS = cast(Table, Event.__table__)
 #: A user's unfinished tasks, counted on every submission: built once, in Core.
 _ACTIVE_COUNT = (
     select(func.count())
     .select_from(_TASKS)
     .where(_TASKS.c.user_id == bindparam("user_id"), _TASKS.c.status.in_(ACTIVE))
 )
+#: The columns a submission writes; every other column keeps its default (`_new_row`).
+_SUBMITTED = (
+    "id",
+    "user_id",
+    "kind",
+    "title",
+    "description",
+    "status",
+    "params",
+    "attempts",
+    "first_attempt",
+    "progress_current",
+    "progress_total",
+    "cancel_requested",
+    "idempotency_key",
+    "request_fingerprint",
+    "created_at",
+    "enqueued_at",
+)
+#: SQLite: the task's row as it is (the count and the event are statements of their own there).
+_INSERT_TASK = insert(_TASKS).values({name: bindparam(name, type_=_TASKS.c[name].type) for name in _SUBMITTED})
+
+
+def _submit_statement() -> Any:
+    """Postgres: count, insert the task if under the cap, insert its event, in one statement.
+
+    Run with the user's event lock held (taken by the statement before: this one's snapshot then
+    sees every submission that held the lock before it, so the count is exact). The event's id
+    is drawn after the lock, as `EventLog.record` would. Parameters: the `_SUBMITTED` columns,
+    `cap` and `payload` (the task.updated event's data). Returns the count before this task and
+    the event's id (NULL when over the cap: nothing was written).
+    """
+    counted = _ACTIVE_COUNT.with_only_columns(func.count().label("active")).cte("counted")
+    task_values = select(*(bindparam(name, type_=_TASKS.c[name].type) for name in _SUBMITTED)).where(
+        counted.c.active < bindparam("cap")
+    )
+    new_task = (
+        insert(_TASKS)
+        .from_select(list(_SUBMITTED), task_values)
+        .returning(_TASKS.c.id, _TASKS.c.user_id)
+        .cte("new_task")
+    )
+    event_values = select(
+        new_task.c.user_id,
+        literal(TASK_UPDATED, _EVENTS.c.type.type),
+        bindparam("payload", type_=_EVENTS.c.payload.type),
+        bindparam("created_at", type_=_EVENTS.c.created_at.type),
+    )
+    new_event = (
+        insert(_EVENTS)
+        .from_select(["user_id", "type", "payload", "created_at"], event_values)
+        .returning(_EVENTS.c.id)
+        .cte("new_event")
+    )
+    return select(counted.c.active, select(new_event.c.id).scalar_subquery())
+
+
+_SUBMIT = _submit_statement()
 
 
 def fingerprint(request: TaskRequest) -> str:
@@ -96,8 +157,14 @@ class TaskService:
         self.settings = settings
         self.events = EventLog(session)
 
-    async def create(self, user: User, request: TaskRequest, idempotency_key: str | None = None) -> tuple[Task, bool]:
-        """(task, created): an earlier task with the same Idempotency-Key and body is returned as it is."""
+    async def create(
+        self, user: User, request: TaskRequest, idempotency_key: str | None = None
+    ) -> tuple[TaskOut, bool]:
+        """(task, created): an earlier task with the same Idempotency-Key and body is returned as it is.
+
+        The hot path of every submission: on Postgres the lock, then one statement that counts,
+        inserts the task and its event (app.domain.tasks.services._submit_statement).
+        """
         kind = get_kind(request.kind)
         if kind is None:
             raise InvalidInput({"kind": f"unknown kind; one of {', '.join(sorted(KINDS))}"})
@@ -119,24 +186,15 @@ class TaskService:
             earlier = await self._by_key(user, idempotency_key)
             if earlier is not None:
                 if earlier.created_at > utcnow() - IDEMPOTENCY_WINDOW:
-                    return _replay(earlier, print_), False
+                    return task_out(_replay(earlier, print_)), False
                 earlier.idempotency_key = None  # the window has passed: the key may name a new task
                 await self.session.flush()
 
-        await self._refuse_over_cap(user)
-
-        task = Task(
-            user_id=user.id,
-            kind=kind.name,
-            title=title,
-            description=request.description,
-            params=msgspec.to_builtins(params),
-            idempotency_key=idempotency_key or None,
-            request_fingerprint=print_,
-        )
-        self.session.add(task)
+        row = _new_row(user.id, kind.name, title, request.description, msgspec.to_builtins(params))
+        row |= {"idempotency_key": idempotency_key or None, "request_fingerprint": print_}
+        task = _submitted_out(row)
         try:
-            await self.session.flush()
+            await self._insert(row, task)
         except IntegrityError:
             # Another request with this key committed its task after our look-up (SQLite has no lock to
             # queue on): nothing of ours is worth keeping, and that task answers as a replay.
@@ -144,15 +202,43 @@ class TaskService:
             winner = await self._by_key(user, idempotency_key) if idempotency_key else None
             if winner is None:
                 raise
-            return _replay(winner, print_), False
-        await record_task_event(self.events, task)
+            return task_out(_replay(winner, print_)), False
         return task, True
+
+    async def _insert(self, row: dict[str, Any], task: TaskOut) -> None:
+        """Write a new task and its event under the cap, with the user's event lock held; LimitReached over it.
+
+        Core statements, no ORM unit of work: on Postgres the count, the task and its event are
+        one statement; on SQLite (one writer at a time, held since `lock`) three.
+        """
+        payload = msgspec.to_builtins(task)
+        user_id = row["user_id"]
+        if self.events.postgres:
+            parameters = {**row, "cap": self.settings.max_active_tasks, "payload": payload}
+            active, event_id = (await self.session.execute(_SUBMIT, parameters)).one()
+            if event_id is None:
+                raise self._over_cap(int(active))
+            self.events.written(
+                EventRecord(
+                    id=int(event_id), type=TASK_UPDATED, data=payload, created_at=row["created_at"], user_id=user_id
+                )
+            )
+            return
+        await self._refuse_over_cap_of(user_id)
+        await self.session.execute(_INSERT_TASK, row)
+        await self.events.record(TASK_UPDATED, payload, user_id=user_id)
 
     async def _refuse_over_cap(self, user: User) -> None:
         """LimitReached when the user has MAX_ACTIVE_TASKS unfinished tasks; call with the user's event lock held."""
-        active = await self.session.scalar(_ACTIVE_COUNT, {"user_id": user.id})
-        if (active or 0) >= self.settings.max_active_tasks:
-            raise LimitReached(f"You have {active} unfinished tasks; the limit is {self.settings.max_active_tasks}.")
+        await self._refuse_over_cap_of(user.id)
+
+    async def _refuse_over_cap_of(self, user_id: UUID) -> None:
+        active = int(await self.session.scalar(_ACTIVE_COUNT, {"user_id": user_id}) or 0)
+        if active >= self.settings.max_active_tasks:
+            raise self._over_cap(active)
+
+    def _over_cap(self, active: int) -> LimitReached:
+        return LimitReached(f"You have {active} unfinished tasks; the limit is {self.settings.max_active_tasks}.")
 
     async def _by_key(self, user: User, idempotency_key: str) -> Task | None:
         query = select(Task).where(Task.user_id == user.id, Task.idempotency_key == idempotency_key)
@@ -232,7 +318,49 @@ class TaskService:
         return artifact
 
 
-def task_message_args(task: Task) -> tuple[str, int]:
+def _new_row(user_id: UUID, kind: str, title: str, description: str | None, params: Any) -> dict[str, Any]:
+    """The `_SUBMITTED` columns of a new queued task (the model's defaults, set here: no ORM object is built)."""
+    now = utcnow()
+    return {
+        "id": uuid7(),
+        "user_id": user_id,
+        "kind": kind,
+        "title": title,
+        "description": description,
+        "status": QUEUED,
+        "params": params,
+        "attempts": 1,
+        "first_attempt": 1,
+        "progress_current": 0,
+        "progress_total": 0,
+        "cancel_requested": False,
+        "idempotency_key": None,
+        "request_fingerprint": None,
+        "created_at": now,
+        "enqueued_at": now,
+    }
+
+
+def _submitted_out(row: dict[str, Any]) -> TaskOut:
+    """What `task_out` shows of a task just written from `row`."""
+    return TaskOut(
+        id=row["id"],
+        kind=row["kind"],
+        title=row["title"],
+        description=row["description"],
+        status=QUEUED,
+        progress=progress_of(QUEUED, 0, 0, None),
+        params=row["params"],
+        result=None,
+        error=None,
+        attempts=1,
+        created_at=row["created_at"],
+        started_at=None,
+        finished_at=None,
+    )
+
+
+def task_message_args(task: Task | TaskOut) -> tuple[str, int]:
     """What a task's message carries: the task and the attempt it is for."""
     return str(task.id), task.attempts
 

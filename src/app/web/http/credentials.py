@@ -22,6 +22,14 @@ What keeps that safe:
 - An entry lives at most AUTH_CACHE_SECONDS: a revocation whose announcement was lost still
   takes effect within that time.
 
+The users with open streams would each need their state read again every AUTH_CACHE_SECONDS
+(at a heartbeat after it ran out: two statements per user, 33 a second for 1,000 users,
+in bursts when their entries had been loaded together). Instead the cache renews them
+itself (`_renew_streams`): once a second it looks for such entries past three quarters of
+their life, and renews them, with every other one past half of its life, in two
+statements per RENEW_USERS users; renewals thus come in a few groups per
+AUTH_CACHE_SECONDS, and a heartbeat's check is served from memory.
+
 Open event streams register a `StreamWatch`; an announcement re-checks the streams of
 the users it names, and a stream whose credential no longer holds ends at once. A
 browser's stream also ends when its session is gone from the session store (signed out).
@@ -30,6 +38,7 @@ browser's stream also ends when its session is gone from the session store (sign
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import uuid
@@ -57,6 +66,7 @@ from app.domain.accounts.revocation import (
     decode_revoked,
     encode_revoked,
     load_credentials,
+    load_many_credentials,
     on_users_changed,
 )
 from app.web.channels import hears_every_message
@@ -67,6 +77,10 @@ log = structlog.get_logger(__name__)
 MAX_USERS = 50_000
 #: Where the authentication middleware leaves the request's credential (see `credential_of`).
 CREDENTIAL_SCOPE_KEY = "credential"
+#: How often the entries of users with open streams are looked at for renewal (seconds).
+RENEW_TICK = 1.0
+#: Users renewed by one pair of statements.
+RENEW_USERS = 500
 
 
 def changed_file(settings: Settings) -> Path:
@@ -80,9 +94,10 @@ def touch_changed_file(settings: Settings) -> None:
     path.write_text(str(time.time_ns()))
 
 
-def _mtime(path: Path | None) -> int:
+def _mtime(path: str | None) -> int:
+    """The file's modification time (os.stat on a str: a pathlib stat costs several times more per request)."""
     try:
-        return path.stat().st_mtime_ns if path is not None else 0
+        return os.stat(path).st_mtime_ns if path is not None else 0
     except FileNotFoundError:
         return 0
 
@@ -112,7 +127,7 @@ class CredentialCache:
         self._sessions = sessions
         self._token_lifetime = timedelta(minutes=settings.access_token_minutes)
         self._ttl = settings.auth_cache_seconds
-        self._changed_file = changed_file(settings) if settings.embedded_workers else None
+        self._changed_file = str(changed_file(settings)) if settings.embedded_workers else None
         self._changed_at = _mtime(self._changed_file)
         self._entries: OrderedDict[uuid.UUID, tuple[CredentialState | None, float]] = OrderedDict()
         self._epoch = 0
@@ -143,11 +158,50 @@ class CredentialCache:
         self.loads += 1
         state = await load_credentials(self._reads, user_id, self._token_lifetime)
         if self._trusted() and epoch == self._epoch:
-            self._entries[user_id] = (state, time.monotonic() + self._ttl)
-            self._entries.move_to_end(user_id)
-            if len(self._entries) > MAX_USERS:
-                self._entries.popitem(last=False)
+            self._remember(user_id, state, time.monotonic() + self._ttl)
         return state
+
+    def _remember(self, user_id: uuid.UUID, state: CredentialState | None, expires: float) -> None:
+        self._entries[user_id] = (state, expires)
+        self._entries.move_to_end(user_id)
+        if len(self._entries) > MAX_USERS:
+            self._entries.popitem(last=False)
+
+    def _due_for_renewal(self) -> list[uuid.UUID]:
+        """Users with open streams whose entry is missing or past 3/4 of its life, with those past half (else none)."""
+        now = time.monotonic()
+        half: list[uuid.UUID] = []
+        urgent = False
+        for user_id in self._watches:
+            entry = self._entries.get(user_id)
+            left = entry[1] - now if entry is not None else 0.0
+            if left < self._ttl / 2:
+                half.append(user_id)
+                urgent = urgent or left < self._ttl / 4
+        return half if urgent else []
+
+    async def _renew(self) -> None:
+        """Renew the entries `_due_for_renewal` names: two statements per RENEW_USERS users."""
+        if not self._trusted():
+            return
+        due = self._due_for_renewal()
+        for start in range(0, len(due), RENEW_USERS):
+            users = due[start : start + RENEW_USERS]
+            epoch, began = self._epoch, time.monotonic()
+            self.loads += 1
+            states = await load_many_credentials(self._reads, users, self._token_lifetime)
+            if not (self._trusted() and epoch == self._epoch):
+                return  # something was revoked meanwhile: the next tick reads again
+            for user_id, state in states.items():
+                self._remember(user_id, state, began + self._ttl)
+
+    async def _renew_streams(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_TICK)
+            try:
+                await self._renew()
+            except Exception as exc:  # noqa: BLE001 - a database out of reach: heartbeats read on their own, as before
+                log.warning("credentials.renewal_failed", error=str(exc))
 
     async def allows(self, credential: Credential, *, check_session: bool = False) -> bool:
         """True while the credential may act; `check_session`: also ask the session store (a round trip)."""
@@ -232,11 +286,15 @@ class CredentialCache:
     async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
         self._loop, self._thread = asyncio.get_running_loop(), threading.get_ident()
         listener = asyncio.ensure_future(self._listen())
+        renewer = asyncio.ensure_future(self._renew_streams())
         stop_hearing = on_users_changed(self._committed)
         try:
             yield
         finally:
             stop_hearing()
+            renewer.cancel()
+            with suppress(asyncio.CancelledError):
+                await renewer
             # Cancel until it ends: a cancel that arrives while the subscription is being made (an app
             # stopped within a second of starting) can be swallowed below us, leaving it waiting for ever.
             while not listener.done():

@@ -1,0 +1,146 @@
+"""An example of every body in the API document, made from the real Structs.
+
+Each example is an instance of the Struct it shows, so it cannot name a field the Struct
+lacks or miss one it requires; `app.web.openapi.complete_document` puts it on that
+Struct's component schema (keyed by the schema's title, e.g. `Page[TaskOut]`), and
+tests/test_openapi_document.py checks that every component has one and that each one
+validates against its schema.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from app.domain.accounts.identities import IdentityLink, IdentityOut
+from app.domain.accounts.schemas import PasswordChange, ProfileChange, Registration, UserFlags, UserOut
+from app.domain.notifications.schemas import NotificationOut
+from app.domain.notifications.services import BroadcastRequest
+from app.domain.pagination import Page
+from app.domain.tasks.schemas import KindOut, Progress, TaskOut, TaskRequest
+from app.domain.tasks.services import describe_kinds
+from app.web.accounts import (
+    EmailTokenRequest,
+    ForgotPassword,
+    LogoutRequest,
+    RefreshRequest,
+    ResetPassword,
+    TokenPair,
+    TokenValidity,
+)
+from app.web.admin_tasks import TaskLoadOut, UserLoadOut
+from app.web.diagnostics import RoundTrip
+from app.web.notifications import BroadcastAccepted, ReadAll, UnreadCount
+
+STARTED = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+FINISHED = datetime(2026, 11, 22, 10, 0, 21, tzinfo=UTC)
+USER_ID = UUID("01936b2e-7c4a-7d3e-9f10-2a3b4c5d6e7f")
+TASK_ID = UUID("01936b2f-1a2b-7c3d-8e4f-5a6b7c8d9e0f")
+NOTIFICATION_ID = UUID("01936b2f-4d5e-7f60-8a1b-2c3d4e5f6a7b")
+IDENTITY_ID = UUID("01936b30-0a1b-7c2d-9e3f-4a5b6c7d8e9f")
+#: Tokens are opaque to clients; these are shaped like the real ones, and work nowhere.
+ACCESS_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMTkzNmIyZSJ9.c2lnbmF0dXJl"  # noqa: S105
+REFRESH_TOKEN = "Zq3v9HkX2mB8wR5tY1uI7oP4aS6dF0gJ"  # noqa: S105
+EMAIL_TOKEN = "kT4nM8qW2eR6yU0iO3pA7sD1fG5hJ9lZ"  # noqa: S105
+PASSWORD = "a long passphrase"  # noqa: S105
+
+USER = UserOut(
+    id=USER_ID,
+    email="ann@example.com",
+    username="ann",
+    full_name="Ann Example",
+    is_active=True,
+    is_verified=True,
+    is_superuser=False,
+    email_notifications=True,
+    created_at=STARTED,
+)
+PROGRESS = Progress(current=20, total=20, percent=100.0, message="Processing step 20 of 20")
+TASK = TaskOut(
+    id=TASK_ID,
+    kind="demo",
+    title="Demo",
+    description=None,
+    status="succeeded",
+    progress=PROGRESS,
+    params={"steps": 20, "step_ms": 200},
+    result={"steps": 20},
+    error=None,
+    attempts=1,
+    created_at=STARTED,
+    started_at=STARTED,
+    finished_at=FINISHED,
+)
+NOTIFICATION = NotificationOut(
+    id=NOTIFICATION_ID,
+    category="task",
+    title="Task completed",
+    message="Demo succeeded.",
+    is_read=False,
+    task_id=TASK_ID,
+    created_at=FINISHED,
+    read_at=None,
+)
+IDENTITY = IdentityOut(
+    id=IDENTITY_ID,
+    issuer="https://id.example.com",
+    subject="248289761001",
+    email_at_link="ann@example.com",
+    created_at=STARTED,
+)
+
+
+def _demo_kind() -> KindOut:
+    """The demo kind as GET /api/v1/task-kinds describes it (its real parameter schema)."""
+    kinds = describe_kinds()
+    demo = next((kind for kind in kinds if kind["kind"] == "demo"), kinds[0])
+    return msgspec.convert(demo, KindOut)
+
+
+def _page(item: msgspec.Struct) -> dict[str, Any]:
+    return {"items": [msgspec.to_builtins(item)], "total": 1, "limit": 20, "offset": 0}
+
+
+def schema_examples() -> dict[str, Any]:
+    """Component schema title -> one example value (JSON-ready)."""
+    structs: dict[str, msgspec.Struct] = {
+        "UserOut": USER,
+        "Registration": Registration(email="ann@example.com", username="ann", password=PASSWORD, full_name="Ann"),
+        "ProfileChange": ProfileChange(full_name="Ann Example", email_notifications=False),
+        "PasswordChange": PasswordChange(current_password=PASSWORD, new_password="an even longer passphrase"),  # noqa: S106
+        "UserFlags": UserFlags(is_active=False),
+        "TokenPair": TokenPair(access_token=ACCESS_TOKEN, refresh_token=REFRESH_TOKEN, expires_in=900),
+        "RefreshRequest": RefreshRequest(refresh_token=REFRESH_TOKEN),
+        "LogoutRequest": LogoutRequest(refresh_token=REFRESH_TOKEN),
+        "TokenValidity": TokenValidity(user_id=USER_ID),
+        "EmailTokenRequest": EmailTokenRequest(token=EMAIL_TOKEN),
+        "ForgotPassword": ForgotPassword(email="ann@example.com"),
+        "ResetPassword": ResetPassword(token=EMAIL_TOKEN, password="a new long passphrase"),  # noqa: S106
+        "IdentityLink": IdentityLink(id_token=ACCESS_TOKEN),
+        "IdentityOut": IDENTITY,
+        "TaskRequest": TaskRequest(kind="demo", params={"steps": 20, "step_ms": 200}),
+        "TaskOut": TASK,
+        "Progress": PROGRESS,
+        "KindOut": _demo_kind(),
+        "NotificationOut": NOTIFICATION,
+        "UnreadCount": UnreadCount(unread=3),
+        "ReadAll": ReadAll(updated=3),
+        "BroadcastRequest": BroadcastRequest(title="Maintenance", message="The service restarts at 22:00 UTC."),
+        "BroadcastAccepted": BroadcastAccepted(recipients=42),
+        "RoundTrip": RoundTrip(token="3f9c1e7a5b"),  # noqa: S106
+        "UserLoadOut": UserLoadOut(user_id=USER_ID, username="ann", running=2, queued=5),
+        "TaskLoadOut": TaskLoadOut(
+            queues={"tasks": 3, "mail": 0, "maintenance": 0},
+            by_status={"queued": 5, "running": 2},
+            users=[UserLoadOut(user_id=USER_ID, username="ann", running=2, queued=5)],
+            max_running_per_user=4,
+            max_running_per_kind={"export": 1},
+        ),
+    }
+    examples: dict[str, Any] = {title: msgspec.to_builtins(value) for title, value in structs.items()}
+    pages = {"TaskOut": TASK, "NotificationOut": NOTIFICATION, "UserOut": USER, "IdentityOut": IDENTITY}
+    examples.update({f"{Page.__name__}[{name}]": _page(item) for name, item in pages.items()})
+    return examples

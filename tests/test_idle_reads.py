@@ -1,0 +1,104 @@
+"""What idle streams cost the database: the event feed's probe, and the credential cache's renewals."""
+
+from __future__ import annotations
+
+import uuid
+from uuid import UUID
+
+import msgspec
+import pytest
+from litestar.testing import TestClient
+from sqlalchemy import insert
+
+from app.config import get_settings
+from app.domain.accounts.models import User
+from app.domain.accounts.revocation import Credential
+from app.domain.database import create_engine, create_read_engine, session_factory
+from app.domain.notifications.models import Event
+from app.web import events
+from app.web.app import create_app
+from app.web.events import EventFeed
+from tests.accounts import PASSWORD, new_identity
+
+
+async def _new_user(sessions: object) -> UUID:
+    user_id = uuid.uuid4()
+    name = f"idle{user_id.hex[:10]}"
+    async with sessions() as session:  # type: ignore[operator]
+        session.add(User(id=user_id, email=f"{name}@example.com", username=name, password_hash="not a hash"))
+        await session.commit()
+    return user_id
+
+
+async def test_idle_rechecks_probe_without_reading_and_a_silent_event_still_arrives(
+    migrated: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = get_settings()
+    engine, reads = create_engine(settings), create_read_engine(settings)
+    try:
+        sessions = session_factory(engine)
+        user_id = await _new_user(sessions)
+        feed = EventFeed(reads, sessions, tick=0.01)
+        # The first re-check reads (nothing is known of this reader yet) and notes that it found nothing.
+        first = await feed.after(user_id, 0, soon=False)
+        assert first is not None
+        assert not first[0]
+        queries = feed.queries
+        for _ in range(3):  # nothing moved: a probe each, no read
+            again = await feed.after(user_id, 0, soon=False)
+            assert again is not None
+            assert not again[0]
+        assert feed.queries == queries
+        assert feed.probes >= 4
+
+        # An event committed with no wake-up at all (its publish lost): the newest id moved, so it is read.
+        async with sessions() as session:
+            await session.execute(insert(Event), [{"user_id": user_id, "type": "test.silent", "payload": {}}])
+            await session.commit()
+        found = await feed.after(user_id, 0, soon=False)
+        assert found is not None
+        assert [record.type for record in found[0]] == ["test.silent"]
+        assert feed.queries == queries + 1
+
+        # A wake-up always reads, and a reader is read again once FEED_QUIET_SECONDS have passed.
+        last = found[0][-1].id
+        assert await feed.after(user_id, last, soon=False) == ([], False)
+        queries = feed.queries
+        assert await feed.after(user_id, last, soon=True) == ([], False)
+        assert feed.queries == queries + 1
+        monkeypatch.setattr(events, "FEED_QUIET_SECONDS", 0.0)
+        assert await feed.after(user_id, last, soon=False) == ([], False)
+        assert feed.queries == queries + 2
+    finally:
+        await engine.dispose()
+        await reads.dispose()
+
+
+def test_open_streams_users_are_renewed_in_one_group(migrated: None) -> None:
+    """Entries of users with open streams are renewed together, before they run out, with one load."""
+    settings = msgspec.structs.replace(get_settings(), auth_cache_seconds=600.0)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        credentials = app.state["credentials"]
+        watched = []
+        for _ in range(3):
+            identity = new_identity()
+            assert client.post("/api/v1/auth/register", json=identity).status_code == 201
+            login = client.post("/api/v1/auth/login", json={"username": identity["username"], "password": PASSWORD})
+            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            me = client.get("/api/v1/users/me", headers=headers).json()
+            watched.append(credentials.watch(Credential(user_id=UUID(me["id"]), version=1)))
+        assert credentials._due_for_renewal() == []  # all fresh
+
+        # Two entries near the end of their life, one past half of it: all three go in one load.
+        for watch, left in zip(watched, (10.0, 290.0, 290.0), strict=True):
+            state, expires = credentials._entries[watch.credential.user_id]
+            credentials._entries[watch.credential.user_id] = (state, expires - 600.0 + left)
+        due = credentials._due_for_renewal()
+        assert sorted(due) == sorted(watch.credential.user_id for watch in watched)
+        loads = credentials.loads
+        client.blocking_portal.call(credentials._renew)
+        assert credentials.loads == loads + 1
+        assert credentials._due_for_renewal() == []
+        for watch in watched:
+            credentials.unwatch(watch)
