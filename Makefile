@@ -58,7 +58,7 @@ run: migrate ## Serve everything at http://$(HOST):$(PORT) (web + workers + sche
 	fi
 
 web: migrate ## Serve the web app alone (services mode: workers run elsewhere).
-	$(RUN) litestar run --host $(HOST) --port $(PORT)
+	$(RUN) python -m app.web.serve
 
 # The queues a `make worker` serves: `make worker QUEUES=tasks`, `QUEUES=mail`, `QUEUES=maintenance` (the
 # Procfile runs one worker per queue, each with its own threads); by default one worker serves all three.

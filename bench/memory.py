@@ -1,7 +1,9 @@
 """Idle memory: resident memory of the web process and of a worker, against a bare interpreter and a hello app.
 
 Every process is started the way an operator starts it, each with its children: the web
-app with `litestar run` (the CLI process, granian's main process and its one worker), a
+app with `python -m app.web.serve` as the Procfile and the image run it (granian's main
+process, which does not import the app, and its one worker), and for comparison with
+`litestar run` (the CLI process, granian's main process and its one worker), a
 worker with `dramatiq app.workers --processes 1 --threads 8` (the CLI and its worker
 process), a minimal Litestar app (`hello_app` below, one route, granian's plugin) with
 `litestar run` too, and a bare `python -c` interpreter. The service runs in services mode
@@ -13,14 +15,21 @@ counted in each), and Pss (each shared page split between the processes that map
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from litestar import Litestar, get
 from litestar_granian import GranianPlugin
 
 from bench import Section, run_alone, table
+
+if TYPE_CHECKING:
+    from tests.servers import Process
+
+    from bench.service_stack import ServiceStack
 
 SETTLE_S = 3.0
 REQUESTS = 20
@@ -64,6 +73,8 @@ def _name(pid: int, *, root: bool) -> str:
     line = " ".join(words)
     if "granian" in line:
         return "granian worker" if "worker-" in line else "granian main"
+    if "app.web.serve" in line:
+        return "granian main"
     if "litestar" in line:
         return "litestar CLI"
     if "dramatiq" in line:
@@ -103,7 +114,24 @@ def _exercise_hello(url: str) -> None:
             client.get("/health/live").raise_for_status()
 
 
-def measure() -> list[Footprint]:
+def _start_web(stack: ServiceStack, command: str) -> Process:
+    """The app's web process on the stack, started with `command` (`serve` or `litestar`), once it is live."""
+    from tests.servers import BIN
+
+    from bench.service_stack import free_port, wait_live
+
+    stack.port = free_port()
+    stack.url = f"http://{stack.host}:{stack.port}"
+    if command == "serve":  # as the Procfile and the image run it
+        args = [sys.executable, "-m", "app.web.serve"]
+    else:
+        args = [str(BIN / "litestar"), "run", "--host", stack.host, "--port", str(stack.port)]
+    web = stack.spawn("web", args, {"HOST": stack.host, "PORT": str(stack.port)})
+    wait_live(stack.url, web)
+    return web
+
+
+def measure() -> tuple[list[Footprint], list[tuple[str, int]]]:
     from tests.servers import BIN, spawn
 
     from bench.service_stack import free_port, seed, service_stack, stop, wait_live
@@ -130,14 +158,55 @@ def measure() -> list[Footprint]:
 
     with service_stack("memory") as stack:
         seed(stack.database_url, ["reader"], 0)
-        web = stack.start_web()
         worker = stack.start_worker(8)
-        stack.wait_ready()
-        _exercise_web(stack.url)
-        time.sleep(SETTLE_S)
-        found.append(Footprint("the app's web process, `litestar run` (CLI + granian + 1 worker)", web.popen.pid))
+        for command, label in (
+            ("serve", "`python -m app.web.serve` (granian + 1 worker)"),
+            ("litestar", "`litestar run` (CLI + granian + 1 worker)"),
+        ):
+            web = _start_web(stack, command)
+            stack.wait_ready()
+            _exercise_web(stack.url)
+            time.sleep(SETTLE_S)
+            found.append(Footprint(f"the app's web process, {label}", web.popen.pid))
+            stack.processes.remove(web)
+            stop(web)
         found.append(Footprint("a worker, `dramatiq app.workers --processes 1 --threads 8`", worker.popen.pid))
-    return found
+        imports = _import_costs({**os.environ, **stack.env})
+    return found, imports
+
+
+#: What the web worker imports, in order, for `_import_costs`: granian first (as its main process
+#: holds it before forking), then the libraries the app is made of, then the app.
+IMPORTS = (
+    "granian",
+    "app.config.logging",
+    "sqlalchemy.ext.asyncio",
+    "litestar",
+    "redis.asyncio",
+    "advanced_alchemy.extensions.litestar",
+    "jwt",
+    "app.workers",
+    "app.web.app",
+)
+_IMPORT_COSTS = """\
+import importlib, re, sys
+def rss(): return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+before = rss()
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+    now = rss()
+    print(name, now - before)
+    before = now
+"""
+
+
+def _import_costs(env: dict[str, str]) -> list[tuple[str, int]]:
+    """VmRSS (KiB) each of IMPORTS adds to a fresh interpreter, imported one after the other."""
+    import subprocess
+
+    args = [sys.executable, "-c", _IMPORT_COSTS, *IMPORTS]
+    out = subprocess.run(args, cwd=_ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    return [(name, int(kib)) for name, kib in (line.split() for line in out.splitlines())]
 
 
 def _mib(kib: int) -> str:
@@ -145,50 +214,65 @@ def _mib(kib: int) -> str:
 
 
 def run() -> Section:
-    bare, hello, web, worker = measure()
+    (bare, hello, web, web_cli, worker), imports = measure()
     web_worker, hello_worker = web.member("granian worker"), hello.member("granian worker")
-    web_cli = web.member("litestar CLI")
+    web_main, cli = web.member("granian main"), web_cli.member("litestar CLI")
     figures = {
         "bare_rss_mib": bare.rss_kib / 1024,
         "hello_rss_mib": hello.rss_kib / 1024,
         "web_rss_mib": web.rss_kib / 1024,
+        "web_litestar_run_rss_mib": web_cli.rss_kib / 1024,
         "worker_rss_mib": worker.rss_kib / 1024,
         "hello_pss_mib": hello.pss_kib / 1024,
         "web_pss_mib": web.pss_kib / 1024,
+        "web_litestar_run_pss_mib": web_cli.pss_kib / 1024,
         "worker_pss_mib": worker.pss_kib / 1024,
+        "web_main_rss_mib": web_main / 1024,
         "web_worker_rss_mib": web_worker / 1024,
         "hello_worker_rss_mib": hello_worker / 1024,
         "web_to_hello_rss_ratio": web.rss_kib / hello.rss_kib,
         "worker_to_bare_rss_ratio": worker.rss_kib / bare.rss_kib,
     }
-    rows = [[f.label, _mib(f.rss_kib), _mib(f.pss_kib), f.breakdown()] for f in (bare, hello, web, worker)]
+    trees = (bare, hello, web, web_cli, worker)
+    costs = ", ".join(f"`{name}` {_mib(kib)}" for name, kib in imports)
+    rows = [[f.label, _mib(f.rss_kib), _mib(f.pss_kib), f.breakdown()] for f in trees]
     results = table(
         ["Process tree", "VmRSS, sum (MiB)", "Pss, sum (MiB)", "VmRSS per process (MiB)"], rows, align="lrrl"
     )
     body = f"""\
 Resident memory when idle, after start-up and a little work. Each process tree is started
 as an operator starts it and its memory read from `/proc/<pid>/status` (VmRSS) and
-`/proc/<pid>/smaps_rollup` (Pss) for every process in it: the web app with `litestar run`
-(the CLI process that launches granian, granian's main process, one granian worker) in
-services mode against its own Postgres database and redis-server, after a login, {TASKS}
-task submissions, {REQUESTS} task listings and a readiness check; a worker with `dramatiq
-app.workers --processes 1 --threads 8` (the CLI and its worker process) after running
-those {TASKS} demo tasks. The baselines, in the same run: a bare `python -c` interpreter, and
-a minimal Litestar app (one route, granian's plugin; `hello_app` in `bench/memory.py`)
-started with `litestar run` the same way and asked {REQUESTS} times. Figures are taken
-{SETTLE_S:.0f} s after the last request. VmRSS counts pages shared between a parent and its
-forked children once per process; Pss splits them, so its sum is the tree's real share of
-the machine's memory. There is no target: this is the price of each process, to size a
-machine by.
+`/proc/<pid>/smaps_rollup` (Pss) for every process in it: the web app with `python -m
+app.web.serve` as the Procfile and the image run it (granian's main process, which holds
+granian and the log formatter but not the app, and one granian worker that builds the app),
+in services mode against its own Postgres database and redis-server, after a login, {TASKS}
+task submissions, {REQUESTS} task listings and a readiness check; the same with `litestar run`
+(`make run` in embedded mode: the CLI process that imports the app to launch granian,
+granian's main process, one granian worker); a worker with `dramatiq app.workers --processes
+1 --threads 8` (the CLI and its worker process) after running those {TASKS} demo tasks. The
+baselines, in the same run: a bare `python -c` interpreter, and a minimal Litestar app (one
+route, granian's plugin; `hello_app` in `bench/memory.py`) started with `litestar run` and
+asked {REQUESTS} times. Figures are taken {SETTLE_S:.0f} s after the last request. VmRSS counts
+pages shared between a parent and its forked children once per process; Pss splits them, so
+its sum is the tree's real share of the machine's memory. The target (issue 19) is a web
+process tree under 150 MiB of VmRSS.
 
 {results}
 
 The process that serves requests is the granian worker ({_mib(web_worker)} MiB for the app,
-{_mib(hello_worker)} MiB for the minimal app); the `litestar run` CLI process, which only
-launches and watches granian, holds {_mib(web_cli)} MiB of the app's tree.
+{_mib(hello_worker)} MiB for the minimal app). Under `python -m app.web.serve` granian's main
+process holds {_mib(web_main)} MiB (mostly granian's own native module); under `litestar run` the
+CLI process, which only launches and watches granian, held {_mib(cli)} MiB more, and granian's
+main process imported the app's modules too, to unpickle the log formatter it was handed.
+
+Where the worker's memory goes: VmRSS each import adds to a fresh interpreter, one after the
+other ({costs}): {_mib(sum(kib for _, kib in imports))} MiB over a bare interpreter, and building the
+app (`create_app`: engines, templates, the API document) and the first requests add the rest.
+The libraries are what the app serves with; what is left to cut is the duplication: granian's
+main process and its forked worker each count granian's native module and the log formatter.
 
 Ratios (VmRSS sums): the web process tree is **{figures["web_to_hello_rss_ratio"]:.1f}x** the
-minimal Litestar app served the same way; a worker tree is
+minimal Litestar app served with `litestar run`; a worker tree is
 **{figures["worker_to_bare_rss_ratio"]:.1f}x** a bare interpreter.
 """
     return Section(title="Idle memory (web process and worker)", body=body, figures=figures)

@@ -8,8 +8,12 @@ redis-server (no other worker of the run can take its messages) and to the run's
 from __future__ import annotations
 
 import contextlib
+import os
+import random
 import shutil
 import signal
+import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -83,6 +87,100 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+#: The server script itself: /usr/sbin/rabbitmq-server, run as root, switches to the `rabbitmq` user, who
+#: could not write a test's directories.
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+def fixed_port() -> int:
+    """A free port below the range the kernel hands out to outgoing connections.
+
+    While a server is down, a client retrying a port of that range may be given the very
+    port as its own (a TCP self-connection), which the server then cannot listen on again.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
+@dataclass
+class RabbitmqServer:
+    """A throw-away RabbitMQ node of its own (name, ports, data and logs in a temporary directory).
+
+    `stop` shuts it down (SIGTERM: a clean stop, durable queues and persistent messages are
+    kept) and `start` starts it again with the same data, as a broker restart does.
+    """
+
+    port: int = field(default_factory=fixed_port)
+    dist_port: int = field(default_factory=fixed_port)
+    name: str = field(default_factory=lambda: f"test{uuid.uuid4().hex[:8]}@localhost")
+    base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="app-test-rabbitmq-")))
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def start(self, timeout: float = 90) -> None:
+        assert os.access(RABBITMQ_SERVER, os.X_OK), f"{RABBITMQ_SERVER} is not there"
+        (self.base / "enabled_plugins").write_text("[].\n")
+        env = {
+            "HOME": str(self.base),  # the Erlang cookie
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.base / "log"),
+            "RABBITMQ_LOGS": "-",
+            "RABBITMQ_PID_FILE": str(self.base / "pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
+        }
+        self.process = spawn("rabbitmq", [RABBITMQ_SERVER], self.base, env)
+
+        def answers() -> bool:
+            assert self.process is not None
+            assert self.process.popen.poll() is None, self.process.output()[-4000:]
+            # The AMQP listener opens last, once the node has booted.
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        eventually(answers, timeout=timeout, what=f"rabbitmq-server on port {self.port}", interval=0.2)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(signal.SIGTERM, timeout=30)
+            self.process = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def rabbitmq_server() -> Iterator[RabbitmqServer]:
+    """A private RabbitMQ node, started here and removed (data included) at the end."""
+    server = RabbitmqServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 def send_message(redis_url: str, actor_name: str, *args: Any) -> None:

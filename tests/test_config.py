@@ -116,6 +116,7 @@ def test_a_short_embedded_secret_file_is_replaced(env: pytest.MonkeyPatch, tmp_p
 
 ENTRY_POINTS = [
     ["litestar", "run", "--port", "1"],
+    ["python", "-m", "app.web.serve"],  # the web app in services mode (Procfile, image)
     ["litestar", "database", "upgrade", "--no-prompt"],
     ["litestar", "users", "--help"],
     ["dramatiq", "app.workers", "--processes", "1", "--threads", "1"],

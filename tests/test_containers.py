@@ -39,6 +39,7 @@ MODULE_ARGUMENT = {
     "dramatiq": lambda argv, env: argv[1],  # dramatiq BROKER-MODULE [MODULES...] [options]
     "periodiq": lambda argv, env: argv[1],  # periodiq BROKER-MODULE [MODULES...]
     "litestar": lambda argv, env: env["LITESTAR_APP"],  # litestar run / database upgrade read LITESTAR_APP
+    "python": lambda argv, env: argv[argv.index("-m") + 1],  # python -m app.web.serve (the web app)
 }
 COMPILERS = re.compile(r"^(gcc|g\+\+|cc|clang|build-essential|node|nodejs|npm)(-[\d.]+)?$")
 

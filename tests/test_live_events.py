@@ -221,19 +221,20 @@ async def test_a_user_may_hold_a_limited_number_of_streams(live_server: LiveServ
             await asyncio.sleep(0.2)
 
 
-def test_open_streams_end_when_the_server_stops(migrated: None) -> None:
+@pytest.mark.parametrize("serve", ["litestar run", "python -m app.web.serve"])
+def test_open_streams_end_when_the_server_stops(migrated: None, serve: str) -> None:
     """SIGTERM ends every stream at once (clients reconnect elsewhere), so the server stops cleanly.
 
     The heartbeat is far longer than the test's patience: without draining, granian waits
-    for the streams and kills its worker after its own timeout.
+    for the streams and kills its worker after its own timeout. Both ways of serving: `litestar
+    run` (`make run` embedded) and `python -m app.web.serve` (the Procfile and the image).
     """
     port = free_port()
-    web = spawn(
-        "web-draining",
-        [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)],
-        ROOT,
-        {"SSE_HEARTBEAT_SECONDS": "600"},
-    )
+    if serve == "litestar run":
+        command = [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)]
+    else:
+        command = [str(BIN / "python"), "-m", "app.web.serve"]
+    web = spawn("web-draining", command, ROOT, {"SSE_HEARTBEAT_SECONDS": "600", "HOST": "127.0.0.1", "PORT": str(port)})
     server = LiveServer(url=f"http://127.0.0.1:{port}", processes=[web])
     try:
         with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:

@@ -14,12 +14,15 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import dramatiq
 import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.supervisor import read_procfile
+from app.workers.brokers import WakingRedisBroker
+from app.workers.heartbeat import RedisHeartbeats
 from tests.processes import ROOT, eventually
 from tests.servers import STARTUP_TIMEOUT, Process, free_port, spawn
 
@@ -70,24 +73,42 @@ def start_procfile_process(name: str, env: dict[str, str]) -> Process:
 
 
 class Housekeeper:
-    def __init__(self, process: Process, metrics_url: str) -> None:
+    """A housekeeper process group on Redis keys of its own: the run's shared live server also serves
+    the maintenance queue, and a message it took would never be counted here."""
+
+    def __init__(self, process: Process, metrics_url: str, namespace: str) -> None:
         self.process = process
         self.metrics_url = metrics_url
+        self.namespace = namespace
+        self.broker = WakingRedisBroker(url=os.environ["REDIS_URL"], namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
+        self.heartbeats = RedisHeartbeats(os.environ["REDIS_URL"], prefix=f"{namespace}:workers:")
 
     def metrics(self) -> str:
         response = httpx.get(self.metrics_url, timeout=5)
         response.raise_for_status()
         return response.text
 
+    def send(self, actor: str, **options: Any) -> None:
+        """A message for one of the housekeeper's actors, on its own keys."""
+        self.broker.enqueue(
+            dramatiq.Message(queue_name="maintenance", actor_name=actor, args=(), kwargs={}, options=options)
+        )
+
 
 @pytest.fixture(scope="module")
 def housekeeper(migrated: None) -> Iterator[Housekeeper]:
     port = free_port()
+    namespace = f"{os.environ['REDIS_NAMESPACE']}-housekeeper"
     process = start_procfile_process(
         "housekeeper",
-        {"WORKER_POLL_MS": str(POLL_MS), "MAINTENANCE_WORKER_METRICS_PORT": str(port), "LOG_LEVEL": "INFO"},
+        {
+            "WORKER_POLL_MS": str(POLL_MS),
+            "MAINTENANCE_WORKER_METRICS_PORT": str(port),
+            "LOG_LEVEL": "INFO",
+            "REDIS_NAMESPACE": namespace,
+        },
     )
-    worker = Housekeeper(process, f"http://127.0.0.1:{port}/metrics")
+    worker = Housekeeper(process, f"http://127.0.0.1:{port}/metrics", namespace)
 
     def serving() -> bool:
         assert process.popen.poll() is None, process.output()[-3000:]
@@ -101,7 +122,7 @@ def housekeeper(migrated: None) -> Iterator[Housekeeper]:
         eventually(serving, timeout=STARTUP_TIMEOUT, what="the housekeeper's metrics port", interval=0.5)
         yield worker
     finally:
-        process.stop()
+        process.stop()  # its keys start with the run's namespace: the run forgets them at its end
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +142,10 @@ def web_metrics(migrated: None) -> str:
 @pytest.mark.services
 def test_a_procfile_worker_polls_as_worker_poll_ms_says(housekeeper: Housekeeper) -> None:
     """Dramatiq's own setting, dramatiq_worker_timeout, set by the Procfile: no patched defaults."""
-    from app.workers import heartbeats
 
     def own_beat() -> Any:
         return next(
-            (w for w in heartbeats.alive() if _in_group(w.pid, housekeeper.process.popen.pid)),
+            (w for w in housekeeper.heartbeats.alive() if _in_group(w.pid, housekeeper.process.popen.pid)),
             None,
         )
 
@@ -137,11 +157,9 @@ def test_a_procfile_worker_polls_as_worker_poll_ms_says(housekeeper: Housekeeper
 
 @pytest.mark.services
 def test_the_worker_counts_the_messages_it_processes(housekeeper: Housekeeper) -> None:
-    from app.workers import broker
-
     before = processed(housekeeper.metrics(), "tasks.sweep")
     for _ in range(3):
-        broker.get_actor("tasks.sweep").send()
+        housekeeper.send("tasks.sweep")
     eventually(
         lambda: processed(housekeeper.metrics(), "tasks.sweep") >= before + 3,
         timeout=60,
@@ -158,9 +176,7 @@ def test_the_worker_counts_the_messages_it_processes(housekeeper: Housekeeper) -
 @pytest.mark.services
 def test_the_worker_counts_the_messages_that_fail(housekeeper: Housekeeper) -> None:
     """No token: the actor raises TypeError; retried once, then given up (dead-lettered)."""
-    from app.workers import broker
-
-    broker.get_actor("diagnostics.round_trip").send_with_options(max_retries=1, min_backoff=10, max_backoff=10)
+    housekeeper.send("diagnostics.round_trip", max_retries=1, min_backoff=10, max_backoff=10)
 
     def counted(name: str) -> float:
         """Over every queue label: Dramatiq counts a retry on the delay queue (`maintenance.DQ`)."""

@@ -22,6 +22,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.web.metrics import rabbitmq_counts
 from app.workers.heartbeat import HeartbeatStore
 from app.workers.queues import TASKS
 
@@ -44,7 +45,7 @@ async def _check_database(engine: AsyncEngine) -> str:
 
 async def _check_broker(broker: dramatiq.Broker) -> str:
     if isinstance(broker, RabbitmqBroker):
-        await anyio.to_thread.run_sync(broker.get_queue_message_counts, TASKS)
+        await anyio.to_thread.run_sync(rabbitmq_counts, broker, TASKS)
     elif (client := getattr(broker, "client", None)) is not None:  # Redis; the in-memory broker has none
         await anyio.to_thread.run_sync(client.ping)
     return "ok"

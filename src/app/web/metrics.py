@@ -18,7 +18,9 @@ from typing import Any
 
 import anyio
 import dramatiq
+import pika.exceptions  # type: ignore[import-untyped]
 import structlog
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import dq_name
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -92,6 +94,29 @@ def _redis_depth(broker: Any, queues: list[str]) -> dict[str, int]:
     return {queue: lengths[2 * i] + lengths[2 * i + 1] for i, queue in enumerate(queues)}
 
 
+def rabbitmq_counts(broker: RabbitmqBroker, queue: str) -> tuple[int, int, int]:
+    """Ready, delayed (`.DQ`) and dead (`.XQ`) messages of `queue`, on this thread's connection.
+
+    Dramatiq keeps one connection per thread and only its `enqueue` replaces a broken one: after
+    a RabbitMQ restart this thread's connection is dead, so it is dropped and the count tried once
+    more on a new one (which fails while RabbitMQ is still down).
+    """
+    try:
+        return broker.get_queue_message_counts(queue)
+    except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError):
+        del broker.connection
+        return broker.get_queue_message_counts(queue)
+
+
+def _rabbitmq_depth(broker: RabbitmqBroker, queues: list[str]) -> dict[str, int]:
+    """Each queue's ready messages and its delay queue's; not those a worker holds unacknowledged (its prefetch)."""
+    depth = {}
+    for queue in queues:
+        ready, delayed, _dead = rabbitmq_counts(broker, queue)
+        depth[queue] = ready + delayed
+    return depth
+
+
 async def queue_depth(broker: dramatiq.Broker) -> dict[str, int]:
     """Messages waiting on each queue of `broker` (and its delay queue); not those a worker already took."""
     queues = _queue_names(broker)
@@ -103,6 +128,8 @@ async def queue_depth(broker: dramatiq.Broker) -> dict[str, int]:
         }
     if hasattr(broker, "client") and hasattr(broker, "namespace"):  # RedisBroker
         return await anyio.to_thread.run_sync(_redis_depth, broker, queues)
+    if isinstance(broker, RabbitmqBroker):
+        return await anyio.to_thread.run_sync(_rabbitmq_depth, broker, queues)
     return {}
 
 
