@@ -86,11 +86,16 @@ test: lint browser ## Lint, then run every test in embedded mode and against Pos
 test-embedded-tagged test-services-tagged: test-%-tagged:
 	@set -o pipefail; $(MAKE) --no-print-directory test-$* 2>&1 | sed -u 's/^/[$*] /'
 
+# Most tests wait on processes they started (a web app, workers, Chromium), so each run spreads its test
+# files over pytest-xdist workers, each with its own var/ folder, database and Redis keys (tests/conftest.py).
+# Files stay whole on one worker: their module fixtures are started once.
+EMBEDDED_TEST_WORKERS ?= 2
+SERVICES_TEST_WORKERS ?= 3
 test-embedded: install browser
-	env -u DATABASE_URL -u REDIS_URL TEST_MODE=embedded $(RUN) pytest
+	env -u DATABASE_URL -u REDIS_URL TEST_MODE=embedded $(RUN) pytest -n $(EMBEDDED_TEST_WORKERS) --dist loadfile
 
 test-services: install browser
-	TEST_MODE=services $(RUN) pytest
+	TEST_MODE=services $(RUN) pytest -n $(SERVICES_TEST_WORKERS) --dist loadfile
 
 # The browser tests drive Debian's Chromium (Playwright downloads no browser). Without it they are
 # skipped, or fail under CI=true.

@@ -275,7 +275,7 @@ SQLite (no narrower index counts faster). The credential check no longer goes th
 pathlib for its per-request stat of the CLI's change file (`os.stat` on a string). What
 is left is above the read: a third of the loop's samples are the middleware stack (as in
 services mode), and 15% is `CredentialState.user` building a fresh ORM `User` for every
-request in the authentication middleware (`app.web.auth`, not changed here); the read
+request in the authentication middleware (`app.web.http.auth`, not changed here); the read
 itself (in the loop and its thread) is under a tenth. The first full run after the change,
 on a quiet machine, measured 886 against 6,328 requests/s: the ratio is where the loaded
 run before had it (14%), with both routes faster; the CPU per request measured side by
@@ -582,7 +582,7 @@ count, the page, COMMIT), built ORM objects for the user and the 20 tasks, ran t
 `requires_user` guard in a worker thread (Litestar runs a plain function guard through
 `sync_to_thread`), opened and closed overflow connections all the time (16 requests in
 flight, a pool of 10), and built and cache-keyed the query anew on every request. Now
-(`app.domain.database.create_read_engine`, `app.domain.tasks.reads`, `app.web.auth`): hot
+(`app.domain.database.create_read_engine`, `app.domain.tasks.reads`, `app.web.http.auth`): hot
 reads use an engine of their own with autocommit connections (no BEGIN/ROLLBACK) and no
 ping (a read on a connection that broke is run once more on a new one), a fixed pool
 (a read waits for a connection instead of opening one), the user lookup is one SELECT made

@@ -617,7 +617,7 @@ def project_stack(redis_url: str, var_dir: Path, settings: dict[str, str] | None
     from app.config import Settings
     from app.domain.accounts.models import User
     from app.domain.accounts.passwords import Passwords
-    from app.web.auth import AccessTokens
+    from app.web.http.auth import AccessTokens
 
     name = f"bench_sse_{uuid.uuid4().hex[:8]}"
     database_url = f"{ADMIN_DATABASE_URL.rsplit('/', 1)[0]}/{name}"

@@ -52,3 +52,41 @@ def litestar_cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def operator_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`litestar users|tasks ARGS...` run in this process: the same commands, without starting Python again.
+
+    A `litestar` process costs a couple of seconds of CPU to import everything; the tests run the
+    operators' commands dozens of times. `litestar_cli` runs the real program, and
+    tests/test_accounts_cli.py shows both groups are on it. The command runs in a thread of its
+    own (it calls asyncio.run, which a running event loop, an async test's, forbids), with the
+    settings read again from this environment plus `env`, and its output is captured like a
+    process's: stdout, stderr and an exit code (a traceback on stderr if it raised).
+    """
+    import traceback
+    from concurrent.futures import ThreadPoolExecutor
+
+    from click.testing import CliRunner
+
+    from app.config import get_settings
+    from app.web.cli import tasks, users
+
+    groups = {"users": users, "tasks": tasks}
+    assert args, "operator_cli runs a `users` or `tasks` command"
+    assert args[0] in groups, f"operator_cli runs `users` and `tasks` commands, not {args[0]}"
+
+    def run() -> subprocess.CompletedProcess[str]:
+        get_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(groups[args[0]], list(args[1:]), env=env, prog_name=f"litestar {args[0]}")
+        finally:
+            get_settings.cache_clear()
+        stderr = result.stderr
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            assert result.exc_info is not None
+            stderr += "".join(traceback.format_exception(*result.exc_info))
+        return subprocess.CompletedProcess(["litestar", *args], result.exit_code, result.stdout, stderr)
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result(timeout=120)

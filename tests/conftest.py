@@ -34,7 +34,18 @@ _state: dict[str, str] = {}
 _servers: dict[str, SmtpServer] = {}
 
 
+def _xdist_controller(config: pytest.Config) -> bool:
+    """True in the process that hands tests to pytest-xdist's workers: it runs none itself."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if MODE == "services":
+        _require_services()
+    # Under pytest-xdist (`make test`: -n), each worker process configures itself here: a var/ folder,
+    # an SMTP server, a database and Redis keys of its own, so workers share nothing but the servers.
+    if _xdist_controller(config):
+        return
     var_dir = tempfile.mkdtemp(prefix="app-test-var-")
     _state["var_dir"] = var_dir
     os.environ.update(
@@ -46,6 +57,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "SSE_SLOW_CLIENT_SECONDS": "2",
             "WORKER_HEARTBEAT_SECONDS": "0.5",
             "WORKER_THREADS": "4",
+            # A worker stops once its threads' and consumers' next poll returns (Dramatiq: twice WORKER_POLL_MS);
+            # sends wake idle consumers at once whatever the poll. At the default 1 s, every app a test starts
+            # and stops in embedded mode took 2 s to stop; CLI workers read dramatiq_worker_timeout.
+            "WORKER_POLL_MS": "100",
+            "dramatiq_worker_timeout": "100",
             "LITESTAR_APP": "app.web.app:create_app",
             # Small pools: a services-mode test may run a web process and three worker processes,
             # each with a write and a read engine (pool + overflow, and pool): 4 x 12 connections
@@ -69,12 +85,6 @@ def pytest_configure(config: pytest.Config) -> None:
         {"SMTP_HOST": smtp.host, "SMTP_PORT": str(smtp.port), "SMTP_STARTTLS": "false", "SMTP_TLS": "false"}
     )
     if MODE == "services":
-        problem = services_reachable(ADMIN_DATABASE_URL, TEST_REDIS_URL)
-        if problem:
-            message = f"services mode needs Postgres and Redis: {problem}"
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.exit(f"FAILED: {message}", returncode=1)
-            pytest.exit(f"Skipping the services-mode run ({message}); start them or run `make test-embedded`.", 0)
         name = f"app_test_{uuid.uuid4().hex[:10]}"
         _state["database"] = name
         _run_admin_sql(f'CREATE DATABASE "{name}"')
@@ -90,6 +100,16 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     else:
         os.environ.update({"DATABASE_URL": "", "REDIS_URL": "", "SECRET_KEY": ""})
+
+
+def _require_services() -> None:
+    """Postgres and Redis answer, or the run ends here: a failure under CI=true, a message elsewhere."""
+    problem = services_reachable(ADMIN_DATABASE_URL, TEST_REDIS_URL)
+    if problem:
+        message = f"services mode needs Postgres and Redis: {problem}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.exit(f"FAILED: {message}", returncode=1)
+        pytest.exit(f"Skipping the services-mode run ({message}); start them or run `make test-embedded`.", 0)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

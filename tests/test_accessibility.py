@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from playwright.async_api import Page, Route, expect
 
-from tests.accounts import litestar_cli, new_identity
+from tests.accounts import new_identity, operator_cli
 
 if TYPE_CHECKING:
     from tests.browser import OpenTab, Tab
@@ -139,7 +139,7 @@ async def test_no_page_has_a_serious_or_critical_wcag_violation(open_tab: OpenTa
     await check("/account")
 
     # An administrator's.
-    promoted = await asyncio.to_thread(litestar_cli, "users", "promote", identity["username"])
+    promoted = await asyncio.to_thread(operator_cli, "users", "promote", identity["username"])
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     await check("/admin")
     await expect(page.locator("#admin-status")).to_contain_text("pid")

@@ -18,7 +18,7 @@ from litestar.testing import TestClient
 
 from app.config import get_settings
 from app.web.app import create_app
-from tests.accounts import PASSWORD, litestar_cli, new_identity, signed_in_headers
+from tests.accounts import PASSWORD, new_identity, operator_cli, signed_in_headers
 from tests.oidc_provider import OIDCProvider
 
 API = "/api/v1/"
@@ -172,7 +172,7 @@ def test_every_admin_operation_refuses_a_normal_user(client: TestClient[Litestar
 def superuser(client: TestClient[Litestar]) -> dict[str, str]:
     """A superuser made with `litestar users create --superuser`, signed in through the API."""
     identity = new_identity()
-    result = litestar_cli(
+    result = operator_cli(
         "users", "create", "--email", identity["email"], "--username", identity["username"],
         "--password", PASSWORD, "--superuser",
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""The operators' account commands, run as a subprocess from the repository root: `litestar users ...`."""
+"""The operators' account commands: `litestar users ...` (the first test runs the real program; the
+others run the same commands in this process, tests.accounts.operator_cli)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from litestar.testing import TestClient
 
 from app.web.app import create_app
 from app.web.cli import OperatorCLIPlugin, users
-from tests.accounts import PASSWORD, litestar_cli, new_identity
+from tests.accounts import PASSWORD, litestar_cli, new_identity, operator_cli
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_create_makes_a_verified_user_who_can_sign_in(client: TestClient[Litesta
 def test_promote_makes_a_superuser(client: TestClient[Litestar]) -> None:
     identity = registered(client)
     assert me(client, identity["username"])["is_superuser"] is False
-    result = litestar_cli("users", "promote", identity["email"])
+    result = operator_cli("users", "promote", identity["email"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "now a superuser" in result.stdout
     assert me(client, identity["username"])["is_superuser"] is True
@@ -75,7 +76,7 @@ def test_promote_makes_a_superuser(client: TestClient[Litestar]) -> None:
 def test_deactivate_stops_sign_in_and_existing_tokens(client: TestClient[Litestar]) -> None:
     identity = registered(client)
     tokens = log_in(client, identity["username"]).json()
-    result = litestar_cli("users", "deactivate", identity["username"].upper())
+    result = operator_cli("users", "deactivate", identity["username"].upper())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "deactivated" in result.stdout
     assert log_in(client, identity["username"]).status_code == 401
@@ -87,12 +88,12 @@ def test_deactivate_stops_sign_in_and_existing_tokens(client: TestClient[Litesta
 def test_create_refuses_a_taken_username_or_a_weak_password(client: TestClient[Litestar]) -> None:
     taken = registered(client)
     fresh = new_identity()
-    duplicate = litestar_cli(
+    duplicate = operator_cli(
         "users", "create", "--email", fresh["email"], "--username", taken["username"], "--password", PASSWORD
     )
     assert duplicate.returncode != 0
     assert "username is already registered" in said(duplicate)
-    weak = litestar_cli(
+    weak = operator_cli(
         "users", "create", "--email", fresh["email"], "--username", fresh["username"], "--password", "x"
     )
     assert weak.returncode != 0
@@ -102,7 +103,7 @@ def test_create_refuses_a_taken_username_or_a_weak_password(client: TestClient[L
 
 
 def test_an_unknown_user_is_an_error() -> None:
-    result = litestar_cli("users", "deactivate", "nobody-at-all@example.com")
+    result = operator_cli("users", "deactivate", "nobody-at-all@example.com")
     assert result.returncode != 0
     assert "No user with username or email 'nobody-at-all@example.com'" in said(result)
 

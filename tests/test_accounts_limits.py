@@ -19,7 +19,7 @@ from litestar.testing import TestClient
 
 from app.config import get_settings
 from app.web.app import create_app
-from app.web.limits import Limiter
+from app.web.http.limits import Limiter
 from tests.accounts import PASSWORD, new_identity
 
 LOGIN_FAILURES = 3

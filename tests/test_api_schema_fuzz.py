@@ -34,7 +34,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.accounts import litestar_cli, new_identity
+from tests.accounts import new_identity, operator_cli
 from tests.servers import LiveServer
 
 #: Generated requests per operation (Hypothesis' generate phase; explicit examples come on top).
@@ -61,7 +61,7 @@ def served_document() -> dict[str, Any]:
     """
     from app.web.app import create_app
 
-    return dict(create_app().openapi_schema.to_schema())  # complete when built (app.web.openapi)
+    return dict(create_app().openapi_schema.to_schema())  # complete when built (app.web.api.openapi)
 
 
 DOCUMENT = served_document()
@@ -96,7 +96,7 @@ def sign_in(live_server: LiveServer) -> Callable[[bool], dict[str, str]]:
             with httpx.Client(base_url=live_server.url, timeout=20) as client:
                 assert client.post("/api/v1/auth/register", json=identity).status_code == 201
                 if superuser:
-                    promoted = litestar_cli("users", "promote", identity["username"])
+                    promoted = operator_cli("users", "promote", identity["username"])
                     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
                 login = {"username": identity["username"], "password": identity["password"]}
                 tokens = client.post("/api/v1/auth/login", json=login)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 from playwright.async_api import Locator, Page, expect
 
-from tests.accounts import PASSWORD, litestar_cli, new_identity
+from tests.accounts import PASSWORD, new_identity, operator_cli
 from tests.servers import LiveServer
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ async def test_admin_manages_users_retries_a_failed_task_and_broadcasts(
     admin_tab = await open_tab("admin")
     page = admin_tab.page
     admin = await register(admin_tab)
-    promoted = await asyncio.to_thread(litestar_cli, "users", "promote", admin["username"])
+    promoted = await asyncio.to_thread(operator_cli, "users", "promote", admin["username"])
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
 
     # After its last attempt the member's dashboard shows it failed, and the bell says so.

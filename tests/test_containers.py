@@ -255,3 +255,115 @@ def test_nothing_waits_for_a_ready_web_app() -> None:
     for name, service in services().items():
         rule = service.get("depends_on", {}).get("web", {})
         assert rule.get("condition") != "service_healthy", f"{name} waits for a healthy web, which waits for it"
+
+
+# --- (e) every process of the image sees the same task results -----------------------------------
+
+
+def artifact_directory(service: dict[str, Any]) -> str:
+    """Where a container of the image keeps task results (settings.artifact_path)."""
+    env = {**image_environment(), **service_environment(service)}
+    return env.get("ARTIFACT_DIR") or f"{env['VAR_DIR']}/artifacts"
+
+
+def named_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> named volume, from a service's short-syntax `volumes:`."""
+    mounts: dict[str, str] = {}
+    for volume in service.get("volumes", []):
+        source, _, target = str(volume).partition(":")
+        if source in (compose().get("volumes") or {}):
+            mounts[target.split(":")[0]] = source
+    return mounts
+
+
+@pytest.mark.parametrize("name", ["web", "worker", "housekeeper"])
+def test_web_worker_and_housekeeper_share_the_task_results(name: str) -> None:
+    """The worker writes a result, web serves its download and the housekeeper purges it: without
+    one volume under all three, a download finds no file (each container has its own filesystem)."""
+    web = services()["web"]
+    shared = named_mounts(web).get(artifact_directory(web))
+    assert shared, f"web keeps task results at {artifact_directory(web)} on no named volume"
+    service = services()[name]
+    assert named_mounts(service).get(artifact_directory(service)) == shared, f"{name} does not mount {shared}"
+
+
+def test_the_image_makes_the_results_directory_its_user_owns() -> None:
+    """A new named volume takes the owner of the image's directory it is mounted on: without it, root."""
+    runs = " ".join(i.arguments for i in final_stage() if i.keyword == "RUN")
+    assert f"mkdir -p {artifact_directory({})}" in runs
+    assert "chown -R app:app /app/var" in runs
+
+
+# --- (f) the image itself, where a container engine runs -------------------------------------------
+
+
+def container_engine() -> str | None:
+    """docker or podman, when one is installed and its daemon (or podman's runtime) answers."""
+    import subprocess
+
+    for engine in ("podman", "docker"):
+        if shutil.which(engine):
+            answered = subprocess.run([engine, "info"], capture_output=True, timeout=30).returncode == 0
+            if answered:
+                return engine
+    return None
+
+
+@pytest.mark.embedded  # once per `make test`: the container runs in embedded mode
+def test_the_image_builds_and_serves() -> None:
+    """Build the Containerfile and start its default command: /health/live answers from the container.
+
+    Skipped where no container engine answers (this machine may have a docker client and no daemon);
+    never under CI=true when one does: then a failure to build is a failure.
+    """
+    import subprocess
+    import time
+    import uuid
+
+    import httpx
+
+    from tests.servers import free_port
+
+    engine = container_engine()
+    if engine is None:
+        pytest.skip("no container engine answers here (`docker info` / `podman info` fail): the image is not built")
+    tag = f"app-test:{uuid.uuid4().hex[:8]}"
+    built = subprocess.run(
+        [engine, "build", "-f", str(CONTAINERFILE), "-t", tag, str(ROOT)], capture_output=True, text=True, timeout=1800
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    port = free_port()
+    name = f"app-test-{uuid.uuid4().hex[:8]}"
+    # Embedded mode in the container (no DATABASE_URL, no REDIS_URL), with a key: production refuses none.
+    started = subprocess.run(
+        [
+            engine,
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-p",
+            f"127.0.0.1:{port}:8000",
+            "-e",
+            f"SECRET_KEY={uuid.uuid4().hex * 2}",
+            tag,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            logs = subprocess.run([engine, "logs", name], capture_output=True, text=True).stdout
+            assert time.monotonic() < deadline, f"the container never answered /health/live:\n{logs[-3000:]}"
+            time.sleep(1)
+    finally:
+        subprocess.run([engine, "rm", "-f", name], capture_output=True)
+        subprocess.run([engine, "rmi", "-f", tag], capture_output=True)

@@ -33,7 +33,7 @@ from app.config import get_settings
 from app.domain.database import create_engine
 from app.domain.models import metadata
 from app.domain.pagination import MAX_OFFSET
-from app.web.errors import exception_handlers, problem_details_config
+from app.web.http.errors import exception_handlers, problem_details_config
 from app.web.http.input_guards import MAX_BODY_BYTES, MAX_JSON_DEPTH, GuardedRequest, RefuseNul
 from tests.accounts import PASSWORD, new_identity, signed_in_headers
 from tests.servers import LiveServer

@@ -15,9 +15,9 @@ from app.domain.accounts.models import User
 from app.domain.accounts.revocation import Credential
 from app.domain.database import create_engine, create_read_engine, session_factory
 from app.domain.notifications.models import Event
-from app.web import events
+from app.web.api import events
+from app.web.api.events import EventFeed
 from app.web.app import create_app
-from app.web.events import EventFeed
 from tests.accounts import PASSWORD, new_identity
 
 

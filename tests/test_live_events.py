@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import insert
 
 from app.domain.models import Event
-from tests.accounts import PASSWORD, ROOT, litestar_cli, new_identity, signed_in_headers
+from tests.accounts import PASSWORD, ROOT, new_identity, operator_cli, signed_in_headers
 from tests.processes import eventually, redis_server, stack
 from tests.servers import BIN, STARTUP_TIMEOUT, LiveServer, free_port, spawn
 from tests.sse import Event as StreamEvent
@@ -39,7 +39,7 @@ def _superuser_auth(live_server: LiveServer) -> dict[str, str]:
     identity = new_identity()
     with httpx.Client(base_url=live_server.url, timeout=TIMEOUT) as client:
         assert client.post("/api/v1/auth/register", json=identity).status_code == 201
-        promoted = litestar_cli("users", "promote", identity["username"])
+        promoted = operator_cli("users", "promote", identity["username"])
         assert promoted.returncode == 0, promoted.stdout + promoted.stderr
         tokens = client.post("/api/v1/auth/login", json={"username": identity["username"], "password": PASSWORD})
         assert tokens.status_code == 200, tokens.text
@@ -151,7 +151,7 @@ async def test_a_client_that_goes_away_is_freed(live_server: LiveServer) -> None
 
 async def test_a_deactivated_users_open_stream_ends_and_stays_shut(live_server: LiveServer) -> None:
     admin = new_identity()
-    made = litestar_cli(
+    made = operator_cli(
         "users", "create", "--email", admin["email"], "--username", admin["username"], "--password", PASSWORD,
         "--superuser",
     )  # fmt: skip
@@ -343,7 +343,7 @@ async def test_a_shared_read_cut_short_by_a_long_backlog_misses_no_reader(live_s
     """EventFeed: one reader's backlog fills the shared read; another, with nothing up to its end, reads on its own."""
     from app.config import get_settings
     from app.domain.database import create_engine, create_read_engine, session_factory
-    from app.web.events import BATCH, FEED_ROWS, EventFeed
+    from app.web.api.events import BATCH, FEED_ROWS, EventFeed
 
     users = []
     for _ in range(2):

@@ -25,7 +25,7 @@ import pytest
 
 from app.config import get_settings
 from app.web.app import create_app
-from app.web.limits import Limiter
+from app.web.http.limits import Limiter
 from tests.accounts import PASSWORD, new_identity
 
 PROXY = "127.0.0.1"

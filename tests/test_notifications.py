@@ -16,7 +16,7 @@ from app.config import get_settings
 from app.domain.database import create_engine, session_factory
 from app.domain.notifications.events import EventLog
 from app.domain.notifications.services import Broadcast, deliver_broadcast, notify_once
-from tests.accounts import PASSWORD, litestar_cli, new_identity, signed_in_headers
+from tests.accounts import PASSWORD, new_identity, operator_cli, signed_in_headers
 from tests.servers import LiveServer
 from tests.sse import collect
 
@@ -43,7 +43,7 @@ def admin(live_server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live_server.url, timeout=20) as client:
         identity = new_identity()
         assert client.post("/api/v1/auth/register", json=identity).status_code == 201
-        result = litestar_cli("users", "promote", identity["username"])
+        result = operator_cli("users", "promote", identity["username"])
         assert result.returncode == 0, result.stdout + result.stderr
         tokens = client.post("/api/v1/auth/login", json={"username": identity["username"], "password": PASSWORD})
         assert tokens.status_code == 200, tokens.text

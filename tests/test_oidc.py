@@ -23,9 +23,9 @@ from litestar.testing import TestClient
 
 from app.config import get_settings
 from app.domain.accounts.identities import ProviderIdentity
+from app.web.api.oidc import UNAVAILABLE, ExternalTokenRejected, OIDCVerifier
 from app.web.app import create_app
-from app.web.oidc import UNAVAILABLE, ExternalTokenRejected, OIDCVerifier
-from tests.accounts import PASSWORD, litestar_cli, new_identity
+from tests.accounts import PASSWORD, new_identity, operator_cli
 from tests.oidc_provider import DISCOVERY_PATH, OIDCProvider, new_key
 
 MakeVerifier = Callable[..., OIDCVerifier]
@@ -378,7 +378,7 @@ def registered(client: TestClient[Litestar]) -> dict[str, str]:
 def verified(client: TestClient[Litestar]) -> dict[str, str]:
     """A user with a verified email, made by the operators' CLI, and their bearer headers."""
     identity = new_identity()
-    result = litestar_cli(
+    result = operator_cli(
         "users", "create", "--email", identity["email"], "--username", identity["username"], "--password", PASSWORD
     )
     assert result.returncode == 0, result.stdout + result.stderr

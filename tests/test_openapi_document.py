@@ -22,7 +22,7 @@ import referencing
 import referencing.jsonschema
 import schemathesis
 
-from app.web.openapi_examples import schema_examples
+from app.web.api.openapi_examples import schema_examples
 from tests.accounts import ROOT, litestar_cli
 from tests.servers import LiveServer
 

@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 
 from app.config import get_settings
 from app.web.app import create_app
-from tests.accounts import PASSWORD, litestar_cli, new_identity
+from tests.accounts import PASSWORD, new_identity, operator_cli
 from tests.servers import BIN, LiveServer, free_port, spawn, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_diagnostics_are_for_superusers_only(migrated: None) -> None:
             refused = client.post("/api/v1/diagnostics/round-trip", headers=member)
             assert refused.status_code == 403, refused.text
             assert refused.headers["content-type"].startswith("application/problem+json")
-            promoted = litestar_cli("users", "promote", identity["username"])
+            promoted = operator_cli("users", "promote", identity["username"])
             assert promoted.returncode == 0, promoted.stdout + promoted.stderr
             admin = {"Authorization": f"Bearer {client.post('/api/v1/auth/login', json=login).json()['access_token']}"}
             accepted = client.post("/api/v1/diagnostics/round-trip", headers=admin)

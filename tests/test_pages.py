@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.accounts import PASSWORD, litestar_cli, new_identity, token_from_mail
+from tests.accounts import PASSWORD, new_identity, operator_cli, token_from_mail
 from tests.servers import LiveServer
 from tests.smtp import SmtpServer
 from tests.sse import events
@@ -541,7 +541,7 @@ def test_admin_page(browser: httpx.Client, live_server: LiveServer) -> None:
     with other:
         somebody = sign_up(other)
         admin = sign_up(browser)
-        promoted = litestar_cli("users", "promote", admin["username"])
+        promoted = operator_cli("users", "promote", admin["username"])
         assert promoted.returncode == 0, promoted.stderr
         failing = start_task(other, title="Breaks", steps="2", step_ms="0", fail_at_step="1")
         wait_until(lambda: task_status(other, failing) == "failed", timeout=60)
@@ -609,8 +609,8 @@ def test_an_unexpected_error_is_a_page_saying_so() -> None:
     from litestar.testing import TestClient
 
     from app.web.app import TEMPLATES
-    from app.web.assets import StaticAssets
-    from app.web.errors import exception_handlers
+    from app.web.http.assets import StaticAssets
+    from app.web.http.errors import exception_handlers
 
     @get("/boom", sync_to_thread=False)
     def boom() -> None:

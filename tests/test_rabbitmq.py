@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,14 @@ import pika.exceptions  # type: ignore[import-untyped]
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-from app.web.metrics import rabbitmq_counts
+from app.web.http.metrics import rabbitmq_counts
 from app.workers.queues import TASKS
-from tests.accounts import PASSWORD, litestar_cli, new_identity, signed_in_headers
+from tests.accounts import PASSWORD, new_identity, operator_cli, signed_in_headers
 from tests.chaos import query, read_facts
 from tests.processes import (
     FINISHED,
     RABBITMQ_SERVER,
+    RabbitmqServer,
     eventually,
     rabbitmq_server,
     stack,
@@ -99,10 +101,19 @@ def require_rabbitmq_server() -> None:
         pytest.skip(f"{RABBITMQ_SERVER} is not installed")
 
 
+@pytest.fixture(scope="module")
+def rabbit() -> Iterator[RabbitmqServer]:
+    """One private node for the module's tests (a node takes seconds to boot). Each test leaves its
+    queues empty and the node running: a test that restarts it starts it again."""
+    require_rabbitmq_server()
+    with rabbitmq_server() as node:
+        yield node
+
+
 def superuser_headers(api: httpx.Client) -> dict[str, str]:
     """A superuser made with `litestar users create --superuser`, signed in through the API."""
     identity = new_identity()
-    made = litestar_cli(
+    made = operator_cli(
         "users", "create", "--email", identity["email"], "--username", identity["username"],
         "--password", PASSWORD, "--superuser",
     )  # fmt: skip
@@ -139,7 +150,9 @@ def tasks_by_id(ids: list[str]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.services
-def test_rabbitmq_queue_depth_grows_without_a_worker_and_drains_with_one(migrated: None) -> None:
+def test_rabbitmq_queue_depth_grows_without_a_worker_and_drains_with_one(
+    migrated: None, rabbit: RabbitmqServer
+) -> None:
     """Queue depth on RabbitMQ, in the admin task-load API and in /metrics (`app_queue_depth`).
 
     With no worker, each submission leaves one turn on the `tasks` queue; a worker started
@@ -194,23 +207,21 @@ def test_rabbitmq_queue_depth_grows_without_a_worker_and_drains_with_one(migrate
 
 
 @pytest.mark.services
-def test_a_queue_count_after_a_rabbitmq_restart_uses_a_new_connection() -> None:
+def test_a_queue_count_after_a_rabbitmq_restart_uses_a_new_connection(rabbit: RabbitmqServer) -> None:
     """Dramatiq keeps a connection per thread and only its `enqueue` replaces a broken one: counted with
     Dramatiq alone, a thread that counted before a restart fails for good afterwards (the health check
     said the broker was down, the task load had no depths). `rabbitmq_counts` connects again."""
-    require_rabbitmq_server()
-    with rabbitmq_server() as rabbit:
-        broker = RabbitmqBroker(url=rabbit.url)
-        try:
-            assert rabbitmq_counts(broker, TASKS) == (0, 0, 0)
-            rabbit.stop()
-            with pytest.raises(pika.exceptions.AMQPError):
-                rabbitmq_counts(broker, TASKS)
-            rabbit.start()
-            assert rabbitmq_counts(broker, TASKS) == (0, 0, 0)
-            assert rabbitmq_counts(broker, TASKS) == (0, 0, 0)
-        finally:
-            broker.close()
+    broker = RabbitmqBroker(url=rabbit.url)
+    try:
+        assert rabbitmq_counts(broker, TASKS) == (0, 0, 0)
+        rabbit.stop()
+        with pytest.raises(pika.exceptions.AMQPError):
+            rabbitmq_counts(broker, TASKS)
+        rabbit.start()
+        assert rabbitmq_counts(broker, TASKS) == (0, 0, 0)
+        assert rabbitmq_counts(broker, TASKS) == (0, 0, 0)
+    finally:
+        broker.close()
 
 
 class Submitter(threading.Thread):
@@ -275,65 +286,63 @@ class Sweeper(threading.Thread):
 
 
 @pytest.mark.services
-def test_tasks_survive_a_rabbitmq_restart(migrated: None) -> None:
+def test_tasks_survive_a_rabbitmq_restart(migrated: None, rabbit: RabbitmqServer) -> None:
     """RabbitMQ stops (cleanly) while tasks are submitted and running, and starts again 3 s later.
 
     Every task accepted (202), before, during or after the outage, ends succeeded exactly once
     (one end, one notification); a submission the service could not take gets a 503 problem,
     never a 500; the worker takes messages again and /health/ready answers 200.
     """
-    require_rabbitmq_server()
-    with rabbitmq_server() as rabbit:
-        settings = {**RESTART_SETTINGS, "BROKER_URL": rabbit.url, "REDIS_NAMESPACE": f"rabbit{uuid.uuid4().hex[:8]}"}
-        with stack(os.environ["REDIS_URL"], settings=settings) as services:
-            submitter = Submitter(services.url)
-            sweeper = Sweeper(rabbit.url)
-            try:
-                wait_ready(LiveServer(url=services.url, processes=[services.web]))
-                submitter.start()
-                sweeper.start()
+    settings = {**RESTART_SETTINGS, "BROKER_URL": rabbit.url, "REDIS_NAMESPACE": f"rabbit{uuid.uuid4().hex[:8]}"}
+    with stack(os.environ["REDIS_URL"], settings=settings) as services:
+        submitter = Submitter(services.url)
+        sweeper = Sweeper(rabbit.url)
+        try:
+            wait_ready(LiveServer(url=services.url, processes=[services.web]))
+            submitter.start()
+            sweeper.start()
 
-                def running() -> bool:
-                    tasks = tasks_by_id(list(submitter.accepted))
-                    return any(task["status"] == "running" for task in tasks.values())
+            def running() -> bool:
+                tasks = tasks_by_id(list(submitter.accepted))
+                return any(task["status"] == "running" for task in tasks.values())
 
-                eventually(running, timeout=60, what="a running task")
-                before = len(submitter.accepted)
-                rabbit.stop()
-                time.sleep(3)
-                rabbit.start()
-                during = submitter.accepted[before:]
-                # Until a task accepted after the restart has run, the load goes on.
-                eventually(lambda: len(submitter.accepted) > len(during) + before, timeout=60, what="a submission")
-                after = submitter.accepted[-1]
+            eventually(running, timeout=60, what="a running task")
+            before = len(submitter.accepted)
+            rabbit.stop()
+            time.sleep(3)
+            rabbit.start()
+            during = submitter.accepted[before:]
+            # Until a task accepted after the restart has run, the load goes on.
+            eventually(lambda: len(submitter.accepted) > len(during) + before, timeout=60, what="a submission")
+            after = submitter.accepted[-1]
+            eventually(
+                lambda: tasks_by_id([after]).get(after, {}).get("status") == "succeeded",
+                timeout=90,
+                what="a task accepted after the restart to succeed",
+            )
+            submitter.stop()
+            accepted = list(submitter.accepted)
+
+            def all_ended() -> bool:
+                tasks = tasks_by_id(accepted)
+                return len(tasks) == len(accepted) and all(t["status"] in FINISHED for t in tasks.values())
+
+            eventually(all_ended, timeout=120, what="every accepted task to end", interval=0.5)
+            wait_ready(LiveServer(url=services.url, processes=[services.web]), timeout=60)
+            with user_client(services.url) as api:
+                admin = superuser_headers(api)
                 eventually(
-                    lambda: tasks_by_id([after]).get(after, {}).get("status") == "succeeded",
-                    timeout=90,
-                    what="a task accepted after the restart to succeed",
+                    lambda: (admin_depth(api, admin) or {}).get(TASKS) == 0,
+                    timeout=30,
+                    what="the tasks queue's depth, 0, in the admin task load",
                 )
-                submitter.stop()
-                accepted = list(submitter.accepted)
-
-                def all_ended() -> bool:
-                    tasks = tasks_by_id(accepted)
-                    return len(tasks) == len(accepted) and all(t["status"] in FINISHED for t in tasks.values())
-
-                eventually(all_ended, timeout=120, what="every accepted task to end", interval=0.5)
-                wait_ready(LiveServer(url=services.url, processes=[services.web]), timeout=60)
-                with user_client(services.url) as api:
-                    admin = superuser_headers(api)
-                    eventually(
-                        lambda: (admin_depth(api, admin) or {}).get(TASKS) == 0,
-                        timeout=30,
-                        what="the tasks queue's depth, 0, in the admin task load",
-                    )
-            except BaseException:
-                print(f"accepted: {submitter.accepted}; other answers: {submitter.answers}")
-                print(services.logs(tail=30000))
-                raise
-            finally:
-                submitter.stop()
-                sweeper.stop()
+        except BaseException:
+            print(f"accepted: {submitter.accepted}; other answers: {submitter.answers}")
+            print(services.logs(tail=30000))
+            raise
+        finally:
+            submitter.stop()
+            sweeper.stop()
     facts = asyncio.run(read_facts(os.environ["DATABASE_URL"]))
     tasks = {task_id: facts.tasks[task_id] for task_id in accepted}
     assert Counter(task["status"] for task in tasks.values()) == {"succeeded": len(accepted)}, tasks

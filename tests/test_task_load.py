@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from app.config import get_settings
-from tests.accounts import PASSWORD, litestar_cli, new_identity
+from tests.accounts import PASSWORD, new_identity, operator_cli
 from tests.processes import eventually
 from tests.servers import LiveServer
 from tests.test_pages import sign_up as page_sign_up
@@ -21,7 +21,7 @@ def sign_up(client: httpx.Client, *, superuser: bool = False) -> tuple[dict[str,
     identity = new_identity()
     assert client.post("/api/v1/auth/register", json=identity).status_code == 201
     if superuser:
-        promoted = litestar_cli("users", "promote", identity["username"])
+        promoted = operator_cli("users", "promote", identity["username"])
         assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     tokens = client.post("/api/v1/auth/login", json={"username": identity["username"], "password": PASSWORD})
     assert tokens.status_code == 200, tokens.text
@@ -58,7 +58,7 @@ def test_admins_see_running_and_queued_tasks_per_user_and_each_queue(client: htt
         assert client.get("/api/v1/admin/tasks/load", headers=busy).status_code == 403
         assert client.get("/api/v1/admin/tasks/load").status_code == 401
 
-        stats = litestar_cli("tasks", "stats")
+        stats = operator_cli("tasks", "stats")
         assert stats.returncode == 0, stats.stdout + stats.stderr
         line = next(line for line in stats.stdout.splitlines() if line.startswith(busy_name))
         assert line.split() == [busy_name, str(share), "2"], stats.stdout
@@ -74,7 +74,7 @@ def test_the_admin_page_shows_the_load(live_server: LiveServer, client: httpx.Cl
     try:
         with httpx.Client(base_url=live_server.url, timeout=20, follow_redirects=False) as browser:
             admin = page_sign_up(browser)
-            assert litestar_cli("users", "promote", admin["username"]).returncode == 0
+            assert operator_cli("users", "promote", admin["username"]).returncode == 0
 
             def shown() -> str | None:
                 html = browser.get("/admin/status").text

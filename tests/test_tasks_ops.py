@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import threading
@@ -28,8 +27,8 @@ from app.domain.tasks.models import Task
 from app.domain.tasks.stats import quantile
 from app.web.app import create_app
 from app.web.cli import tasks
-from app.web.metrics import queue_depth
-from tests.accounts import LITESTAR, ROOT, litestar_cli, signed_in_headers
+from app.web.http.metrics import queue_depth
+from tests.accounts import LITESTAR, ROOT, operator_cli, signed_in_headers
 from tests.servers import LiveServer
 from tests.test_accounts_cli import undocumented
 from tests.test_tasks import start, wait
@@ -53,19 +52,6 @@ def listed_ids(output: str) -> list[str]:
     return re.findall(r"^([0-9a-f-]{36})\s", output, flags=re.MULTILINE)
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`litestar ARGS...` as `litestar_cli` runs it, with some settings of its own."""
-    return subprocess.run(
-        [str(LITESTAR), *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_every_tasks_command_option_and_argument_is_described() -> None:
     assert set(tasks.commands) == {"list", "stats", "retry", "purge", "watch"}
     assert undocumented(tasks) == []
@@ -85,7 +71,7 @@ def test_list_shows_every_users_tasks_newest_first_and_filters(api: httpx.Client
         other.headers.update(signed_in_headers(other))
         third = wait(other, start(other, steps=3, step_ms=0)["id"])
 
-    everything = litestar_cli("tasks", "list")
+    everything = operator_cli("tasks", "list")
     assert everything.returncode == 0, everything.stderr
     # Without a terminal, the table is plain columns: the header, then one task a line.
     assert len(everything.stdout.splitlines()) == 4, everything.stdout
@@ -97,14 +83,14 @@ def test_list_shows_every_users_tasks_newest_first_and_filters(api: httpx.Client
     failed_row = next(line for line in everything.stdout.splitlines() if line.startswith(second["id"]))
     assert failed_row.split()[3:5] == ["failed", "3"]
 
-    mine = litestar_cli("tasks", "list", "--user", username(api))
+    mine = operator_cli("tasks", "list", "--user", username(api))
     assert listed_ids(mine.stdout) == [second["id"], first["id"]]
-    failed = litestar_cli("tasks", "list", "--status", "failed")
+    failed = operator_cli("tasks", "list", "--status", "failed")
     assert listed_ids(failed.stdout) == [second["id"]]
-    newest = litestar_cli("tasks", "list", "--limit", "1")
+    newest = operator_cli("tasks", "list", "--limit", "1")
     assert listed_ids(newest.stdout) == [third["id"]]
 
-    nobody = litestar_cli("tasks", "list", "--user", "nobody-at-all")
+    nobody = operator_cli("tasks", "list", "--user", "nobody-at-all")
     assert nobody.returncode != 0
     assert "No user" in nobody.stderr
 
@@ -113,7 +99,7 @@ def test_retry_queues_a_failed_task_again_and_refuses_others(api: httpx.Client, 
     failed = wait(api, start(api, steps=1, step_ms=0, fail_at_step=1)["id"], timeout=60)
     assert (failed["status"], failed["attempts"]) == ("failed", 3)
 
-    retried = litestar_cli("tasks", "retry", failed["id"])
+    retried = operator_cli("tasks", "retry", failed["id"])
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert f"Task {failed['id']} queued again (attempt 4)" in retried.stdout
     if mode == "services":
@@ -128,12 +114,12 @@ def test_retry_queues_a_failed_task_again_and_refuses_others(api: httpx.Client, 
         assert (task["status"], task["attempts"], task["error"]) == ("queued", 4, None)
 
     succeeded = wait(api, start(api, steps=1, step_ms=0)["id"])
-    refused = litestar_cli("tasks", "retry", succeeded["id"])
+    refused = operator_cli("tasks", "retry", succeeded["id"])
     assert refused.returncode != 0
     assert "Only a failed or cancelled task can be retried; this one is succeeded." in refused.stderr
     assert api.get(f"/api/v1/tasks/{succeeded['id']}").json()["status"] == "succeeded"
 
-    missing = litestar_cli("tasks", "retry", str(uuid.uuid4()))
+    missing = operator_cli("tasks", "retry", str(uuid.uuid4()))
     assert missing.returncode != 0
     assert "No task with id" in missing.stderr
 
@@ -153,7 +139,7 @@ def test_retry_all_queues_every_failed_task_and_skips_those_over_a_cap(
         endless = [start(api, **ENDLESS)["id"] for _ in range(2)]
         try:
             capped = {"MAX_ACTIVE_TASKS": "2"}
-            retried = cli("tasks", "retry", "--all", env=capped)
+            retried = operator_cli("tasks", "retry", "--all", env=capped)
             assert retried.returncode == 0, retried.stdout + retried.stderr
             lines = retried.stdout.splitlines()
             assert f"Task {mine} skipped, over its owner's cap: You have 2 unfinished tasks; the limit is 2." in lines
@@ -165,7 +151,7 @@ def test_retry_all_queues_every_failed_task_and_skips_those_over_a_cap(
             for task_id in others:
                 assert other.get(f"/api/v1/tasks/{task_id}").json()["attempts"] >= 4
 
-            only_mine = cli("tasks", "retry", "--all", "--user", username(api), env=capped)
+            only_mine = operator_cli("tasks", "retry", "--all", "--user", username(api), env=capped)
             assert only_mine.returncode == 0, only_mine.stdout + only_mine.stderr
             assert only_mine.stdout.splitlines()[-1].startswith("Queued 0 failed tasks again; skipped 1.")
         finally:
@@ -174,14 +160,14 @@ def test_retry_all_queues_every_failed_task_and_skips_those_over_a_cap(
         for task_id in endless:
             wait(api, task_id)
 
-    freed = cli("tasks", "retry", "--all", "--user", username(api))
+    freed = operator_cli("tasks", "retry", "--all", "--user", username(api))
     assert freed.returncode == 0, freed.stdout + freed.stderr
     assert re.findall(r"^Task (\S+) queued again", freed.stdout, re.M) == [mine]
     assert freed.stdout.splitlines()[-1].startswith("Queued 1 failed task again; skipped 0.")
     assert api.get(f"/api/v1/tasks/{mine}").json()["attempts"] >= 4
 
     for wrong in (["retry"], ["retry", mine, "--all"], ["retry", mine, "--user", username(api)]):
-        refused = litestar_cli("tasks", *wrong)
+        refused = operator_cli("tasks", *wrong)
         assert refused.returncode == 2, refused.stdout + refused.stderr
 
 
@@ -267,17 +253,17 @@ def test_watch_follows_a_task_live_to_its_end(api: httpx.Client) -> None:
 
 def test_watch_ends_with_exit_code_1_for_a_failed_task_and_2_for_an_unknown_one(api: httpx.Client) -> None:
     failing = start(api, steps=1, step_ms=0, fail_at_step=1)["id"]
-    watched = litestar_cli("tasks", "watch", failing)
+    watched = operator_cli("tasks", "watch", failing)
     assert watched.returncode == 1, watched.stdout + watched.stderr
     assert watched.stdout.splitlines()[-1] == f"Task {failing} failed: StepFailed: Step 1 failed (fail_at_step=1)."
     assert api.get(f"/api/v1/tasks/{failing}").json()["status"] == "failed"
     # Watched after its end, a task shows its final state at once.
-    again = litestar_cli("tasks", "watch", failing)
+    again = operator_cli("tasks", "watch", failing)
     assert again.returncode == 1
     assert again.stdout.splitlines()[0].split()[:3] == ["failed", "attempt", "3"]
 
     unknown = str(uuid.uuid4())
-    missing = litestar_cli("tasks", "watch", unknown)
+    missing = operator_cli("tasks", "watch", unknown)
     assert missing.returncode == 2
     assert f"No task with id {unknown}." in missing.stderr
 
@@ -295,7 +281,7 @@ async def test_purge_deletes_old_finished_tasks_and_their_artifacts_in_batches(
     await db_session.execute(update(Task).where(Task.id.in_(old_ids)).values(finished_at=utcnow() - timedelta(days=40)))
     await db_session.commit()
 
-    purged = litestar_cli("tasks", "purge", "--batch-size", "3")
+    purged = operator_cli("tasks", "purge", "--batch-size", "3")
     assert purged.returncode == 0, purged.stderr
     # Without a terminal, a line per batch instead of the progress bar, then the count.
     assert purged.stdout.splitlines() == [
@@ -308,9 +294,9 @@ async def test_purge_deletes_old_finished_tasks_and_their_artifacts_in_batches(
     assert not files[0].exists()
     assert api.get(f"/api/v1/tasks/{recent['id']}").status_code == 200
 
-    nothing = litestar_cli("tasks", "purge", "--older-than-days", "2")
+    nothing = operator_cli("tasks", "purge", "--older-than-days", "2")
     assert nothing.stdout.splitlines() == ["Deleted 0 finished tasks older than 2 days."]
-    everything = litestar_cli("tasks", "purge", "--older-than-days", "0")
+    everything = operator_cli("tasks", "purge", "--older-than-days", "0")
     assert everything.stdout.splitlines()[-1] == "Deleted 1 finished task older than 0 days."
     assert api.get(f"/api/v1/tasks/{recent['id']}").status_code == 404
 

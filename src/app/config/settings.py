@@ -22,7 +22,7 @@ WELL_KNOWN_SECRETS = frozenset({"", "change-me", "changeme", "secret", "dev", "d
 MIN_SECRET_BYTES = 32
 
 
-#: Abuse limits (app.web.limits): each must let at least one attempt through.
+#: Abuse limits (app.web.http.limits): each must let at least one attempt through.
 LIMITS = (
     "login_failures_per_window",
     "login_failures_per_account",

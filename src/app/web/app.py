@@ -46,32 +46,34 @@ from app.config.logging import level, stdlib_formatter, structlog_processors
 from app.domain.accounts.passwords import Passwords
 from app.domain.database import create_engine, create_read_engine, session_factory
 from app.domain.tasks.artifacts import LocalArtifacts
-from app.web.accounts import AuthController, MeController
-from app.web.admin import AdminUsersController
-from app.web.admin_tasks import AdminTasksController
-from app.web.assets import StaticAssets, serve_static
-from app.web.auth import AccessTokens, AuthMiddleware, session_config
-from app.web.channels import ChannelsPublisher, channels_plugin
+from app.web.api.access_tokens import AccessTokensController
+from app.web.api.accounts import AuthController, MeController
+from app.web.api.admin import AdminUsersController
+from app.web.api.admin_tasks import AdminTasksController
+from app.web.api.diagnostics import DiagnosticsController
+from app.web.api.events import EventsController
+from app.web.api.health import HealthController
+from app.web.api.notifications import AdminNotificationsController, NotificationsController
+from app.web.api.oidc import IdentitiesController, OIDCIdentities, OIDCVerifier
+from app.web.api.openapi import complete_document
+from app.web.api.openapi_examples import schema_examples
+from app.web.api.tasks import TaskKindsController, TasksController
 from app.web.cli import OperatorCLIPlugin
-from app.web.diagnostics import DiagnosticsController
-from app.web.draining import Draining
 from app.web.embedded_workers import EmbeddedWorkersPlugin
-from app.web.errors import exception_handlers, problem_details_config
-from app.web.events import EventsController
-from app.web.health import HealthController
+from app.web.http.access_tokens import TokenIndex
+from app.web.http.assets import StaticAssets, serve_static
+from app.web.http.auth import AccessTokens, AuthMiddleware, session_config
+from app.web.http.channels import ChannelsPublisher, channels_plugin
 from app.web.http.credentials import CredentialCache, CredentialsPlugin
+from app.web.http.draining import Draining
+from app.web.http.errors import exception_handlers, problem_details_config
 from app.web.http.input_guards import MAX_BODY_BYTES, GuardedRequest, RefuseNul
+from app.web.http.limits import Limiter
+from app.web.http.metrics import MetricsRefresher
 from app.web.http.proxies import TrustedProxies
-from app.web.limits import Limiter
-from app.web.metrics import MetricsRefresher
-from app.web.notifications import AdminNotificationsController, NotificationsController
-from app.web.oidc import IdentitiesController, OIDCIdentities, OIDCVerifier
-from app.web.openapi import complete_document
-from app.web.openapi_examples import schema_examples
+from app.web.http.request_id import RequestIdMiddleware
+from app.web.http.security import SecurityHeadersMiddleware
 from app.web.pages import PAGE_CONTROLLERS
-from app.web.request_id import RequestIdMiddleware
-from app.web.security import SecurityHeadersMiddleware
-from app.web.tasks import TaskKindsController, TasksController
 
 TEMPLATES = Path(__file__).parent / "templates"
 API_VERSION = "1.0.0"
@@ -198,6 +200,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     stores = store_registry(settings)
     tokens = AccessTokens(settings)
     credentials = CredentialCache(reads, settings, channels, stores.get("sessions"))
+    personal_tokens = TokenIndex(reads, sessions)
     passwords = Passwords(settings)
     limiter = Limiter.for_settings(settings)  # atomic counters, in the `limits` store's Redis namespace
     external = (
@@ -225,6 +228,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AuthController,
             MeController,
             IdentitiesController,
+            AccessTokensController,
             AdminUsersController,
             AdminTasksController,
             TaskKindsController,
@@ -245,6 +249,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "passwords": constant(passwords),
             "tokens": constant(tokens),
             "credentials": constant(credentials),
+            "access_tokens": constant(personal_tokens),
             "external_identities": constant(external),
             "limiter": constant(limiter),
             "publisher": constant(ChannelsPublisher(channels)),
@@ -252,7 +257,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "draining": constant(draining),
         },
         state=State({"settings": settings, "credentials": credentials}),
-        lifespan=[draining.lifespan, limiter.lifespan, MetricsRefresher(sessions, broker).lifespan],
+        lifespan=[
+            draining.lifespan,
+            limiter.lifespan,
+            MetricsRefresher(sessions, broker).lifespan,
+            personal_tokens.lifespan,
+        ],
         stores=stores,
         plugins=[
             _structlog(settings),
@@ -274,7 +284,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             PrometheusConfig(app_name="app", prefix="app", group_path=True, exclude=QUIET_PATHS).middleware,
             session_config(settings).middleware,
             DefineMiddleware(
-                AuthMiddleware, credentials=credentials, tokens=tokens, external=external, exclude=QUIET_PATHS
+                AuthMiddleware,
+                credentials=credentials,
+                tokens=tokens,
+                personal_tokens=personal_tokens,
+                external=external,
+                exclude=QUIET_PATHS,
             ),
         ],
         csrf_config=CSRFConfig(
@@ -297,6 +312,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # ("db_engine"); a second app in one process gets "db_engine_1" and kept its connections open.
         on_shutdown=[reads.dispose, alchemy.get_engine().dispose],
     )
-    # Now, not at start-up: `litestar schema openapi` builds the app without starting it (app.web.openapi).
+    # Now, not at start-up: `litestar schema openapi` builds the app without starting it (app.web.api.openapi).
     complete_document(app, schema_examples())
     return app

@@ -14,7 +14,7 @@ from litestar.channels import ChannelsPlugin
 from litestar.config.app import AppConfig
 from litestar.plugins import InitPlugin
 
-from app.web.channels import ChannelsPublisher
+from app.web.http.channels import ChannelsPublisher
 from app.workers.embedded import EmbeddedWorkers
 
 

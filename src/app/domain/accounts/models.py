@@ -75,3 +75,25 @@ class ExternalIdentity(UUIDv7Base):
     subject: Mapped[str] = mapped_column(String(255))
     email_at_link: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+
+
+class PersonalAccessToken(UUIDv7Base):
+    """A named, scoped, expiring API credential of a user (app.domain.accounts.access_tokens).
+
+    Only the token's SHA-256 hash is kept, and its first characters (`prefix`) to tell it apart.
+    It works while unrevoked, unexpired and made under the user's current `credentials_version`.
+    """
+
+    __tablename__ = "personal_access_token"
+
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    #: Space-separated: "read", "write", "admin".
+    scopes: Mapped[str] = mapped_column(String(32))
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    credentials_version: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)

@@ -69,7 +69,7 @@ from app.domain.accounts.revocation import (
     load_many_credentials,
     on_users_changed,
 )
-from app.web.channels import hears_every_message
+from app.web.http.channels import hears_every_message
 
 log = structlog.get_logger(__name__)
 

@@ -35,7 +35,7 @@ from litestar.enums import RequestEncodingType, ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from app.web.errors import problem
+from app.web.http.errors import problem
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32

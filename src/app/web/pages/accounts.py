@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from uuid import UUID
 
 import anyio
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import QueryParameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.domain.accounts.access_tokens import SCOPES, AccessTokens, NewAccessToken, token_out
 from app.domain.accounts.emails import RESET_PATH, VERIFY_PATH, verification_email, verification_link
 from app.domain.accounts.errors import InvalidCredentials, InvalidToken
 from app.domain.accounts.models import User
@@ -19,10 +21,12 @@ from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import ProfileChange, Registration
 from app.domain.accounts.services import VERIFY, AccountService
 from app.domain.errors import DomainError, InvalidInput
-from app.web.accounts import client_address
-from app.web.auth import sign_in_browser, sign_out_browser
+from app.web.api.access_tokens import with_last_use
+from app.web.api.accounts import client_address
+from app.web.http.access_tokens import TokenIndex
+from app.web.http.auth import sign_in_browser, sign_out_browser
 from app.web.http.credentials import CredentialCache
-from app.web.limits import Limiter
+from app.web.http.limits import Limiter
 from app.web.pages.rendering import (
     current_user,
     field_errors,
@@ -218,8 +222,65 @@ class AccountPages(Controller):
     guards = [requires_signed_in]
 
     @get()
-    async def account(self, request: Request[User, Any, Any], db_session: NamedDependency[AsyncSession]) -> Template:
-        return await page(request, db_session, "account.html", {"profile": {}, "password": {}})
+    async def account(
+        self,
+        request: Request[User, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        access_tokens: NamedDependency[TokenIndex],
+    ) -> Template:
+        tokens = await _tokens_context(db_session, request.user, access_tokens)
+        return await page(request, db_session, "account.html", {"profile": {}, "password": {}, "tokens": tokens})
+
+    @post("/tokens")
+    async def create_token(
+        self,
+        request: Request[User, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        access_tokens: NamedDependency[TokenIndex],
+    ) -> Response[Any]:
+        """Make a personal access token and show it, once: on this answer only, never stored in a flash."""
+        form = await request.form()
+        scopes = [value for value in form.getall("scopes") if isinstance(value, str)] if "scopes" in form else []
+        name = form.get("name") if isinstance(form.get("name"), str) else ""
+        days_text = form.get("expires_in_days") if isinstance(form.get("expires_in_days"), str) else ""
+        user = await db_session.merge(request.user, load=False)
+        tokens: dict[str, Any] = {"name": name, "scopes": scopes, "days": days_text}
+        status = 200
+        try:
+            days = int(str(days_text).strip())
+        except ValueError:
+            tokens["errors"], status = {"expires_in_days": "Enter a whole number of days."}, 422
+        else:
+            request_ = NewAccessToken(name=str(name), scopes=[s for s in scopes if s in SCOPES], expires_in_days=days)
+            try:
+                created = await AccessTokens(db_session).create(user, request_)
+            except DomainError as exc:
+                await db_session.rollback()
+                errors, message = field_errors(exc)
+                tokens["errors"], status = errors or {"name": message or exc.detail}, 422 if errors else 429
+            else:
+                await db_session.commit()
+                tokens = {"created": created}
+        tokens = {**tokens, **await _tokens_context(db_session, request.user, access_tokens)}
+        if is_htmx(request):
+            return fragment("partials/access_tokens.html", {"user": request.user, "tokens": tokens})
+        context = {"profile": {}, "password": {}, "tokens": tokens}
+        return await page(request, db_session, "account.html", context, status)
+
+    @post("/tokens/{token_id:uuid}/revoke")
+    async def revoke_token(
+        self,
+        request: Request[User, Any, Any],
+        token_id: FromPath[UUID],
+        db_session: NamedDependency[AsyncSession],
+        access_tokens: NamedDependency[TokenIndex],
+    ) -> Response[Any]:
+        await AccessTokens(db_session).revoke(request.user, token_id)  # NotFound: a 404 page or toast
+        await db_session.commit()
+        if is_htmx(request):
+            tokens = {"saved": "Token revoked.", **await _tokens_context(db_session, request.user, access_tokens)}
+            return fragment("partials/access_tokens.html", {"user": request.user, "tokens": tokens})
+        return go(request, "/account", "Token revoked.")
 
     @post("/profile")
     async def profile(
@@ -274,3 +335,9 @@ class AccountPages(Controller):
         if is_htmx(request):
             return fragment("partials/password_form.html", {"user": user, "password": {"saved": message}})
         return go(request, "/account", message)
+
+
+async def _tokens_context(db_session: AsyncSession, user: User, index: TokenIndex) -> dict[str, Any]:
+    """The account page's list of the user's personal access tokens."""
+    rows = await AccessTokens(db_session).active(user)
+    return {"rows": [with_last_use(token_out(row), index) for row in rows]}

@@ -29,7 +29,7 @@ from app.domain.tasks.models import FAILED
 from app.domain.tasks.schemas import task_out
 from app.domain.tasks.services import TaskService, task_message_args
 from app.domain.tasks.stats import count_by_status, list_tasks, load_by_user, task_owner
-from app.web.metrics import queue_depth
+from app.web.http.metrics import queue_depth
 from app.web.pages.rendering import field_errors, form_data, fragment, go, is_htmx, page, requires_admin, say
 from app.workers.actors.notifications import send_broadcast
 from app.workers.actors.tasks import send_task

@@ -20,7 +20,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import File
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).parents[1] / "static"
 URL_PREFIX = "/static"
 IMMUTABLE = CacheControlHeader(public=True, max_age=31_536_000, immutable=True)
 REVALIDATE = CacheControlHeader(no_cache=True)

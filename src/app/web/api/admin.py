@@ -17,8 +17,8 @@ from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import UserFlags, UserOut, user_out
 from app.domain.accounts.services import AccountService
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
-from app.web.auth import requires_superuser
-from app.web.errors import Conflicting
+from app.web.http.auth import requires_superuser
+from app.web.http.errors import Conflicting
 
 ADMIN_ERRORS = [NotAuthorizedException, PermissionDeniedException]
 

@@ -29,8 +29,8 @@ from app.domain.notifications.services import (
     new_broadcast,
 )
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
-from app.web.auth import requires_superuser, requires_user
-from app.web.errors import BreaksARule
+from app.web.http.auth import requires_superuser, requires_user
+from app.web.http.errors import BreaksARule
 from app.workers.actors.notifications import send_broadcast
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]

@@ -1,9 +1,13 @@
 """Who is calling: bearer access tokens (API clients), session cookies (browsers), external OIDC tokens.
 
-The middleware never refuses a request by itself: it sets `request.user` (or None), and
-the `requires_user` / `requires_superuser` guards refuse. Bearer tokens are accepted
+The middleware refuses by itself only a personal access token used beyond its scopes (a 403
+naming the scope it lacks): otherwise it sets `request.user` (or None), and the
+`requires_user` / `requires_superuser` guards refuse. Bearer tokens are accepted
 everywhere; the session cookie only for pages and the live-event stream (the rest of
 the API is for bearer clients, so it needs no CSRF protection).
+
+Personal access tokens (`pat_...`, app.domain.accounts.access_tokens) are looked up by
+hash once per process (app.web.http.access_tokens) and then checked like any credential.
 
 Access tokens are short-lived JWTs (Litestar's `Token`) carrying the user's
 `credentials_version` and their refresh family. Whether a token or session may still act
@@ -34,9 +38,11 @@ from litestar.types import ASGIApp, Empty, Message, ScopeSession
 from litestar.utils.dataclass import extract_dataclass_items
 
 from app.config import Settings
+from app.domain.accounts.access_tokens import looks_like_access_token
 from app.domain.accounts.models import User
 from app.domain.accounts.revocation import Credential
 from app.domain.clock import utcnow
+from app.web.http.access_tokens import TokenIndex, required_scope
 from app.web.http.credentials import CREDENTIAL_SCOPE_KEY, CredentialCache, credential_of
 
 ALGORITHM = "HS256"
@@ -104,7 +110,7 @@ class AccessTokens:
 
 
 class ExternalIdentities(Protocol):
-    """Bearer tokens signed by an external identity provider (OIDC_ISSUER), see app.web.oidc."""
+    """Bearer tokens signed by an external identity provider (OIDC_ISSUER), see app.web.api.oidc."""
 
     def looks_external(self, token: str) -> bool: ...
 
@@ -123,12 +129,14 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         *,
         credentials: CredentialCache,
         tokens: AccessTokens,
+        personal_tokens: TokenIndex,
         external: ExternalIdentities | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self.credentials = credentials
         self.tokens = tokens
+        self.personal_tokens = personal_tokens
         self.external = external
 
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
@@ -144,6 +152,8 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=None, auth=None)
 
     async def _bearer_user(self, connection: ASGIConnection[Any, Any, Any, Any], token: str) -> User | None:
+        if looks_like_access_token(token):
+            return await self._personal_token_user(connection, token)
         if self.external is not None and self.external.looks_external(token):
             user: User | None = await self.external.user_for(token)
             return user if user is not None and user.is_active else None
@@ -152,6 +162,25 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         except NotAuthorizedException:
             return None
         return await self._let_in(connection, Credential(user_id=user_id, version=version, family=family))
+
+    async def _personal_token_user(self, connection: ASGIConnection[Any, Any, Any, Any], token: str) -> User | None:
+        """A personal access token acts as its user within its scopes; beyond them, a 403 that says so."""
+        grant = await self.personal_tokens.grant(token)
+        if grant is None:
+            return None
+        needed = required_scope(str(connection.scope.get("method", "GET")), connection.scope["path"])
+        credential = Credential(
+            user_id=grant.user_id, version=grant.version, family=grant.token_id, scopes=grant.scopes
+        )
+        user = await self._let_in(connection, credential)
+        if user is None:
+            return None
+        if needed is None:
+            raise PermissionDeniedException(detail="A personal access token cannot do this; sign in instead.")
+        if needed not in grant.scopes:
+            raise PermissionDeniedException(detail=f"This personal access token lacks the {needed!r} scope.")
+        self.personal_tokens.used(grant.token_id)
+        return user
 
     async def _session_user(
         self, connection: ASGIConnection[Any, Any, Any, Any], session: dict[str, Any]

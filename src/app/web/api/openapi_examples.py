@@ -1,7 +1,7 @@
 """An example of every body in the API document, made from the real Structs.
 
 Each example is an instance of the Struct it shows, so it cannot name a field the Struct
-lacks or miss one it requires; `app.web.openapi.complete_document` puts it on that
+lacks or miss one it requires; `app.web.api.openapi.complete_document` puts it on that
 Struct's component schema (keyed by the schema's title, e.g. `Page[TaskOut]`), and
 tests/test_openapi_document.py checks that every component has one and that each one
 validates against its schema.
@@ -15,6 +15,7 @@ from uuid import UUID
 
 import msgspec
 
+from app.domain.accounts.access_tokens import AccessTokenOut, CreatedAccessToken, NewAccessToken
 from app.domain.accounts.identities import IdentityLink, IdentityOut
 from app.domain.accounts.schemas import PasswordChange, ProfileChange, Registration, UserFlags, UserOut
 from app.domain.notifications.schemas import NotificationOut
@@ -22,7 +23,7 @@ from app.domain.notifications.services import BroadcastRequest
 from app.domain.pagination import Page
 from app.domain.tasks.schemas import KindOut, Progress, TaskOut, TaskRequest
 from app.domain.tasks.services import describe_kinds
-from app.web.accounts import (
+from app.web.api.accounts import (
     EmailTokenRequest,
     ForgotPassword,
     LogoutRequest,
@@ -31,9 +32,9 @@ from app.web.accounts import (
     TokenPair,
     TokenValidity,
 )
-from app.web.admin_tasks import TaskLoadOut, UserLoadOut
-from app.web.diagnostics import RoundTrip
-from app.web.notifications import BroadcastAccepted, ReadAll, UnreadCount
+from app.web.api.admin_tasks import TaskLoadOut, UserLoadOut
+from app.web.api.diagnostics import RoundTrip
+from app.web.api.notifications import BroadcastAccepted, ReadAll, UnreadCount
 
 STARTED = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 FINISHED = datetime(2026, 11, 22, 10, 0, 21, tzinfo=UTC)
@@ -41,11 +42,13 @@ USER_ID = UUID("01936b2e-7c4a-7d3e-9f10-2a3b4c5d6e7f")
 TASK_ID = UUID("01936b2f-1a2b-7c3d-8e4f-5a6b7c8d9e0f")
 NOTIFICATION_ID = UUID("01936b2f-4d5e-7f60-8a1b-2c3d4e5f6a7b")
 IDENTITY_ID = UUID("01936b30-0a1b-7c2d-9e3f-4a5b6c7d8e9f")
+ACCESS_TOKEN_ID = UUID("01936b31-2b3c-7d4e-8f50-6a7b8c9d0e1f")
 #: Tokens are opaque to clients; these are shaped like the real ones, and work nowhere.
 ACCESS_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMTkzNmIyZSJ9.c2lnbmF0dXJl"  # noqa: S105
 REFRESH_TOKEN = "Zq3v9HkX2mB8wR5tY1uI7oP4aS6dF0gJ"  # noqa: S105
 EMAIL_TOKEN = "kT4nM8qW2eR6yU0iO3pA7sD1fG5hJ9lZ"  # noqa: S105
 PASSWORD = "a long passphrase"  # noqa: S105
+PERSONAL_TOKEN = "pat_Xr7Kq2mP9vL4wT1sN8bY3cF6hJ0dG5aZ2eU7iO4kQ1"  # noqa: S105
 
 USER = UserOut(
     id=USER_ID,
@@ -92,6 +95,16 @@ IDENTITY = IdentityOut(
     created_at=STARTED,
 )
 
+PERSONAL_TOKEN_OUT = AccessTokenOut(
+    id=ACCESS_TOKEN_ID,
+    name="nightly export script",
+    scopes=["read", "write"],
+    prefix=PERSONAL_TOKEN[:12],
+    created_at=STARTED,
+    expires_at=datetime(2026, 12, 22, 10, 0, tzinfo=UTC),
+    last_used_at=FINISHED,
+)
+
 
 def _demo_kind() -> KindOut:
     """The demo kind as GET /api/v1/task-kinds describes it (its real parameter schema)."""
@@ -121,6 +134,11 @@ def schema_examples() -> dict[str, Any]:
         "ResetPassword": ResetPassword(token=EMAIL_TOKEN, password="a new long passphrase"),  # noqa: S106
         "IdentityLink": IdentityLink(id_token=ACCESS_TOKEN),
         "IdentityOut": IDENTITY,
+        "NewAccessToken": NewAccessToken(name="nightly export script", scopes=["read", "write"], expires_in_days=30),
+        "AccessTokenOut": PERSONAL_TOKEN_OUT,
+        "CreatedAccessToken": CreatedAccessToken(
+            **{**msgspec.structs.asdict(PERSONAL_TOKEN_OUT), "last_used_at": None}, token=PERSONAL_TOKEN
+        ),
         "TaskRequest": TaskRequest(kind="demo", params={"steps": 20, "step_ms": 200}),
         "TaskOut": TASK,
         "Progress": PROGRESS,

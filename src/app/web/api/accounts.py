@@ -29,17 +29,17 @@ from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import PasswordChange, ProfileChange, Registration, UserOut, user_out
 from app.domain.accounts.services import VERIFY, AccountService, RefreshTokens
-from app.web.auth import AccessTokens, requires_user, sign_in_browser
-from app.web.errors import BreaksARule, TooMany
+from app.web.http.auth import AccessTokens, requires_user, sign_in_browser
 from app.web.http.credentials import credential_of
-from app.web.limits import Limiter
+from app.web.http.errors import BreaksARule, TooMany
+from app.web.http.limits import Limiter
 from app.workers.actors.mail import enqueue_email, enqueue_password_reset
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 AUTH_ERRORS = [NotAuthorizedException]
 
 
-# Documentation only: the statuses the accounts domain's refusals become (app.web.errors), so that
+# Documentation only: the statuses the accounts domain's refusals become (app.web.http.errors), so that
 # the OpenAPI document lists every error an operation can answer with.
 
 

@@ -44,12 +44,12 @@ from app.domain.accounts.revocation import Credential
 from app.domain.database import read
 from app.domain.notifications.events import EventLog, EventRecord, channels_for_reader
 from app.domain.notifications.models import Event
-from app.web.auth import requires_user
-from app.web.draining import Draining
-from app.web.errors import database_down, database_unavailable
+from app.web.api.openapi import EVENT_STREAM
+from app.web.http.auth import requires_user
 from app.web.http.credentials import CredentialCache, credential_of
-from app.web.metrics import SSE_CONNECTIONS, SSE_SLOW_CLIENTS
-from app.web.openapi import EVENT_STREAM
+from app.web.http.draining import Draining
+from app.web.http.errors import database_down, database_unavailable
+from app.web.http.metrics import SSE_CONNECTIONS, SSE_SLOW_CLIENTS
 
 log = structlog.get_logger(__name__)
 

@@ -22,7 +22,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.web.metrics import rabbitmq_counts
+from app.web.http.metrics import rabbitmq_counts
 from app.workers.heartbeat import HeartbeatStore
 from app.workers.queues import TASKS
 

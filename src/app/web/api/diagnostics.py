@@ -17,7 +17,7 @@ from litestar.exceptions import NotAuthorizedException, NotFoundException, Permi
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from app.config import Settings
-from app.web.auth import requires_superuser
+from app.web.http.auth import requires_superuser
 from app.workers.actors.diagnostics import round_trip
 
 

@@ -25,9 +25,9 @@ from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.reads import get_one, list_page
 from app.domain.tasks.schemas import KindOut, TaskOut, TaskRequest, TaskStatus, task_out
 from app.domain.tasks.services import TaskService, describe_kinds, task_message_args
-from app.web.auth import requires_user
-from app.web.errors import BreaksARule, Conflicting, TooMany
-from app.web.openapi import ResultDownload
+from app.web.api.openapi import ResultDownload
+from app.web.http.auth import requires_user
+from app.web.http.errors import BreaksARule, Conflicting, TooMany
 from app.workers.actors.tasks import send_task
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]

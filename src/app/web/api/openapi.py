@@ -9,13 +9,13 @@ a copy that CI compares (tests/test_openapi_document.py).
 What this pass adds, the same way for every operation:
 
 - errors: Litestar describes `raises=[...]` with its own default error body; the
-  service answers RFC 9457 problem details (app.web.errors), so every error response
+  service answers RFC 9457 problem details (app.web.http.errors), so every error response
   points at one `Problem` schema as `application/problem+json`, with an example. A
   status the handler documents itself with `responses=` (the 503 of /health/ready)
   keeps its own body.
 - the 413 of every operation with a body (app.web.http.input_guards) and the 503 of
   every operation under /api while the database is out of reach;
-- an example on every component schema (app.web.openapi_examples);
+- an example on every component schema (app.web.api.openapi_examples);
 - the headers of an operation's success response on its other 2xx answers (the
   `Location` of a task, whether it was started now or by an earlier request with the
   same Idempotency-Key).
@@ -171,7 +171,7 @@ def _phrase(status: int) -> str:
 
 
 def problem_example(status: int, detail: str) -> dict[str, Any]:
-    """A problem body as app.web.errors writes one for `status`."""
+    """A problem body as app.web.http.errors writes one for `status`."""
     body: dict[str, Any] = {"type": "about:blank", "title": _phrase(status), "status": status, "detail": detail}
     if status in (400, 422):
         body["errors"] = [{"field": "body", "message": "is invalid"}]

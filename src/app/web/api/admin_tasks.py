@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.domain.tasks.stats import count_by_status, load_by_user
-from app.web.auth import requires_superuser
-from app.web.metrics import queue_depth
+from app.web.http.auth import requires_superuser
+from app.web.http.metrics import queue_depth
 
 log = structlog.get_logger(__name__)
 

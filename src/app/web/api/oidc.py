@@ -48,9 +48,9 @@ from app.domain.accounts.identities import (
 from app.domain.accounts.models import User
 from app.domain.errors import InvalidInput
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
-from app.web.accounts import AUTH_ERRORS, BEARER
-from app.web.auth import requires_user
-from app.web.errors import BreaksARule, Conflicting, problem
+from app.web.api.accounts import AUTH_ERRORS, BEARER
+from app.web.http.auth import requires_user
+from app.web.http.errors import BreaksARule, Conflicting, problem
 
 log = structlog.get_logger(__name__)
 

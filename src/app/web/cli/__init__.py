@@ -1,0 +1,27 @@
+"""Operator commands on the `litestar` CLI.
+
+`litestar users create|promote|deactivate` (users.py) and `litestar tasks
+list|stats|retry|purge|watch` (tasks.py, watch.py). Output is for people on a terminal (rich
+tables, progress bars) and for scripts elsewhere: without a terminal, tables are plain
+columns one row a line and progress is a line per step (output.py).
+"""
+
+from __future__ import annotations
+
+import click
+from litestar.plugins import CLIPluginProtocol
+
+from app.web.cli.tasks import tasks
+from app.web.cli.users import users
+from app.web.cli.watch import watch
+
+tasks.add_command(watch)
+
+
+class OperatorCLIPlugin(CLIPluginProtocol):
+    def on_cli_init(self, cli: click.Group) -> None:
+        cli.add_command(users)
+        cli.add_command(tasks)
+
+
+__all__ = ["OperatorCLIPlugin", "tasks", "users"]

@@ -1,0 +1,122 @@
+"""Personal access tokens at the door: what a presented token stands for, what it may reach, when it was used.
+
+The token's grant (its user, scopes, expiry and the credentials version it was made under)
+is read once per process and kept by the token's hash: a token's row never changes but for
+its revocation, which the credential check sees (its id is one of the user's revoked
+families, app.domain.accounts.revocation), not this index. A request with a token is then
+let in exactly as one with an access token is (app.web.http.auth), limited to its scopes.
+
+Last use is kept in memory and written a minute at a time (and at shutdown): a write per
+request would cost more than the request. The list a user reads adds this process's
+unwritten uses, so their own requests show at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from datetime import datetime
+from uuid import UUID
+
+import structlog
+from litestar import Litestar
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.domain.accounts.access_tokens import Scope, TokenGrant, grant_for, record_use
+from app.domain.accounts.services import token_hash
+from app.domain.clock import utcnow
+
+log = structlog.get_logger(__name__)
+
+#: Grants remembered at most; the least recently used go first.
+MAX_GRANTS = 10_000
+#: How often recorded uses are written.
+USE_FLUSH_SECONDS = 60.0
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def required_scope(method: str, path: str) -> Scope | None:
+    """The scope a personal access token needs for this request; None when no token may make it.
+
+    Reading tasks, notifications, task kinds, one's own user and the event stream needs
+    `read`; changing tasks and notifications `write`; the admin API (which also wants a
+    superuser) `admin`. Everything else, the pages and the account itself (password,
+    profile, sign-in, tokens) included, needs a signed-in user: a leaked token cannot take
+    over its account.
+    """
+    if path.startswith(("/api/v1/admin/", "/api/v1/diagnostics/")):
+        return "admin"
+    safe = method in _SAFE_METHODS
+    if path.startswith(("/api/v1/tasks", "/api/v1/notifications")) or path == "/api/v1/task-kinds":
+        return "read" if safe else "write"
+    if path in ("/api/v1/events", "/api/v1/users/me") and safe:
+        return "read"
+    return None
+
+
+class TokenIndex:
+    """Grants of presented personal access tokens by hash, and their uses not yet written."""
+
+    def __init__(self, reads: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._reads = reads
+        self._sessions = sessions
+        self._grants: OrderedDict[str, TokenGrant] = OrderedDict()
+        self._used: dict[UUID, datetime] = {}
+
+    async def grant(self, raw: str) -> TokenGrant | None:
+        """What `raw` stands for while it has not expired; None for an unknown, revoked or expired token."""
+        key = token_hash(raw)
+        grant = self._grants.get(key)
+        if grant is None:
+            grant = await grant_for(self._reads, raw)
+            if grant is None:
+                return None
+            self._grants[key] = grant
+            if len(self._grants) > MAX_GRANTS:
+                self._grants.popitem(last=False)
+        else:
+            self._grants.move_to_end(key)
+        if grant.expires_at <= time.time():
+            return None
+        return grant
+
+    def used(self, token_id: UUID) -> None:
+        self._used[token_id] = utcnow()
+
+    def last_use(self, token_id: UUID) -> datetime | None:
+        """This process's use of the token that is not written yet."""
+        return self._used.get(token_id)
+
+    async def flush(self) -> None:
+        used, self._used = self._used, {}
+        if not used:
+            return
+        try:
+            async with self._sessions() as session:
+                await record_use(session, sorted(used.items()))
+                await session.commit()
+        except Exception as exc:  # noqa: BLE001 - a lost "last used" time must not stop the loop; kept for next time
+            log.warning("access_tokens.last_use_not_written", tokens=len(used), error=type(exc).__name__)
+            for token_id, when in used.items():
+                self._used.setdefault(token_id, when)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
+        """For Litestar's `lifespan=[...]`: write uses every USE_FLUSH_SECONDS, and once more at shutdown."""
+
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(USE_FLUSH_SECONDS)
+                await self.flush()
+
+        task = asyncio.create_task(run(), name="access-token-uses")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await self.flush()
