@@ -130,7 +130,7 @@ def test_the_operator_groups_are_on_the_litestar_cli() -> None:
 
 
 def test_every_users_command_option_and_argument_is_described() -> None:
-    assert set(users.commands) == {"create", "promote", "deactivate"}
+    assert set(users.commands) == {"create", "promote", "deactivate", "tokens", "revoke-tokens"}
     assert undocumented(users) == []
     shown = CliRunner().invoke(users, ["create", "--help"])
     assert shown.exit_code == 0, shown.output
@@ -139,3 +139,34 @@ def test_every_users_command_option_and_argument_is_described() -> None:
     assert "asked for twice, hidden" in " ".join(shown.output.split())
     promote = CliRunner().invoke(users, ["promote", "--help"])
     assert "LOGIN (a username or an email address)" in " ".join(promote.output.split())
+
+
+def test_operators_list_and_revoke_a_users_personal_access_tokens(client: TestClient[Litestar]) -> None:
+    identity = registered(client)
+    signed_in = {"Authorization": f"Bearer {log_in(client, identity['username']).json()['access_token']}"}
+    made = [
+        client.post("/api/v1/users/me/tokens", json={"name": name, "scopes": ["read"]}, headers=signed_in).json()
+        for name in ("backup", "report")
+    ]
+    assert all("token" in token for token in made), made
+    listed = operator_cli("users", "tokens", identity["email"])
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:4] == ["ID", "NAME", "SCOPES", "PREFIX"]
+    assert sorted(line.split()[1] for line in lines[1:]) == ["backup", "report"]
+    assert all(token["prefix"] in listed.stdout and token["token"] not in listed.stdout for token in made)
+
+    def works(token: dict[str, Any]) -> int:
+        return client.get("/api/v1/tasks", headers={"Authorization": f"Bearer {token['token']}"}).status_code
+
+    assert [works(token) for token in made] == [200, 200]
+    one = operator_cli("users", "revoke-tokens", identity["username"], made[0]["id"])
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert [works(token) for token in made] == [401, 200]  # at once, in the web process too
+    again = operator_cli("users", "revoke-tokens", identity["username"], made[0]["id"])
+    assert again.returncode != 0
+    assert "No such access token." in said(again)
+    every = operator_cli("users", "revoke-tokens", identity["username"])
+    assert every.stdout.strip() == f"{identity['username']}: 1 token revoked."
+    assert [works(token) for token in made] == [401, 401]
+    assert "has no personal access tokens" in operator_cli("users", "tokens", identity["username"]).stdout

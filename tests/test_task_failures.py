@@ -79,7 +79,10 @@ async def test_a_task_whose_worker_is_killed_is_handed_back_and_succeeds_once(
         assert frozen["progress"]["current"] < 200, "the task finished before its worker was killed"
         services.start_worker()
         time.sleep(max(0.0, STALE_SECONDS + 1.5 - (time.monotonic() - killed_at)))
-        assert task_of(api, task["id"])["progress"] == frozen["progress"], "a dead worker made progress"
+        later = task_of(api, task["id"])
+        # Only a new attempt may move it: on a loaded machine the new worker's recovery may have handed it back
+        # already (the sleep above ends later than STALE_SECONDS after the kill).
+        assert later["progress"] == frozen["progress"] or later["attempts"] >= 2, f"a dead worker moved it: {later}"
         send_message(broker.url, "tasks.sweep")
         handed_back = wait_task(api, task["id"], lambda t: t["attempts"] == 2, timeout=20, what="handed back")
         assert handed_back["status"] in ("queued", "running"), handed_back

@@ -200,6 +200,20 @@ class AccessTokens:
         users_changed(self.session, [user.id])
         await self.session.flush()
 
+    async def revoke_all(self, user: User) -> int:
+        """End every token of the user at once (announced on commit); how many there were."""
+        revoked = await self.session.scalars(
+            update(PersonalAccessToken)
+            .where(PersonalAccessToken.user_id == user.id, PersonalAccessToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+            .returning(PersonalAccessToken.id)
+        )
+        count = len(revoked.all())
+        if count:
+            users_changed(self.session, [user.id])
+        await self.session.flush()
+        return count
+
 
 _GRANT_BY_HASH = select(
     PersonalAccessToken.id,

@@ -8,6 +8,7 @@ from uuid import UUID
 import anyio
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.channels import ChannelsPlugin
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, NotFoundException, ValidationException
@@ -26,11 +27,23 @@ from app.domain.tasks.reads import get_one, list_page
 from app.domain.tasks.schemas import KindOut, TaskOut, TaskRequest, TaskStatus, task_out
 from app.domain.tasks.services import TaskService, describe_kinds, task_message_args
 from app.web.api.openapi import ResultDownload
+from app.web.api.task_waits import requested_wait, wait_for_end
 from app.web.http.auth import requires_user
+from app.web.http.draining import Draining
 from app.web.http.errors import BreaksARule, Conflicting, TooMany
 from app.workers.actors.tasks import send_task
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
+#: RFC 7240: `wait=N` holds the answer until the task ends, at most N (and at most 60) seconds.
+PreferHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Prefer",
+        required=False,
+        max_length=200,
+        description="`wait=N`: answer once the task ends, or after N seconds (at most 60); e.g. `wait=30`.",
+    ),
+]
 ERRORS = [NotAuthorizedException, NotFoundException]
 
 
@@ -62,7 +75,8 @@ class TasksController(Controller):
         description=(
             "202 with the queued task and its `Location`. With an `Idempotency-Key` header, the same key and body "
             "within 24 hours return the original task (200); the same key with another body is a 409. 429 when the "
-            "user already has MAX_ACTIVE_TASKS unfinished tasks."
+            "user already has MAX_ACTIVE_TASKS unfinished tasks. With `Prefer: wait=N` (at most 60), the answer "
+            "waits up to N seconds for the task to end and shows it as it is then (`Preference-Applied: wait=N`)."
         ),
         status_code=HTTP_202_ACCEPTED,
         response_description="The task, queued.",
@@ -89,7 +103,11 @@ class TasksController(Controller):
         db_session: NamedDependency[AsyncSession],
         publisher: NamedDependency[EventPublisher],
         settings: NamedDependency[Settings],
+        channels: NamedDependency[ChannelsPlugin],
+        reads: NamedDependency[AsyncEngine],
+        draining: NamedDependency[Draining],
         idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)] = None,
+        prefer: PreferHeader = None,
     ) -> Response[TaskOut]:
         service = TaskService(db_session, settings)
         body, created = await service.create(request.user, data, idempotency_key)
@@ -99,11 +117,15 @@ class TasksController(Controller):
             # the task while this process wakes the task's live streams.
             await anyio.to_thread.run_sync(send_task, *task_message_args(body))
             await service.events.publish(publisher)
-        return Response(
-            body,
-            status_code=HTTP_202_ACCEPTED if created else HTTP_200_OK,
-            headers={"Location": f"/api/v1/tasks/{body.id}"},
-        )
+        headers = {"Location": f"/api/v1/tasks/{body.id}"}
+        if seconds := requested_wait(prefer):
+            user_id, task_id = request.user.id, body.id
+            body, applied = await wait_for_end(
+                channels, draining, user_id, seconds, lambda: get_one(reads, user_id, task_id), body
+            )
+            if applied:
+                headers["Preference-Applied"] = f"wait={seconds}"
+        return Response(body, status_code=HTTP_202_ACCEPTED if created else HTTP_200_OK, headers=headers)
 
     @get(
         operation_id="listTasks",
@@ -127,13 +149,31 @@ class TasksController(Controller):
         "/{task_id:uuid}",
         operation_id="getTask",
         summary="One task",
-        description="The task with its progress, result or error; 404 also for another user's task.",
+        description=(
+            "The task with its progress, result or error; 404 also for another user's task. With `Prefer: wait=N` "
+            "(at most 60), the answer waits up to N seconds for the task to end (`Preference-Applied: wait=N`)."
+        ),
         raises=ERRORS,
     )
     async def get_task(
-        self, request: Request[User, Any, Any], task_id: FromPath[UUID], reads: NamedDependency[AsyncEngine]
-    ) -> TaskOut:
-        return await get_one(reads, request.user.id, task_id)
+        self,
+        request: Request[User, Any, Any],
+        task_id: FromPath[UUID],
+        reads: NamedDependency[AsyncEngine],
+        channels: NamedDependency[ChannelsPlugin],
+        draining: NamedDependency[Draining],
+        prefer: PreferHeader = None,
+    ) -> Response[TaskOut]:
+        user_id = request.user.id
+        task = await get_one(reads, user_id, task_id)
+        headers: dict[str, str] = {}
+        if seconds := requested_wait(prefer):
+            task, applied = await wait_for_end(
+                channels, draining, user_id, seconds, lambda: get_one(reads, user_id, task_id), task
+            )
+            if applied:
+                headers["Preference-Applied"] = f"wait={seconds}"
+        return Response(task, headers=headers)
 
     @post(
         "/{task_id:uuid}/cancel",

@@ -1,11 +1,15 @@
-"""`litestar users`: create, promote and deactivate accounts."""
+"""`litestar users`: create, promote and deactivate accounts; list and revoke their personal access tokens."""
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import click
 
+from app.domain.accounts.access_tokens import AccessTokens
 from app.domain.accounts.schemas import Registration, UserFlags
 from app.domain.accounts.services import AccountService
+from app.web.cli.output import console_for_output, table
 from app.web.cli.running import run_account_change
 
 
@@ -60,3 +64,60 @@ def promote(login: str) -> None:
 @click.argument("login")
 def deactivate(login: str) -> None:
     _set_flags(login, UserFlags(is_active=False), "deactivated")
+
+
+@users.command(
+    name="tokens",
+    help="List the personal access tokens of user LOGIN (a username or an email address) that still work.",
+)
+@click.argument("login")
+def tokens(login: str) -> None:
+    console = console_for_output()
+
+    async def work(service: AccountService) -> list[list[str]]:
+        user = await service.by_login(login)
+        if user is None:
+            raise click.ClickException(f"No user with username or email {login!r}.")
+        rows = await AccessTokens(service.session).active(user)
+        return [
+            [
+                str(token.id),
+                token.name,
+                token.scopes.replace(" ", ","),
+                token.prefix,
+                token.expires_at.strftime("%Y-%m-%d %H:%M"),
+                token.last_used_at.strftime("%Y-%m-%d %H:%M") if token.last_used_at else "never",
+            ]
+            for token in rows
+        ]
+
+    rows = run_account_change(work)
+    if not rows:
+        console.print(f"{login} has no personal access tokens.")
+        return
+    columns = ["ID", "NAME", "SCOPES", "PREFIX", "EXPIRES (UTC)", "LAST USED (UTC)"]
+    console.print(table(console, columns, rows))
+
+
+@users.command(
+    name="revoke-tokens",
+    help=(
+        "End the personal access tokens of user LOGIN (a username or an email address) at once, and the event "
+        "streams opened with them: TOKEN_ID only, or every one of them without it."
+    ),
+)
+@click.argument("login")
+@click.argument("token_id", type=click.UUID, required=False)
+def revoke_tokens(login: str, token_id: UUID | None) -> None:
+    async def work(service: AccountService) -> str:
+        user = await service.by_login(login)
+        if user is None:
+            raise click.ClickException(f"No user with username or email {login!r}.")
+        access_tokens = AccessTokens(service.session)
+        if token_id is not None:
+            await access_tokens.revoke(user, token_id)
+            return f"{user.username}: token {token_id} revoked."
+        count = await access_tokens.revoke_all(user)
+        return f"{user.username}: {count} {'token' if count == 1 else 'tokens'} revoked."
+
+    click.echo(run_account_change(work))

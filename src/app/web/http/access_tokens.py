@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.domain.accounts.access_tokens import Scope, TokenGrant, grant_for, record_use
 from app.domain.accounts.services import token_hash
 from app.domain.clock import utcnow
+from app.web.http.background import in_background
 
 log = structlog.get_logger(__name__)
 
@@ -112,11 +113,8 @@ class TokenIndex:
                 await asyncio.sleep(USE_FLUSH_SECONDS)
                 await self.flush()
 
-        task = asyncio.create_task(run(), name="access-token-uses")
         try:
-            yield
+            async with in_background(run(), "access-token-uses"):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await self.flush()

@@ -10,7 +10,6 @@ last reading, so it never waits on the database or the broker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.domain.tasks.models import STATUSES
 from app.domain.tasks.stats import Durations, task_stats
+from app.web.http.background import in_background
 
 log = structlog.get_logger(__name__)
 
@@ -169,10 +169,5 @@ class MetricsRefresher:
     @asynccontextmanager
     async def lifespan(self, _app: object) -> AsyncIterator[None]:
         """For Litestar's `lifespan=[...]`: refresh in the background from start-up to shutdown."""
-        task = asyncio.create_task(self.run(), name="metrics-refresher")
-        try:
+        async with in_background(self.run(), "metrics-refresher"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
