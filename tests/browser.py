@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, Request, WebError, async_playwright
 from playwright.async_api import expect as playwright_expect
 
-from tests.servers import LiveServer
+from tests.servers import LiveServer, unavailable
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = "sudo apt-get install chromium"
@@ -210,10 +209,7 @@ class Cable:
 async def chromium() -> AsyncIterator[Browser]:
     """The run's headless Chromium."""
     if not CHROMIUM.exists():
-        message = f"the browser tests need Debian's Chromium at {CHROMIUM}; install it with `{INSTALL}`"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"the browser tests need Debian's Chromium at {CHROMIUM}; install it with `{INSTALL}`")
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:

@@ -28,11 +28,10 @@ from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 
 from tests.accounts import PASSWORD, new_identity
 from tests.processes import ROOT, eventually, send_message
-from tests.servers import BIN, free_port
+from tests.servers import BIN, free_port, unavailable
 from tests.sse import events
 
 POSTGRES_PROGRAMS = ("initdb", "pg_ctl", "postgres", "psql")
@@ -53,10 +52,7 @@ def require_postgres_bin() -> Path:
     """The Postgres server programs' folder; without them the test is skipped, or fails under CI=true."""
     bindir = postgres_bin()
     if bindir is None:
-        message = "restarting Postgres needs the Postgres server programs (initdb, pg_ctl) to run a private cluster"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("restarting Postgres needs the Postgres server programs (initdb, pg_ctl) to run a private cluster")
     return bindir
 
 

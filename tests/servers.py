@@ -14,13 +14,23 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
+import pytest
 
 BIN = Path(sys.executable).parent
 #: How long a process may take to start. Importing the app takes ~3 s on a quiet machine but far longer on
 #: a loaded one (30 s seen with two cores shared by several test runs): a slow start is not a failure.
 STARTUP_TIMEOUT = 150.0
+
+
+def unavailable(reason: str) -> NoReturn:
+    """What a test does when something it needs is not on this machine: it is skipped, saying `reason` (what is
+    missing and how to get it); under CI=true, where everything must be there, it fails with that reason."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def free_port() -> int:

@@ -326,6 +326,8 @@ def test_the_image_builds_and_serves() -> None:
 
     engine = container_engine()
     if engine is None:
+        # Stated reason: the issue asks for the image to be built where a container runtime exists and skipped with a
+        # clear message elsewhere, CI included (CI machines may have a docker client without a daemon).
         pytest.skip("no container engine answers here (`docker info` / `podman info` fail): the image is not built")
     tag = f"app-test:{uuid.uuid4().hex[:8]}"
     built = subprocess.run(
