@@ -171,21 +171,22 @@ def create_floor_app() -> Any:
 
     from app.config import get_settings
     from app.domain.database import create_read_engine
-    from app.domain.pagination import Page
-    from app.domain.tasks.reads import list_page
+    from app.domain.pagination import CursorPage
+    from app.domain.tasks.listing import TaskQuery, list_tasks
     from app.domain.tasks.schemas import TaskOut
 
     reads = create_read_engine(get_settings())
     token = "Bearer " + os.environ["BENCH_RAW_TOKEN"]
     user_id = UUID(os.environ["BENCH_RAW_USER_ID"])
 
-    names = {"Page": Page, "TaskOut": TaskOut, "Request": Request, "Any": Any}  # for the annotations
+    names = {"CursorPage": CursorPage, "TaskOut": TaskOut, "Request": Request, "Any": Any}  # for the annotations
+    everything = TaskQuery()
 
     @get("/api/v1/tasks", signature_namespace=names)
-    async def tasks(request: Request[Any, Any, Any], limit: int = 20, offset: int = 0) -> Page[TaskOut]:
+    async def tasks(request: Request[Any, Any, Any], limit: int = 20, offset: int = 0) -> CursorPage[TaskOut]:
         if not hmac.compare_digest(request.headers.get("authorization", ""), token):
             raise NotAuthorizedException()
-        return await list_page(reads, user_id, status=None, kind=None, limit=limit, offset=offset)
+        return (await list_tasks(reads, user_id, everything, limit=limit, offset=offset)).page
 
     return Litestar(route_handlers=[tasks], plugins=[GranianPlugin()], on_shutdown=[reads.dispose])
 

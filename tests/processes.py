@@ -27,7 +27,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from tests.accounts import signed_in_headers
-from tests.servers import BIN, STARTUP_TIMEOUT, Process, free_port, spawn, worker_command
+from tests.servers import STARTUP_TIMEOUT, Process, free_port, spawn, spawn_web, worker_command
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -270,7 +270,7 @@ def stack(
     """
     port = free_port()
     env = {"REDIS_URL": redis_url, **(settings or {})}
-    web = spawn("web", [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)], ROOT, env)
+    web = spawn_web("web", port, ROOT, env)
     running = Stack(env=env, url=f"http://127.0.0.1:{port}", web=web, queues=("tasks",) if split else ())
     try:
         if split:

@@ -1,4 +1,4 @@
-"""Real processes for tests: the web server (granian via `litestar run`) and Dramatiq workers."""
+"""Real processes for tests: the web server (granian, `python -m app.web.serve`) and Dramatiq workers."""
 
 from __future__ import annotations
 
@@ -121,6 +121,16 @@ def wait_ready(server: LiveServer, timeout: float = STARTUP_TIMEOUT) -> None:
     raise RuntimeError(f"not ready after {timeout} s: {last}\n{server.logs()}")
 
 
+def spawn_web(name: str, port: int, root: Path, env: dict[str, str] | None = None) -> Process:
+    """The web process as the Procfile and the image start it: `python -m app.web.serve` on 127.0.0.1:`port`.
+
+    `litestar run` would import the whole app once more in its CLI process (about 2 s of CPU a
+    start; tests start dozens): tests of `litestar run` itself start it by name.
+    """
+    command = [str(BIN / "python"), "-m", "app.web.serve"]
+    return spawn(name, command, root, {**(env or {}), "HOST": "127.0.0.1", "PORT": str(port)})
+
+
 def worker_command(queues: tuple[str, ...] = (), threads: int = 4) -> list[str]:
     """`dramatiq app.workers` for `queues` (all of them when empty), as the Procfile runs it."""
     only = ["--queues", *queues] if queues else []
@@ -135,9 +145,7 @@ def start_worker(root: Path, env: dict[str, str] | None = None, queues: tuple[st
 def start_live_server(root: Path, *, services: bool) -> Iterator[LiveServer]:
     port = free_port()
     server = LiveServer(url=f"http://127.0.0.1:{port}")
-    server.processes.append(
-        spawn("web", [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)], root)
-    )
+    server.processes.append(spawn_web("web", port, root))
     if services:
         # As in production, users' tasks have workers of their own (src/app/workers/queues.py).
         server.processes.append(start_worker(root, queues=("tasks",)))

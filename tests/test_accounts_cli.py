@@ -130,7 +130,17 @@ def test_the_operator_groups_are_on_the_litestar_cli() -> None:
 
 
 def test_every_users_command_option_and_argument_is_described() -> None:
-    assert set(users.commands) == {"create", "promote", "deactivate", "tokens", "revoke-tokens"}
+    assert set(users.commands) == {
+        "create",
+        "promote",
+        "deactivate",
+        "tokens",
+        "revoke-tokens",
+        "sessions",
+        "revoke-sessions",
+        "export",
+        "delete",
+    }
     assert undocumented(users) == []
     shown = CliRunner().invoke(users, ["create", "--help"])
     assert shown.exit_code == 0, shown.output

@@ -1,4 +1,8 @@
-"""Settings: read from the environment and .env, embedded vs services mode, secret handling."""
+"""Settings: read from the environment and .env, embedded vs services mode, secret handling.
+
+Every test here sets the environment it reads (both modes' settings included), so the run's
+TEST_MODE changes nothing: the module runs once, in the embedded run of `make test`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from app.config.settings import ConfigurationError, load_settings
+
+pytestmark = pytest.mark.embedded
 
 CLEAR = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "PORT", "VAR_DIR", "APP_ENV")
 

@@ -1,8 +1,8 @@
 """Fair shares of the task threads between users (issue 18), in real processes, in both run modes.
 
 Each test runs its own web process (embedded: with its worker threads; services: with a
-worker process and a redis-server of its own) on a database of its own, so no other
-worker of the run can take its tasks.
+worker process and a redis-server of its own) on a database of its own (a copy of one
+migrated for the module), so no other worker of the run can take its tasks.
 
 Before: one user's 100 queued tasks ran first-come first-served, so another user's task
 waited for all of them; and one user could hold every thread.
@@ -18,25 +18,36 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.chaos import migrate
-from tests.conftest import create_database, drop_database
+from tests.conftest import copy_database, create_database, drop_database
 from tests.processes import FINISHED, eventually, redis_server, stack, task_of, user_client
 
 THREADS = 4  # WORKER_THREADS of the test run (tests/conftest.py), and of tests/servers.py's workers
-LONG = {"steps": 1000, "step_ms": 50}  # 50 s
+LONG = {"steps": 100, "step_ms": 500}  # 50 s; long steps: a held thread writes 2 progress reports a second, not 10
+#: A database URL means services mode to the settings, which then want a secret of their own.
+SECRET = {"SECRET_KEY": os.environ.get("SECRET_KEY") or uuid.uuid4().hex * 2}
+
+
+@pytest.fixture(scope="module")
+def template(migrated: None) -> Iterator[str]:
+    """A migrated database that each test copies: one migration for the module instead of one per test."""
+    database = create_database("fair_template")
+    try:
+        with patched_environment(SECRET):
+            migrate(database)
+        yield database
+    finally:
+        drop_database(database)
 
 
 @contextlib.contextmanager
-def service(mode: str, settings: dict[str, str]) -> Iterator[str]:
+def service(template: str, mode: str, settings: dict[str, str]) -> Iterator[str]:
     """The URL of a web process (and, in services mode, a worker) on a new database, with `settings`."""
-    database = create_database("fair")
-    # A database URL means services mode to the settings, which then want a secret of their own.
-    secret = {"SECRET_KEY": os.environ.get("SECRET_KEY") or uuid.uuid4().hex * 2}
+    database = copy_database(template, "fair")
     try:
-        with patched_environment(secret):
-            migrate(database)
-        env = {**settings, **secret, "DATABASE_URL": database, "WORKER_THREADS": str(THREADS)}
+        env = {**settings, **SECRET, "DATABASE_URL": database, "WORKER_THREADS": str(THREADS)}
         if mode == "embedded":
             with stack("", worker=False, settings=env) as services:  # no REDIS_URL: workers in the web process
                 yield services.url
@@ -83,10 +94,10 @@ def cancel_all(api: httpx.Client, task_ids: list[str]) -> None:
         api.post(f"/api/v1/tasks/{task_id}/cancel")
 
 
-def test_the_next_thread_goes_to_the_user_with_the_fewest_running_tasks(migrated: None, mode: str) -> None:
+def test_the_next_thread_goes_to_the_user_with_the_fewest_running_tasks(template: str, mode: str) -> None:
     """A floods 100 long tasks and holds every thread; B's task takes the first thread that frees, not A's next."""
     settings = {"MAX_ACTIVE_TASKS": "200", "MAX_RUNNING_PER_USER": str(THREADS)}
-    with service(mode, settings) as url, user_client(url) as a, user_client(url) as b:
+    with service(template, mode, settings) as url, user_client(url) as a, user_client(url) as b:
         flood = submit(a, 100, **LONG)
         try:
             eventually(lambda: len(running(a, flood[: THREADS + 2])) == THREADS, timeout=60, what="A on every thread")
@@ -106,10 +117,10 @@ def test_the_next_thread_goes_to_the_user_with_the_fewest_running_tasks(migrated
             cancel_all(a, flood)
 
 
-def test_a_user_runs_at_most_their_share_and_others_start_at_once(migrated: None, mode: str) -> None:
+def test_a_user_runs_at_most_their_share_and_others_start_at_once(template: str, mode: str) -> None:
     """MAX_RUNNING_PER_USER=2 of 4 threads, and MAX_RUNNING_PER_KIND demo=1 for a second check."""
     settings = {"MAX_ACTIVE_TASKS": "200", "MAX_RUNNING_PER_USER": "2"}
-    with service(mode, settings) as url, user_client(url) as a, user_client(url) as b:
+    with service(template, mode, settings) as url, user_client(url) as a, user_client(url) as b:
         flood = submit(a, 10, **LONG)
         mine: list[str] = []
         try:
@@ -125,9 +136,9 @@ def test_a_user_runs_at_most_their_share_and_others_start_at_once(migrated: None
             cancel_all(b, mine)
 
 
-def test_a_kind_can_have_a_smaller_share(migrated: None, mode: str) -> None:
+def test_a_kind_can_have_a_smaller_share(template: str, mode: str) -> None:
     settings = {"MAX_ACTIVE_TASKS": "200", "MAX_RUNNING_PER_USER": "2", "MAX_RUNNING_PER_KIND": "demo=1"}
-    with service(mode, settings) as url, user_client(url) as a:
+    with service(template, mode, settings) as url, user_client(url) as a:
         demos = submit(a, 3, **LONG)
         try:
             eventually(lambda: len(running(a, demos)) == 1, timeout=60, what="one demo task running")

@@ -9,7 +9,7 @@ import pytest
 
 from tests.accounts import signed_in_headers
 from tests.processes import ROOT, redis_server, stack
-from tests.servers import BIN, free_port, spawn
+from tests.servers import free_port, spawn_web
 from tests.sse import Event, events
 
 pytestmark = pytest.mark.services
@@ -37,12 +37,7 @@ async def test_a_workers_event_reaches_a_stream_on_each_web_process(migrated: No
     quiet = {"SSE_HEARTBEAT_SECONDS": "600"}
     with redis_server() as broker, stack(broker.url, settings=quiet) as services:
         port = free_port()
-        other = spawn(
-            "web-2",
-            [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)],
-            ROOT,
-            services.env,
-        )
+        other = spawn_web("web-2", port, ROOT, services.env)
         try:
             second = f"http://127.0.0.1:{port}"
             with httpx.Client(base_url=services.url, timeout=30) as client:

@@ -113,8 +113,9 @@ def test_the_generated_client_runs_a_task_from_sign_up_to_its_result(generated: 
     assert current.result.to_dict() == {"steps": 2}
 
     page = part("api.tasks.list_tasks").sync(client=signed_in)
-    assert isinstance(page, models.PageTaskOut), page
+    assert isinstance(page, models.CursorPageTaskOut), page
     assert [item.id for item in page.items] == [task.id]
+    assert page.next_cursor is None
 
     # An error decodes into the document's Problem model, not a bare response.
     missing = get_task.sync_detailed(uuid.UUID(int=0), client=signed_in)

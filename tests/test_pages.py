@@ -370,7 +370,7 @@ def test_bad_task_parameters_show_next_to_their_field_and_start_nothing(browser:
 
 def test_task_actions_plain_and_with_htmx(browser: httpx.Client) -> None:
     sign_up(browser)
-    task_id = start_task(browser, title="Long one", steps="10000", step_ms="50")
+    task_id = start_task(browser, title="Long one", steps="10000", step_ms="500")
     wait_until(lambda: task_status(browser, task_id) == "running")
     cancelling = post(browser, f"/tasks/{task_id}/cancel", {"view": "row"}, headers=HTMX)
     assert "Cancelling…" in cancelling.text  # it stops at its next step

@@ -38,7 +38,7 @@ from tests.processes import (
     user_client,
     wait_task,
 )
-from tests.servers import BIN, LiveServer, free_port, spawn, unavailable, wait_ready
+from tests.servers import BIN, LiveServer, free_port, spawn, spawn_web, unavailable, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 AMQP = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -58,7 +58,7 @@ def test_a_task_runs_through_rabbitmq(migrated: None) -> None:
         unavailable("RabbitMQ does not answer on 127.0.0.1:5672; start it to run this test (CI must have it)")
     env = {"BROKER_URL": AMQP, "REDIS_NAMESPACE": f"rabbit{uuid.uuid4().hex[:8]}"}
     port = free_port()
-    web = spawn("web-amqp", [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)], ROOT, env)
+    web = spawn_web("web-amqp", port, ROOT, env)
     worker = spawn(
         "worker-amqp", [str(BIN / "dramatiq"), "app.workers", "--processes", "1", "--threads", "2"], ROOT, env
     )

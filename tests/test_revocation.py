@@ -24,7 +24,7 @@ from app.domain.accounts.services import RESET, AccountService
 from app.web.app import create_app
 from tests.accounts import PASSWORD, new_identity
 from tests.processes import ROOT, eventually, redis_server, stack
-from tests.servers import BIN, LiveServer, free_port, spawn
+from tests.servers import BIN, LiveServer, free_port, spawn_web
 from tests.test_accounts_sessions import csrf_token, sign_in
 
 TIMEOUT = httpx.Timeout(20.0)
@@ -192,9 +192,7 @@ async def test_revocations_reach_every_web_process_at_once(migrated: None) -> No
     quiet = {"SSE_HEARTBEAT_SECONDS": "600", "AUTH_CACHE_SECONDS": "600"}
     with redis_server() as broker, stack(broker.url, worker=False, settings=quiet) as first:
         port = free_port()
-        web2 = spawn(
-            "web-2", [str(BIN / "litestar"), "run", "--host", "127.0.0.1", "--port", str(port)], ROOT, first.env
-        )
+        web2 = spawn_web("web-2", port, ROOT, first.env)
         second_url = f"http://127.0.0.1:{port}"
         try:
 

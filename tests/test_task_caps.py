@@ -17,7 +17,7 @@ from app.config import get_settings
 from tests.accounts import signed_in_headers
 from tests.servers import LiveServer
 
-LONG = {"kind": "demo", "params": {"steps": 1000, "step_ms": 50}}
+LONG = {"kind": "demo", "params": {"steps": 100, "step_ms": 500}}  # 50 s, in long steps (few progress writes)
 
 
 async def cancel_all(client: httpx.AsyncClient) -> None:
@@ -98,9 +98,9 @@ def test_a_retry_from_the_page_at_the_cap_is_refused_with_a_message(live_server:
     cap = get_settings().max_active_tasks
     with httpx.Client(base_url=live_server.url, timeout=20, follow_redirects=False) as browser:
         sign_up(browser)
-        first = start_task(browser, steps="1000", step_ms="50")
+        first = start_task(browser, steps="100", step_ms="500")
         assert post(browser, f"/tasks/{first}/cancel", {"view": "detail"}).status_code == 303
-        others = [start_task(browser, steps="1000", step_ms="50") for _ in range(cap)]
+        others = [start_task(browser, steps="100", step_ms="500") for _ in range(cap)]
         try:
             refused = follow(browser, post(browser, f"/tasks/{first}/retry", {"view": "detail"}))
             assert refused.status_code == 200

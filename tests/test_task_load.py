@@ -14,7 +14,7 @@ from tests.processes import eventually
 from tests.servers import LiveServer
 from tests.test_pages import sign_up as page_sign_up
 
-LONG = {"kind": "demo", "params": {"steps": 1000, "step_ms": 50}}
+LONG = {"kind": "demo", "params": {"steps": 100, "step_ms": 500}}  # 50 s, in long steps (few progress writes)
 
 
 def sign_up(client: httpx.Client, *, superuser: bool = False) -> tuple[dict[str, str], str]:

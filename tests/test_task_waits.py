@@ -13,7 +13,7 @@ import httpx
 from tests.servers import LiveServer
 from tests.test_revocation import register, sign_in_api
 
-LONG = {"steps": 1000, "step_ms": 50}
+LONG = {"steps": 100, "step_ms": 500}  # 50 s, in long steps (few progress writes)
 
 
 @asynccontextmanager

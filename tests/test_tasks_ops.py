@@ -34,7 +34,7 @@ from tests.test_accounts_cli import undocumented
 from tests.test_tasks import start, wait
 
 #: A task that runs until it is cancelled (as far as a test is concerned).
-ENDLESS = {"steps": 10_000, "step_ms": 100}
+ENDLESS = {"steps": 10_000, "step_ms": 500}  # long steps: few progress writes while it holds a thread
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def listed_ids(output: str) -> list[str]:
 
 
 def test_every_tasks_command_option_and_argument_is_described() -> None:
-    assert set(tasks.commands) == {"list", "stats", "retry", "purge", "watch"}
+    assert set(tasks.commands) == {"list", "stats", "retry", "purge", "watch", "logs"}
     assert undocumented(tasks) == []
     shown = CliRunner().invoke(tasks, ["watch", "--help"])
     assert shown.exit_code == 0, shown.output

@@ -92,6 +92,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     login_window_seconds: int = 300
     registrations_per_hour: int = 20
     forgot_password_per_hour: int = 5
+    verification_emails_per_hour: int = 5
 
     smtp_host: str = ""
     smtp_port: int = 587

@@ -17,6 +17,11 @@ class InvalidInput(DomainError):
         self.errors = errors
 
 
+class InvalidQuery(InvalidInput):
+    """What to list, or how, is not understood (a filter, a sort, a cursor): a 400, like a query
+    parameter that does not parse, rather than the 422 of a body that breaks a rule."""
+
+
 class NotFound(DomainError):
     pass
 

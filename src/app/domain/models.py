@@ -2,10 +2,21 @@
 
 from advanced_alchemy.base import orm_registry
 
-from app.domain.accounts.models import EmailToken, PersonalAccessToken, RefreshToken, User
+from app.domain.accounts.models import EmailToken, PersonalAccessToken, RefreshToken, SignIn, User
 from app.domain.notifications.models import Event, Notification
-from app.domain.tasks.models import Task
+from app.domain.tasks.models import Task, TaskLog
 
 metadata = orm_registry.metadata
 
-__all__ = ["EmailToken", "Event", "Notification", "PersonalAccessToken", "RefreshToken", "Task", "User", "metadata"]
+__all__ = [
+    "EmailToken",
+    "Event",
+    "Notification",
+    "PersonalAccessToken",
+    "RefreshToken",
+    "SignIn",
+    "Task",
+    "TaskLog",
+    "User",
+    "metadata",
+]

@@ -20,3 +20,17 @@ class Page(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
     total: int
     limit: int
     offset: int
+
+
+class CursorPage(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
+    """A page that also says where the next one starts: `?cursor=<next_cursor>`, null on the last page.
+
+    `offset` still works (the envelope of `Page`); a cursor pages by position instead, so rows
+    added or deleted meanwhile never make one show twice or be skipped.
+    """
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+    next_cursor: str | None

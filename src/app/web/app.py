@@ -47,6 +47,7 @@ from app.domain.accounts.passwords import Passwords
 from app.domain.database import create_engine, create_read_engine, session_factory
 from app.domain.tasks.artifacts import LocalArtifacts
 from app.web.api.access_tokens import AccessTokensController
+from app.web.api.account_lifecycle import AccountController
 from app.web.api.accounts import AuthController, MeController
 from app.web.api.admin import AdminUsersController
 from app.web.api.admin_tasks import AdminTasksController
@@ -57,6 +58,8 @@ from app.web.api.notifications import AdminNotificationsController, Notification
 from app.web.api.oidc import IdentitiesController, OIDCIdentities, OIDCVerifier
 from app.web.api.openapi import complete_document
 from app.web.api.openapi_examples import schema_examples
+from app.web.api.sessions import SessionsController
+from app.web.api.task_logs import TaskLogsController
 from app.web.api.tasks import TaskKindsController, TasksController
 from app.web.cli import OperatorCLIPlugin
 from app.web.embedded_workers import EmbeddedWorkersPlugin
@@ -73,6 +76,7 @@ from app.web.http.metrics import MetricsRefresher
 from app.web.http.proxies import TrustedProxies
 from app.web.http.request_id import RequestIdMiddleware
 from app.web.http.security import SecurityHeadersMiddleware
+from app.web.http.sign_ins import SignInUses
 from app.web.pages import PAGE_CONTROLLERS
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -201,6 +205,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     tokens = AccessTokens(settings)
     credentials = CredentialCache(reads, settings, channels, stores.get("sessions"))
     personal_tokens = TokenIndex(reads, sessions)
+    sign_in_uses = SignInUses(sessions)
     passwords = Passwords(settings)
     limiter = Limiter.for_settings(settings)  # atomic counters, in the `limits` store's Redis namespace
     external = (
@@ -229,10 +234,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             MeController,
             IdentitiesController,
             AccessTokensController,
+            SessionsController,
+            AccountController,
             AdminUsersController,
             AdminTasksController,
             TaskKindsController,
             TasksController,
+            TaskLogsController,
             NotificationsController,
             AdminNotificationsController,
             MetricsController,
@@ -250,18 +258,27 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "tokens": constant(tokens),
             "credentials": constant(credentials),
             "access_tokens": constant(personal_tokens),
+            "sign_in_uses": constant(sign_in_uses),
             "external_identities": constant(external),
             "limiter": constant(limiter),
             "publisher": constant(ChannelsPublisher(channels)),
             "artifacts": constant(LocalArtifacts(settings.artifact_path)),
             "draining": constant(draining),
         },
-        state=State({"settings": settings, "credentials": credentials}),
+        state=State(
+            {
+                "settings": settings,
+                "credentials": credentials,
+                "access_tokens": personal_tokens,
+                "sign_in_uses": sign_in_uses,
+            }
+        ),
         lifespan=[
             draining.lifespan,
             limiter.lifespan,
             MetricsRefresher(sessions, broker).lifespan,
             personal_tokens.lifespan,
+            sign_in_uses.lifespan,
         ],
         stores=stores,
         plugins=[
@@ -288,6 +305,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 credentials=credentials,
                 tokens=tokens,
                 personal_tokens=personal_tokens,
+                sign_in_uses=sign_in_uses,
                 external=external,
                 exclude=QUIET_PATHS,
             ),

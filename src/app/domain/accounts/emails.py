@@ -70,6 +70,47 @@ def verification_email(user_email: str, username: str, link: str, *, valid_hours
     return OutgoingEmail(to=user_email, subject="Confirm your email address", text=text, html=html)
 
 
+def email_change_email(new_email: str, username: str, link: str, *, valid_hours: int = 48) -> OutgoingEmail:
+    """The "Confirm your new email address" email, sent to the new address of a change."""
+    valid = duration(valid_hours * 60)
+    text = (
+        f"Hello {username},\n"
+        "\n"
+        f"you asked to change the email address of your account to {new_email}. To confirm it, open this link:\n"
+        "\n"
+        f"{link}\n"
+        "\n"
+        f"The link is valid for {valid} and works only once. Until you open it, your address stays as it is.\n"
+        "\n"
+        "If you did not ask for this, you can ignore this email: nothing will change.\n"
+    )
+    html = _html(
+        greeting=f"Hello {username},",
+        lead=f"you asked to change the email address of your account to {new_email}.",
+        action="Confirm my new email address",
+        link=link,
+        notes=[
+            f"The link is valid for {valid} and works only once. Until you open it, your address stays as it is.",
+            "If you did not ask for this, you can ignore this email: nothing will change.",
+        ],
+    )
+    return OutgoingEmail(to=new_email, subject="Confirm your new email address", text=text, html=html)
+
+
+def email_change_notice(old_email: str, username: str, new_email: str) -> OutgoingEmail:
+    """The notice sent to the current address when a change to another one is asked for (no link)."""
+    text = (
+        f"Hello {username},\n"
+        "\n"
+        f"someone signed in to your account asked to change its email address from {old_email} to {new_email}. "
+        "The change happens only when the link sent to the new address is opened.\n"
+        "\n"
+        "If this was not you, sign in and change your password now (or reset it): that cancels the change "
+        "and ends every other session.\n"
+    )
+    return OutgoingEmail(to=old_email, subject="Your email address is being changed", text=text)
+
+
 def reset_email(user_email: str, username: str, link: str, *, valid_minutes: int = 60) -> OutgoingEmail:
     """The "Reset your password" email, sent when someone asks for it (forgot password)."""
     valid = duration(valid_minutes)

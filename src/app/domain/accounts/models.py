@@ -47,7 +47,7 @@ class RefreshToken(UUIDv7Base):
 
 
 class EmailToken(UUIDv7Base):
-    """A single-use token sent by email: `verify` (the address) or `reset` (the password)."""
+    """A single-use token sent by email: `verify` (the address), `reset` (the password) or `email` (a new address)."""
 
     __tablename__ = "email_token"
 
@@ -57,6 +57,8 @@ class EmailToken(UUIDv7Base):
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    #: An `email` token's address: the account's email becomes it when the link is opened.
+    new_email: Mapped[str | None] = mapped_column(String(320), default=None)
 
 
 class ExternalIdentity(UUIDv7Base):
@@ -95,5 +97,26 @@ class PersonalAccessToken(UUIDv7Base):
     credentials_version: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+
+
+class SignIn(UUIDv7Base):
+    """One sign-in of a user: a browser session or an API refresh family (app.domain.accounts.sign_ins).
+
+    An API sign-in's id is its refresh family's; a browser's is kept in its server-side session.
+    A revoked sign-in's id counts as a revoked family (app.domain.accounts.revocation), so that
+    everything it let in stops at once. No secret is kept here: the session id and the refresh
+    tokens stay where they were (the session store; refresh tokens as hashes).
+    """
+
+    __tablename__ = "sign_in"
+
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)
+    #: "browser" or "api".
+    kind: Mapped[str] = mapped_column(String(8))
+    user_agent: Mapped[str | None] = mapped_column(String(300), default=None)
+    ip_address: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)

@@ -8,6 +8,8 @@ A credential is what a request shows: an access token (its user, the user's
   deactivation: everything of the user ends), or
 - its refresh family is revoked (logout, a reused refresh token: that sign-in ends), or,
   for a personal access token (whose id stands for its family), the token is revoked, or
+  its sign-in was ended (app.domain.accounts.sign_ins: a browser session's sign-in id is
+  its family), or
 - its browser session is gone (the browser signed out).
 
 `CredentialState` is what the database says about one user, read in one go. Web
@@ -34,7 +36,7 @@ from sqlalchemy import bindparam, event, inspect, select, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session, UOWTransaction
 
-from app.domain.accounts.models import PersonalAccessToken, RefreshToken, User
+from app.domain.accounts.models import PersonalAccessToken, RefreshToken, SignIn, User
 from app.domain.clock import utcnow
 from app.domain.database import read
 from app.domain.notifications.events import EventPublisher
@@ -60,7 +62,8 @@ _USER_MAPPER = inspect(User)
 _USER_ATTRIBUTES = tuple((prop.key, prop.columns[0]) for prop in _USER_MAPPER.column_attrs)
 _USER_BY_ID = select(*(column for _, column in _USER_ATTRIBUTES)).where(User.id == bindparam("user_id"))
 #: Refresh families of the user revoked recently enough that access tokens issued from them may live on,
-#: and the user's revoked personal access tokens that have not expired (their ids are their families).
+#: the user's revoked personal access tokens that have not expired (their ids are their families), and
+#: sign-ins ended within a browser session's lifetime (a browser session carries its sign-in's id).
 _REVOKED_FAMILIES = union_all(
     select(RefreshToken.family_id).where(
         RefreshToken.user_id == bindparam("user_id"),
@@ -70,6 +73,10 @@ _REVOKED_FAMILIES = union_all(
         PersonalAccessToken.user_id == bindparam("user_id"),
         PersonalAccessToken.revoked_at.is_not(None),
         PersonalAccessToken.expires_at > bindparam("now"),
+    ),
+    select(SignIn.id).where(
+        SignIn.user_id == bindparam("user_id"),
+        SignIn.revoked_at > bindparam("sessions_since"),
     ),
 )
 
@@ -102,10 +109,20 @@ class CredentialState:
         return user
 
 
-async def load_credentials(reads: AsyncEngine, user_id: uuid.UUID, token_lifetime: timedelta) -> CredentialState | None:
+class Lifetimes(msgspec.Struct, frozen=True):
+    """How long a revoked credential could still be presented: an access token, a browser session."""
+
+    access_token: timedelta
+    session: timedelta
+
+    def parameters(self) -> dict[str, Any]:
+        now = utcnow()
+        return {"since": now - self.access_token, "sessions_since": now - self.session, "now": now}
+
+
+async def load_credentials(reads: AsyncEngine, user_id: uuid.UUID, lifetimes: Lifetimes) -> CredentialState | None:
     """The user's credential state, or None for no such user: two statements side by side."""
-    now = utcnow()
-    parameters = {"user_id": user_id, "since": now - token_lifetime, "now": now}
+    parameters = {"user_id": user_id, **lifetimes.parameters()}
     rows, families = await asyncio.gather(
         read(reads, _USER_BY_ID, parameters),
         read(reads, _REVOKED_FAMILIES, parameters),
@@ -130,15 +147,18 @@ _REVOKED_FAMILIES_OF = union_all(
         PersonalAccessToken.revoked_at.is_not(None),
         PersonalAccessToken.expires_at > bindparam("now"),
     ),
+    select(SignIn.user_id, SignIn.id).where(
+        SignIn.user_id.in_(bindparam("user_ids", expanding=True)),
+        SignIn.revoked_at > bindparam("sessions_since"),
+    ),
 )
 
 
 async def load_many_credentials(
-    reads: AsyncEngine, user_ids: Sequence[uuid.UUID], token_lifetime: timedelta
+    reads: AsyncEngine, user_ids: Sequence[uuid.UUID], lifetimes: Lifetimes
 ) -> dict[uuid.UUID, CredentialState | None]:
     """`load_credentials` of each user (None: no such user), in two statements for all of them."""
-    now = utcnow()
-    parameters = {"user_ids": list(user_ids), "since": now - token_lifetime, "now": now}
+    parameters = {"user_ids": list(user_ids), **lifetimes.parameters()}
     rows, families = await asyncio.gather(
         read(reads, _USERS_BY_IDS, parameters),
         read(reads, _REVOKED_FAMILIES_OF, parameters),

@@ -12,17 +12,18 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.domain.accounts import rules
-from app.domain.accounts.errors import AlreadyTaken, InvalidCredentials, InvalidToken, UserNotFound
-from app.domain.accounts.models import EmailToken, RefreshToken, User
+from app.domain.accounts.errors import AlreadyTaken, InvalidCredentials, InvalidInput, InvalidToken, UserNotFound
+from app.domain.accounts.models import EmailToken, RefreshToken, SignIn, User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.revocation import users_changed
 from app.domain.accounts.schemas import ProfileChange, Registration, UserFlags
@@ -31,6 +32,8 @@ from app.domain.errors import Conflict
 
 VERIFY = "verify"
 RESET = "reset"
+#: A link that makes a new address the account's (the token row holds the address).
+EMAIL = "email"
 
 
 def token_hash(raw: str) -> str:
@@ -39,6 +42,14 @@ def token_hash(raw: str) -> str:
 
 def new_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+#: Serialises a user's email-token requests until commit: on Postgres a lock on the user's row, on SQLite the
+#: database's one write lock (a no-op update; `updated_at` named, so that no `onupdate` fires).
+_USERS = cast(Table, User.__table__)
+_LOCK_USER = (
+    update(_USERS).where(_USERS.c.id == bindparam("user_id")).values(id=_USERS.c.id, updated_at=_USERS.c.updated_at)
+)
 
 
 @dataclass(frozen=True)
@@ -138,23 +149,39 @@ class AccountService:
         `keep_family` is the caller's own refresh family: it survives, so the caller can refresh.
         """
         rules.check(new_password=rules.password_problem(new, username=user.username, email=user.email))
-        ok, _ = await self.passwords.verify(user.password_hash, current)
-        if not ok:
-            raise InvalidCredentials("The current password is wrong.")
+        await self.confirm_password(user, current)
         await self._set_password(user, new, keep_family=keep_family)
         return user
+
+    async def confirm_password(self, user: User, password: str) -> None:
+        """InvalidCredentials unless `password` is the user's (asked again before a change that matters)."""
+        ok, _ = await self.passwords.verify(user.password_hash, password)
+        if not ok:
+            raise InvalidCredentials("The current password is wrong.")
 
     async def _set_password(self, user: User, new: str, *, keep_family: UUID | None = None) -> None:
         user.password_hash = await self.passwords.hash(new)
         await self.revoke_everything(user, keep_family=keep_family)
 
     async def revoke_everything(self, user: User, *, keep_family: UUID | None = None) -> None:
-        """End every session, access token and refresh family of the user (but `keep_family`)."""
+        """End every session, access token and refresh family of the user (but `keep_family`, a family or
+        the caller's browser sign-in, which stays listed among the user's sign-ins), and cancel a pending
+        change of email address."""
         user.credentials_version += 1  # announced on commit (app.domain.accounts.revocation)
+        now = utcnow()
         query = update(RefreshToken).where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+        sign_ins = update(SignIn).where(SignIn.user_id == user.id, SignIn.revoked_at.is_(None))
         if keep_family is not None:
             query = query.where(RefreshToken.family_id != keep_family)
-        await self.session.execute(query.values(revoked_at=utcnow()))
+            sign_ins = sign_ins.where(SignIn.id != keep_family)
+        await self.session.execute(query.values(revoked_at=now))
+        await self.session.execute(sign_ins.values(revoked_at=now))
+        # A pending change of address was perhaps asked for by whoever this ends: it is cancelled too.
+        await self.session.execute(
+            update(EmailToken)
+            .where(EmailToken.user_id == user.id, EmailToken.purpose == EMAIL, EmailToken.used_at.is_(None))
+            .values(used_at=now)
+        )
         await self.session.flush()
 
     # --- administration ------------------------------------------------------------------
@@ -189,9 +216,11 @@ class AccountService:
 
     # --- email tokens --------------------------------------------------------------------
 
-    async def email_token(self, user: User, purpose: str) -> str:
+    async def email_token(self, user: User, purpose: str, *, new_email: str | None = None) -> str:
         """A new single-use token; earlier unused tokens of the same purpose stop working."""
         minutes = self.settings.email_token_minutes if purpose == RESET else self.settings.verification_token_hours * 60
+        # Under a lock on the user (until commit): concurrent requests cannot each leave a working token behind.
+        await self.session.execute(_LOCK_USER, {"user_id": user.id})
         now = utcnow()
         await self.session.execute(
             update(EmailToken)
@@ -205,35 +234,80 @@ class AccountService:
                 purpose=purpose,
                 token_hash=token_hash(raw),
                 expires_at=now + timedelta(minutes=minutes),
+                new_email=new_email,
             )
         )
         await self.session.flush()
         return raw
 
-    async def _use_email_token(self, raw: str, purpose: str) -> User:
+    async def _use_email_token(self, raw: str, *purposes: str) -> tuple[User, str | None]:
+        """The user of an unused, unexpired token of one of `purposes`, and the token's new email (if any)."""
         now = utcnow()
         # One UPDATE claims the token: two concurrent uses cannot both succeed.
-        user_id = await self.session.scalar(
-            update(EmailToken)
-            .where(
-                EmailToken.token_hash == token_hash(raw),
-                EmailToken.purpose == purpose,
-                EmailToken.used_at.is_(None),
-                EmailToken.expires_at > now,
+        claimed = (
+            await self.session.execute(
+                update(EmailToken)
+                .where(
+                    EmailToken.token_hash == token_hash(raw),
+                    EmailToken.purpose.in_(purposes),
+                    EmailToken.used_at.is_(None),
+                    EmailToken.expires_at > now,
+                )
+                .values(used_at=now)
+                .returning(EmailToken.user_id, EmailToken.new_email)
             )
-            .values(used_at=now)
-            .returning(EmailToken.user_id)
-        )
-        user = await self.get(user_id) if user_id is not None else None
-        if user is None or not user.is_active:
+        ).first()
+        user = await self.get(claimed.user_id) if claimed is not None else None
+        if claimed is None or user is None or not user.is_active:
             raise InvalidToken("This link is invalid, expired or already used.")
-        return user
+        return user, claimed.new_email
 
     async def verify_email(self, raw: str) -> User:
-        user = await self._use_email_token(raw, VERIFY)
+        """Confirm an address with an emailed link: the account's own (`verify`), or a new one (`email`), which
+        then becomes the account's. Either way the account's address is verified."""
+        user, new_email = await self._use_email_token(raw, VERIFY, EMAIL)
+        if new_email is not None:
+            await self._take_email(user, new_email)
         user.is_verified = True
         await self.session.flush()
         return user
+
+    async def _take_email(self, user: User, email: str) -> None:
+        """Make `email` the user's, unless it became another account's meanwhile (AlreadyTaken, also when two
+        confirmations race: the unique constraint decides). Links sent to the old address stop working."""
+        if await self.session.scalar(select(User.id).where(User.email == email, User.id != user.id)) is not None:
+            raise AlreadyTaken("email")
+        user.email = email
+        try:
+            await self.session.flush()
+        except IntegrityError as exc:
+            raise AlreadyTaken("email") from exc
+        await self.session.execute(
+            update(EmailToken)
+            .where(EmailToken.user_id == user.id, EmailToken.purpose == VERIFY, EmailToken.used_at.is_(None))
+            .values(used_at=utcnow())
+        )
+
+    async def request_email_change(self, user: User, new_email: str, current_password: str) -> tuple[str, str]:
+        """(the new address, a token for the link sent to it); the account's email changes only once it is opened.
+
+        Needs the current password (InvalidCredentials). The address must be valid, not the
+        current one and nobody's (AlreadyTaken; checked again when the link is opened).
+        """
+        email = rules.normal_email(new_email)
+        rules.check(new_email=rules.email_problem(email))
+        if email == user.email:
+            raise InvalidInput({"new_email": "is already your email address"})
+        await self.confirm_password(user, current_password)
+        if await self.session.scalar(select(User.id).where(User.email == email)) is not None:
+            raise AlreadyTaken("email")
+        return email, await self.email_token(user, EMAIL, new_email=email)
+
+    async def verification_token(self, user: User) -> str:
+        """A new link for the account's own address (the earlier one stops working); Conflict when verified."""
+        if user.is_verified:
+            raise Conflict("Your email address is already verified.")
+        return await self.email_token(user, VERIFY)
 
     async def reset_token_for(self, email: str) -> tuple[User, str] | None:
         """A reset token for the active user with this email, or None (the caller says nothing either way)."""
@@ -243,10 +317,26 @@ class AccountService:
         return user, await self.email_token(user, RESET)
 
     async def reset_password(self, raw: str, new: str) -> User:
-        user = await self._use_email_token(raw, RESET)
+        user, _ = await self._use_email_token(raw, RESET)
         rules.check(password=rules.password_problem(new, username=user.username, email=user.email))
         await self._set_password(user, new)
         return user
+
+
+async def pending_email(session: AsyncSession, user_id: UUID) -> str | None:
+    """The address a change of email waits to be confirmed for (the newest link still usable), if any."""
+    pending: str | None = await session.scalar(
+        select(EmailToken.new_email)
+        .where(
+            EmailToken.user_id == user_id,
+            EmailToken.purpose == EMAIL,
+            EmailToken.used_at.is_(None),
+            EmailToken.expires_at > utcnow(),
+        )
+        .order_by(EmailToken.created_at.desc())
+        .limit(1)
+    )
+    return pending
 
 
 class RefreshTokens:
@@ -285,15 +375,22 @@ class RefreshTokens:
         if user is None or not user.is_active:
             raise InvalidCredentials("This refresh token is not valid.")
         token.replaced_at = now
+        await self.session.execute(update(SignIn).where(SignIn.id == token.family_id).values(last_used_at=now))
         return user, await self.issue(user, token.family_id)
 
     async def revoke_family(self, family_id: UUID, user: User | None = None) -> None:
         """End one sign-in: its refresh tokens, and (once announced) the access tokens and streams from it."""
-        owners = await self.session.scalars(
-            update(RefreshToken)
-            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-            .returning(RefreshToken.user_id)
+        now = utcnow()
+        owners = (
+            await self.session.scalars(
+                update(RefreshToken)
+                .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+                .values(revoked_at=now)
+                .returning(RefreshToken.user_id)
+            )
+        ).all()
+        await self.session.execute(
+            update(SignIn).where(SignIn.id == family_id, SignIn.revoked_at.is_(None)).values(revoked_at=now)
         )
         users_changed(self.session, {*owners, *([user.id] if user is not None else [])})  # announced on commit
         await self.session.flush()

@@ -27,6 +27,7 @@ class ArtifactStore(Protocol):
     def writer(self, key: str) -> _Writer: ...
     def path(self, key: str) -> Path | None: ...
     async def delete(self, key: str) -> None: ...
+    async def delete_owner(self, user_id: object) -> None: ...
 
 
 class _Writer:
@@ -76,4 +77,9 @@ class LocalArtifacts:
     async def delete(self, key: str) -> None:
         """Remove the artifact and its task folder."""
         folder = self._resolve(key).parent
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+    async def delete_owner(self, user_id: object) -> None:
+        """Remove every artifact of a user (their folder), finished or half-written."""
+        folder = self._resolve(f"{user_id}/_").parent
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))

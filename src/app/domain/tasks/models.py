@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from advanced_alchemy.base import UUIDv7Base
+from advanced_alchemy.base import DefaultBase, UUIDv7Base
 from advanced_alchemy.types import DateTimeUTC, JsonB
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.domain.clock import utcnow
@@ -23,7 +23,9 @@ class Task(UUIDv7Base):
     __tablename__ = "task"
     __table_args__ = (
         UniqueConstraint("user_id", "idempotency_key", name="uq_task_user_id_idempotency_key"),
-        Index("ix_task_user_id_created_at", "user_id", "created_at"),
+        # Task lists walk these in keyset order (created_at, id): a user's tasks, and everyone's (the admin list).
+        Index("ix_task_user_id_created_at_id", "user_id", "created_at", "id"),
+        Index("ix_task_created_at_id", "created_at", "id"),
         Index("ix_task_status_enqueued_at", "status", "enqueued_at"),
         # The active-task cap counts a user's queued and running tasks on every submission.
         Index("ix_task_user_id_status", "user_id", "status"),
@@ -58,3 +60,19 @@ class Task(UUIDv7Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+
+
+class TaskLog(DefaultBase):
+    """One line a task wrote (app.domain.tasks.logs): numbered from 1 per task across all its attempts.
+
+    The key (task_id, seq) is the index every read walks; lines go with their task (ON DELETE CASCADE).
+    """
+
+    __tablename__ = "task_log"
+
+    task_id: Mapped[UUID] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    attempt: Mapped[int] = mapped_column(Integer)
+    level: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)

@@ -11,6 +11,12 @@ steps it reports. Each progress write also refreshes the task's heartbeat and re
 cancel flag. Every write is conditional on the task still being this attempt's, so an
 attempt that was handed back (its worker looked dead) or deleted stops quietly instead
 of overwriting its successor.
+
+Log lines (`context.log`, app.domain.tasks.logs) ride on the same writes: what waits is
+inserted with the next progress write, requeue or end, with a `task.log` event before the
+write's `task.updated`, so a line costs no transaction of its own and none is lost when the
+attempt ends, fails or is retried. Lines alone (no progress report) are written after the
+interval by the same keeper, with a heartbeat instead of a progress update.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from uuid import UUID
 
 import msgspec
 import structlog
-from sqlalchemy import Row, Table, and_, bindparam, case, text, update
+from sqlalchemy import Row, Table, and_, bindparam, case, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -39,6 +45,7 @@ from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.fairness import claim_statement, due_by, limits, over_cap_statement
 from app.domain.tasks.kinds import get_kind
 from app.domain.tasks.kinds.base import ArtifactSink, TaskCancelled
+from app.domain.tasks.logs import LogBuffer, LogLevel, Staged
 from app.domain.tasks.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Task
 from app.domain.tasks.reads import COLUMNS, row_out
 from app.domain.tasks.schemas import TaskOut
@@ -137,6 +144,11 @@ class _Context:
     failure: BaseException | None = None
     #: Held by every write of the task row, so that ending the attempt never cuts one off midway.
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Log lines not written yet; set in __post_init__ (they need the task and the attempt).
+    logs: LogBuffer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.logs = LogBuffer(self.task_id, self.attempt)
 
     async def progress(self, current: int, total: int, message: str | None = None) -> None:
         self._raise_failure()
@@ -147,18 +159,28 @@ class _Context:
         await self.flush()
         self._raise_failure()
 
+    async def log(self, message: str, level: LogLevel = "info") -> None:
+        """Hold a line for the next write of the task; a full buffer is written now."""
+        self._raise_failure()
+        self.logs.add(message, level)
+        if self.logs.full:
+            await self.flush()
+            self._raise_failure()
+        elif self.logs.waiting:
+            self.due.set()
+
     def _raise_failure(self) -> None:
         if self.failure is not None:
             raise self.failure
 
     async def flush(self) -> None:
-        """Write the pending report with the heartbeat; a cancel request is raised at the next report."""
+        """Write the pending report and lines with the heartbeat; a cancel request is raised at the next report."""
         async with self.writing:
             report = self.pending
-            if report is None:
+            if report is None and not self.logs.waiting:
                 return
             self.last_write = time.monotonic()
-            cancel = await self.runner._write_progress(self, *report)
+            cancel = await self.runner._write_progress(self, report)
             if self.pending is report:
                 self.pending = None
             if cancel:
@@ -215,17 +237,24 @@ class TaskRunner:
                 result = await kind.run(kind.parse(task.params), context)
         except _Lost:
             log.info("task.lost", attempt=attempt)
+            await self._discard_if_deleted(context)
             return Ended(Outcome.SKIPPED, task_id)
         except TaskCancelled:
+            context.logs.add("Cancelled.", "warning")
             return await self._end(context, CANCELLED)
         except TimeoutError:
             limit = kind.time_limit_seconds if kind else 0
-            return await self._end(context, FAILED, error=f"Stopped: it ran longer than its time limit of {limit} s.")
+            error = f"Stopped: it ran longer than its time limit of {limit} s."
+            context.logs.add(error, "error")
+            return await self._end(context, FAILED, error=error)
         except Exception as exc:  # noqa: BLE001 - any failure of a kind is the task's failure
             error = f"{type(exc).__name__}: {exc}"
             log.warning("task.attempt_failed", attempt=attempt, error=error, last_try=last_try)
             if last_try:
+                context.logs.add(f"Attempt {attempt} failed, the last of its round: {error}", "error")
                 return await self._end(context, FAILED, error=error)
+            seconds = round(retry_in.total_seconds())
+            context.logs.add(f"Attempt {attempt} failed: {error}; trying again in about {seconds} s.", "warning")
             return await self._requeue(context, error, retry_in)
         finally:
             # Not in the middle of a write: a query cut off by a cancel would leave its connection unusable.
@@ -273,15 +302,27 @@ class TaskRunner:
             return claimed
         return None
 
-    async def _write_progress(self, context: _Context, current: int, total: int, message: str | None) -> bool:
-        """Store progress and the heartbeat; True when the user asked to cancel."""
-        values = {"current": current, "total": total, "message": message, "now": utcnow()}
+    async def _write_progress(self, context: _Context, report: _Progress | None) -> bool:
+        """Store progress (if reported), waiting log lines and the heartbeat; True when the user asked to cancel."""
         async with self.sessions() as session, session.begin():
-            row = (await session.execute(_PROGRESS, {**_mine(context), **values})).first()
+            if report is None:
+                row = (await session.execute(_TOUCH, {**_mine(context), "now": utcnow()})).first()
+            else:
+                current, total, message = report
+                values = {"current": current, "total": total, "message": message, "now": utcnow()}
+                row = (await session.execute(_PROGRESS, {**_mine(context), **values})).first()
             if row is None:
                 raise _Lost()
             events = EventLog(session)
-            await _record_row(events, row)
+            staged = await context.logs.stage(session)
+            recorded = _log_events(context, staged)
+            if report is not None and not recorded:
+                await _record_row(events, row)  # the hot path as it was: one event, its cacheable statement
+            else:
+                if report is not None:
+                    recorded.append((TASK_UPDATED, msgspec.to_builtins(row_out(row[: len(COLUMNS)]))))
+                await events.record_several(row[-2], recorded)
+        context.logs.written(staged)
         await events.publish(self.publisher)
         return bool(row[-1])
 
@@ -319,11 +360,25 @@ class TaskRunner:
             if row is None:
                 return Ended(Outcome.SKIPPED, context.task_id)
             events = EventLog(session)
-            await _record_row(events, row)
+            staged = await context.logs.stage(session)
+            recorded = _log_events(context, staged)
+            recorded.append((TASK_UPDATED, msgspec.to_builtins(row_out(row[: len(COLUMNS)]))))
+            await events.record_several(row[-1], recorded)
+        context.logs.written(staged)
         await events.publish(self.publisher)
         return Ended(Outcome.RETRY, context.task_id, retry_in=retry_in)
 
     async def _end(
+        self, context: _Context, status: str, *, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> Ended:
+        """Write how the attempt ended (`_write_end`); an attempt that lost its task writes nothing."""
+        try:
+            return await self._write_end(context, status, result=result, error=error)
+        except _Lost:
+            await self._discard_if_deleted(context)
+            return Ended(Outcome.SKIPPED, context.task_id)
+
+    async def _write_end(
         self, context: _Context, status: str, *, result: dict[str, Any] | None = None, error: str | None = None
     ) -> Ended:
         """Write how the attempt ended, its `task.updated` event and (succeeded, failed) the owner's notification.
@@ -346,20 +401,38 @@ class TaskRunner:
             statement = update(_TASKS).where(_MINE).values(**values).returning(*_OUT)
             row = (await session.execute(statement, _mine(context))).first()
             if row is None:
-                return Ended(Outcome.SKIPPED, context.task_id)
+                raise _Lost()
             task, user_id = row_out(row[:-1]), row[-1]
             events = EventLog(session)
-            recorded: list[tuple[str, dict[str, Any]]] = [(TASK_UPDATED, msgspec.to_builtins(task))]
+            staged = await context.logs.stage(session)  # the lines first: they came before the end
+            recorded = _log_events(context, staged)
+            recorded.append((TASK_UPDATED, msgspec.to_builtins(task)))
             if status in (SUCCEEDED, FAILED):
                 created = await _notify(session, task, user_id)
                 if created is not None:
                     recorded.append((NOTIFICATION_CREATED, msgspec.to_builtins(created.out)))
                     email = created.out.id if created.email_pending else None
             await events.record_several(user_id, recorded)
+        context.logs.written(staged)
         await events.publish(self.publisher)
-        if status != SUCCEEDED and context.artifact_key:
-            await self.artifacts.delete(context.artifact_key)
+        if status != SUCCEEDED:
+            await self._discard_artifact(context)
         return Ended(Outcome.FINISHED, context.task_id, email_notification=email)
+
+    async def _discard_artifact(self, context: _Context) -> None:
+        """Remove the file this attempt wrote, if any: its task did not keep it."""
+        if context.artifact_key:
+            await self.artifacts.delete(context.artifact_key)
+
+    async def _discard_if_deleted(self, context: _Context) -> None:
+        """An attempt that lost its task: remove its file if the task is gone (deleted, with its owner's account
+        perhaps); a task handed back to another attempt keeps its folder, which that attempt writes in."""
+        if not context.artifact_key:
+            return
+        async with self.sessions() as session:
+            exists = await session.scalar(select(_TASKS.c.id).where(_TASKS.c.id == context.task_id))
+        if exists is None:
+            await self._discard_artifact(context)
 
 
 def _mine(context: _Context) -> dict[str, Any]:
@@ -379,6 +452,14 @@ _PROGRESS = (
         heartbeat_at=bindparam("now", type_=_TASKS.c.heartbeat_at.type),
     )
     .returning(*_OUT, _TASKS.c.cancel_requested)
+)
+#: The heartbeat with log lines and no progress report; returns the owner and the cancel flag. Parameters:
+#: `_MINE`'s, now.
+_TOUCH = (
+    update(_TASKS)
+    .where(_MINE)
+    .values(heartbeat_at=bindparam("now", type_=_TASKS.c.heartbeat_at.type))
+    .returning(_TASKS.c.user_id, _TASKS.c.cancel_requested)
 )
 #: The heartbeat alone, through a long step. Parameters: `_MINE`'s, now.
 _HEARTBEAT = update(_TASKS).where(_MINE).values(heartbeat_at=bindparam("now", type_=_TASKS.c.heartbeat_at.type))
@@ -402,6 +483,11 @@ async def _record_row(events: EventLog, row: Row[Any]) -> None:
     """The `task.updated` event of a row that starts with `_OUT`."""
     width = len(COLUMNS)
     await record_task_out(events, row_out(row[:width]), row[width])
+
+
+def _log_events(context: _Context, staged: Staged | None) -> list[tuple[str, dict[str, Any]]]:
+    """The `task.log` event of the lines a write staged, if it staged any, as the first event of that write."""
+    return [staged.event(context.task_id)] if staged is not None and staged.lines else []
 
 
 async def _notify(session: AsyncSession, task: TaskOut, user_id: UUID) -> NewNotification | None:

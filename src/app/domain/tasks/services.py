@@ -8,7 +8,6 @@ message only after its commit, so a message never names a task that does not exi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, cast
 from uuid import UUID
@@ -26,7 +25,7 @@ from app.domain.errors import Conflict, InvalidInput, LimitReached, NotFound
 from app.domain.notifications.events import EventLog, EventRecord
 from app.domain.notifications.models import Event
 from app.domain.tasks.kinds import KINDS, get_kind
-from app.domain.tasks.models import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, STATUSES, Task
+from app.domain.tasks.models import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, Task
 from app.domain.tasks.schemas import TaskOut, TaskRequest, progress_of, task_out
 from app.domain.text import control_problem
 
@@ -244,22 +243,6 @@ class TaskService:
         query = select(Task).where(Task.user_id == user.id, Task.idempotency_key == idempotency_key)
         task: Task | None = await self.session.scalar(query)
         return task
-
-    async def list(
-        self, user: User, *, status: str | None, kind: str | None, limit: int, offset: int
-    ) -> tuple[Sequence[Task], int]:
-        if status is not None and status not in STATUSES:
-            raise InvalidInput({"status": f"one of {', '.join(STATUSES)}"})
-        query = select(Task).where(Task.user_id == user.id)
-        if status:
-            query = query.where(Task.status == status)
-        if kind:
-            query = query.where(Task.kind == kind)
-        total = await self.session.scalar(select(func.count()).select_from(query.subquery())) or 0
-        tasks = await self.session.scalars(
-            query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit).offset(offset)
-        )
-        return list(tasks), int(total)
 
     async def get(self, user: User, task_id: UUID) -> Task:
         task = await self.session.scalar(select(Task).where(Task.id == task_id, Task.user_id == user.id))

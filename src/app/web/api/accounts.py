@@ -29,6 +29,7 @@ from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import PasswordChange, ProfileChange, Registration, UserOut, user_out
 from app.domain.accounts.services import VERIFY, AccountService, RefreshTokens
+from app.domain.accounts.sign_ins import API, SignIns
 from app.web.http.auth import AccessTokens, requires_user, sign_in_browser
 from app.web.http.credentials import credential_of
 from app.web.http.errors import BreaksARule, TooMany
@@ -129,14 +130,24 @@ async def _login_body(request: Request[Any, Any, Any]) -> Login:
         ) from exc
 
 
-async def _pair(db_session: AsyncSession, tokens: AccessTokens, settings: Settings, user: User) -> TokenPair:
+async def _pair(
+    request: Request[Any, Any, Any], db_session: AsyncSession, tokens: AccessTokens, settings: Settings, user: User
+) -> TokenPair:
+    """A new API sign-in: its refresh family, recorded with where it came from, and its first access token."""
     refresh = await RefreshTokens(db_session, settings).issue(user)
+    await SignIns(db_session, settings).start(
+        user,
+        API,
+        user_agent=request.headers.get("user-agent"),
+        address=client_address(request),
+        sign_in_id=refresh.family_id,
+    )
     access, expires_in = tokens.issue(user, refresh.family_id)
     return TokenPair(access_token=access, refresh_token=refresh.token, expires_in=expires_in)
 
 
-def _family(request: Request[Any, Any, Any]) -> UUID | None:
-    """The refresh family of the caller's access token, if it has one."""
+def caller_family(request: Request[Any, Any, Any]) -> UUID | None:
+    """The caller's sign-in: the refresh family of its access token, or its browser session's sign-in."""
     credential = credential_of(request)
     return credential.family if credential is not None else None
 
@@ -197,7 +208,7 @@ class AuthController(Controller):
         body = await _login_body(request)
         service = AccountService(db_session, passwords, settings)
         user = await limiter.sign_in(service, body.username, body.password, client_address(request))
-        return await _pair(db_session, tokens, settings, user)
+        return await _pair(request, db_session, tokens, settings, user)
 
     @post(
         "/refresh",
@@ -247,7 +258,7 @@ class AuthController(Controller):
         """Ends the caller's sign-in: its refresh family (and the one of `refresh_token`, if sent), the access
         tokens issued from them and the event streams opened with those, on every process at once."""
         refreshes = RefreshTokens(db_session, settings)
-        families = {_family(request)}
+        families = {caller_family(request)}
         if data is not None and data.refresh_token:
             families.add(await refreshes.family_of(data.refresh_token, request.user))
         for family in families - {None}:
@@ -383,6 +394,7 @@ class MeController(Controller):
     ) -> None:
         user = await db_session.merge(request.user, load=False)
         service = AccountService(db_session, passwords, settings)
-        await service.change_password(user, data.current_password, data.new_password, keep_family=_family(request))
-        if request.auth == "session":  # this browser stays signed in
-            sign_in_browser(request, user)
+        family = caller_family(request)
+        await service.change_password(user, data.current_password, data.new_password, keep_family=family)
+        if request.auth == "session" and family is not None:  # this browser stays signed in
+            sign_in_browser(request, user, family)

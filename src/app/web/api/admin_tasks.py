@@ -1,10 +1,13 @@
-"""GET /api/v1/admin/tasks/load for superusers: who holds the task threads, and each queue's depth.
+"""The admin API of tasks, for superusers: every user's tasks (GET /api/v1/admin/tasks), and who holds
+the task threads with each queue's depth (GET /api/v1/admin/tasks/load).
 
-The same reading backs the admin page's status panel and `litestar tasks load`.
+The load reading also backs the admin page's status panel and `litestar tasks stats`; the list
+follows the rules of the users' own list (app.domain.tasks.listing), narrowed by owner.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
 from uuid import UUID
 
 import dramatiq
@@ -12,13 +15,17 @@ import msgspec
 import structlog
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, ValidationException
+from litestar.params import QueryParameter
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
+from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, CursorPage
+from app.domain.tasks.listing import MAX_TEXT, OwnedTaskOut, TaskQuery, list_all_tasks, owned_by
 from app.domain.tasks.stats import count_by_status, load_by_user
 from app.web.http.auth import requires_superuser
 from app.web.http.metrics import queue_depth
+from app.web.http.task_filters import TASK_QUERY
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +76,32 @@ class AdminTasksController(Controller):
     tags = ["admin"]
     guards = [requires_superuser]
     security = [{"BearerToken": []}]
+
+    @get(
+        operation_id="adminListTasks",
+        summary="Every user's tasks: filtered, sorted, paginated (superusers only)",
+        description=(
+            "A page of the tasks of every user, each with its owner (`user_id`, `username`): the same filters, sort "
+            "and cursor as `GET /api/v1/tasks`, and `user_id` or `username` for one owner's tasks. 403 for anyone "
+            "but a superuser."
+        ),
+        dependencies={"task_query": TASK_QUERY},
+        raises=[NotAuthorizedException, PermissionDeniedException, ValidationException],
+    )
+    async def list_every_task(
+        self,
+        reads: NamedDependency[AsyncEngine],
+        task_query: NamedDependency[TaskQuery],
+        user_id: Annotated[UUID | None, QueryParameter(description="Only this user's tasks.")] = None,
+        username: Annotated[
+            str | None,
+            QueryParameter(max_length=MAX_TEXT, description="Only the tasks of the user with this username."),
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
+    ) -> CursorPage[OwnedTaskOut]:
+        query = owned_by(task_query, user_id=user_id, username=username)
+        return await list_all_tasks(reads, query, limit=limit, offset=offset)
 
     @get(
         "/load",

@@ -16,13 +16,18 @@ from uuid import UUID
 import msgspec
 
 from app.domain.accounts.access_tokens import AccessTokenOut, CreatedAccessToken, NewAccessToken
+from app.domain.accounts.deletion import AccountExport
 from app.domain.accounts.identities import IdentityLink, IdentityOut
 from app.domain.accounts.schemas import PasswordChange, ProfileChange, Registration, UserFlags, UserOut
+from app.domain.accounts.sign_ins import SessionOut
 from app.domain.notifications.schemas import NotificationOut
 from app.domain.notifications.services import BroadcastRequest
-from app.domain.pagination import Page
+from app.domain.pagination import CursorPage, Page
+from app.domain.tasks.listing import OwnedTaskOut
+from app.domain.tasks.logs import TaskLogLine, TaskLogPage
 from app.domain.tasks.schemas import KindOut, Progress, TaskOut, TaskRequest
 from app.domain.tasks.services import describe_kinds
+from app.web.api.account_lifecycle import EmailChange, EmailChangeAccepted, PasswordConfirmation
 from app.web.api.accounts import (
     EmailTokenRequest,
     ForgotPassword,
@@ -77,6 +82,7 @@ TASK = TaskOut(
     started_at=STARTED,
     finished_at=FINISHED,
 )
+OWNED_TASK = OwnedTaskOut(**msgspec.structs.asdict(TASK), user_id=USER_ID, username="ann")
 NOTIFICATION = NotificationOut(
     id=NOTIFICATION_ID,
     category="task",
@@ -87,6 +93,7 @@ NOTIFICATION = NotificationOut(
     created_at=FINISHED,
     read_at=None,
 )
+LOG_LINE = TaskLogLine(seq=20, level="info", message="Step 20 of 20 done", created_at=FINISHED, attempt=1)
 IDENTITY = IdentityOut(
     id=IDENTITY_ID,
     issuer="https://id.example.com",
@@ -105,6 +112,16 @@ PERSONAL_TOKEN_OUT = AccessTokenOut(
     last_used_at=FINISHED,
 )
 
+SESSION = SessionOut(
+    id=UUID("01936b32-3c4d-7e5f-8a60-7b8c9d0e1f2a"),
+    kind="api",
+    created_at=STARTED,
+    last_used_at=FINISHED,
+    user_agent="curl/8.5.0",
+    ip_address="203.0.113.7",
+    current=True,
+)
+
 
 def _demo_kind() -> KindOut:
     """The demo kind as GET /api/v1/task-kinds describes it (its real parameter schema)."""
@@ -115,6 +132,14 @@ def _demo_kind() -> KindOut:
 
 def _page(item: msgspec.Struct) -> dict[str, Any]:
     return {"items": [msgspec.to_builtins(item)], "total": 1, "limit": 20, "offset": 0}
+
+
+#: A `next_cursor` as the task lists make them (opaque to clients).
+NEXT_CURSOR = "k6stY3JlYXRlZF9hdNb_awK9IMQQAZNrLxorfD2OT1prfI2eDw"
+
+
+def _cursor_page(item: msgspec.Struct) -> dict[str, Any]:
+    return {**_page(item), "total": 45, "next_cursor": NEXT_CURSOR}
 
 
 def schema_examples() -> dict[str, Any]:
@@ -139,10 +164,26 @@ def schema_examples() -> dict[str, Any]:
         "CreatedAccessToken": CreatedAccessToken(
             **{**msgspec.structs.asdict(PERSONAL_TOKEN_OUT), "last_used_at": None}, token=PERSONAL_TOKEN
         ),
+        "SessionOut": SESSION,
+        "EmailChange": EmailChange(new_email="ann@example.org", current_password=PASSWORD),
+        "EmailChangeAccepted": EmailChangeAccepted(pending_email="ann@example.org"),
+        "PasswordConfirmation": PasswordConfirmation(current_password=PASSWORD),
+        "AccountExport": AccountExport(
+            exported_at=FINISHED,
+            user=USER,
+            tasks=[TASK],
+            notifications=[NOTIFICATION],
+            sessions=[SESSION],
+            access_tokens=[PERSONAL_TOKEN_OUT],
+            identities=[IDENTITY],
+        ),
         "TaskRequest": TaskRequest(kind="demo", params={"steps": 20, "step_ms": 200}),
         "TaskOut": TASK,
+        "OwnedTaskOut": OWNED_TASK,
         "Progress": PROGRESS,
         "KindOut": _demo_kind(),
+        "TaskLogLine": LOG_LINE,
+        "TaskLogPage": TaskLogPage(items=[LOG_LINE], next_after=LOG_LINE.seq),
         "NotificationOut": NOTIFICATION,
         "UnreadCount": UnreadCount(unread=3),
         "ReadAll": ReadAll(updated=3),
@@ -159,6 +200,8 @@ def schema_examples() -> dict[str, Any]:
         ),
     }
     examples: dict[str, Any] = {title: msgspec.to_builtins(value) for title, value in structs.items()}
-    pages = {"TaskOut": TASK, "NotificationOut": NOTIFICATION, "UserOut": USER, "IdentityOut": IDENTITY}
+    pages = {"NotificationOut": NOTIFICATION, "UserOut": USER, "IdentityOut": IDENTITY}
     examples.update({f"{Page.__name__}[{name}]": _page(item) for name, item in pages.items()})
+    cursor_pages = {"TaskOut": TASK, "OwnedTaskOut": OWNED_TASK}
+    examples.update({f"{CursorPage.__name__}[{name}]": _cursor_page(item) for name, item in cursor_pages.items()})
     return examples

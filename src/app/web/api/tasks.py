@@ -21,16 +21,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.notifications.events import EventPublisher
-from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
+from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, CursorPage
 from app.domain.tasks.artifacts import ArtifactStore
-from app.domain.tasks.reads import get_one, list_page
-from app.domain.tasks.schemas import KindOut, TaskOut, TaskRequest, TaskStatus, task_out
+from app.domain.tasks.listing import TaskQuery, list_tasks
+from app.domain.tasks.reads import get_one
+from app.domain.tasks.schemas import KindOut, TaskOut, TaskRequest, task_out
 from app.domain.tasks.services import TaskService, describe_kinds, task_message_args
 from app.web.api.openapi import ResultDownload
 from app.web.api.task_waits import requested_wait, wait_for_end
 from app.web.http.auth import requires_user
 from app.web.http.draining import Draining
 from app.web.http.errors import BreaksARule, Conflicting, TooMany
+from app.web.http.task_filters import TASK_QUERY
 from app.workers.actors.tasks import send_task
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
@@ -129,21 +131,29 @@ class TasksController(Controller):
 
     @get(
         operation_id="listTasks",
-        summary="The user's tasks, newest first",
-        description="A page of the caller's own tasks, filtered by `status` and `kind` when given.",
-        raises=[NotAuthorizedException],
+        summary="The user's tasks: filtered, sorted, paginated",
+        description=(
+            "A page of the caller's own tasks, newest first unless `sort` says otherwise. Filters (each optional, "
+            "all together): `status` and `kind` (repeat for any of several), `q` (text in the title or description, "
+            "any case, matched literally), `created_after` (inclusive) and `created_before` (exclusive). Page on "
+            "with `cursor=<next_cursor>` (null on the last page) and the same filters and sort: tasks created or "
+            "deleted meanwhile never make a task show twice or be skipped; `offset` still works, but not with a "
+            "cursor. `total` counts every task the filters match. A bad filter, sort or cursor is a 400."
+        ),
+        dependencies={"task_query": TASK_QUERY},
+        raises=[NotAuthorizedException, ValidationException],
     )
     async def list_tasks(
         self,
         request: Request[User, Any, Any],
         reads: NamedDependency[AsyncEngine],
-        status: Annotated[TaskStatus | None, QueryParameter(description="Only tasks with this status.")] = None,
-        kind: Annotated[str | None, QueryParameter()] = None,
+        task_query: NamedDependency[TaskQuery],
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
         offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
-    ) -> Page[TaskOut]:
-        # The hot read: one statement on the read engine, rows straight into Structs (app.domain.tasks.reads).
-        return await list_page(reads, request.user.id, status=status, kind=kind, limit=limit, offset=offset)
+    ) -> CursorPage[TaskOut]:
+        # The hot read: one statement on the read engine, rows straight into Structs (app.domain.tasks.listing).
+        listing = await list_tasks(reads, request.user.id, task_query, limit=limit, offset=offset)
+        return listing.page
 
     @get(
         "/{task_id:uuid}",

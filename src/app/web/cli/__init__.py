@@ -1,7 +1,7 @@
 """Operator commands on the `litestar` CLI.
 
 `litestar users create|promote|deactivate` (users.py) and `litestar tasks
-list|stats|retry|purge|watch` (tasks.py, watch.py). Output is for people on a terminal (rich
+list|stats|retry|purge|watch|logs` (tasks.py, watch.py, task_logs.py). Output is for people on a terminal (rich
 tables, progress bars) and for scripts elsewhere: without a terminal, tables are plain
 columns one row a line and progress is a line per step (output.py).
 """
@@ -11,11 +11,13 @@ from __future__ import annotations
 import click
 from litestar.plugins import CLIPluginProtocol
 
+from app.web.cli.task_logs import logs
 from app.web.cli.tasks import tasks
 from app.web.cli.users import users
 from app.web.cli.watch import watch
 
 tasks.add_command(watch)
+tasks.add_command(logs)
 
 
 class OperatorCLIPlugin(CLIPluginProtocol):

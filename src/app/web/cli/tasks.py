@@ -6,18 +6,20 @@ from uuid import UUID
 
 import click
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings, get_settings
 from app.domain.errors import DomainError, LimitReached, NotFound
 from app.domain.notifications.events import EventPublisher
 from app.domain.tasks.artifacts import LocalArtifacts
+from app.domain.tasks.listing import DEFAULT_SORT, SORTS, OwnedTaskOut, list_all_tasks, owned_by, task_query
 from app.domain.tasks.maintenance import BATCH as PURGE_BATCH
 from app.domain.tasks.maintenance import TaskKeeper
 from app.domain.tasks.models import STATUSES, Task
 from app.domain.tasks.operations import failed_task_ids
+from app.domain.tasks.schemas import Progress
 from app.domain.tasks.services import TaskService, task_message_args
-from app.domain.tasks.stats import TaskRow, list_tasks, task_owner
+from app.domain.tasks.stats import task_owner
 from app.web.api.admin_tasks import TaskLoadOut, task_load
 from app.web.cli.output import Steps, console_for_output, table
 from app.web.cli.running import NoPublisher, live_publisher, run_in_engine, user_id_of
@@ -29,27 +31,68 @@ def tasks() -> None:
     """Inspect and look after background tasks."""
 
 
-def _progress(task: Task) -> str:
-    if task.progress_total <= 0:
+def _progress(progress: Progress) -> str:
+    if progress.total <= 0:
         return "-"
-    return f"{task.progress_current}/{task.progress_total} ({100 * task.progress_current / task.progress_total:.0f}%)"
+    return f"{progress.current}/{progress.total} ({progress.percent:.0f}%)"
 
 
-@tasks.command(name="list", help="List tasks of every user (or one), newest first.")
-@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only tasks in this status.")
+@tasks.command(
+    name="list",
+    help=(
+        "List tasks of every user (or one), newest first. Filters work as the API's (GET /api/v1/admin/tasks): "
+        "each option narrows the list, a repeated --status or --kind matches any of its values."
+    ),
+)
+@click.option("--status", multiple=True, type=click.Choice(STATUSES), help="Only tasks in this status (repeatable).")
+@click.option("--kind", multiple=True, metavar="KIND", help="Only tasks of this kind (repeatable).")
+@click.option(
+    "--search", metavar="TEXT", default=None, help="Only tasks whose title or description contains TEXT (any case)."
+)
+@click.option(
+    "--created-after",
+    metavar="WHEN",
+    default=None,
+    help="Only tasks created at or after WHEN (ISO 8601 date or date-time; without an offset: UTC).",
+)
+@click.option(
+    "--created-before",
+    metavar="WHEN",
+    default=None,
+    help="Only tasks created before WHEN (ISO 8601 date or date-time; without an offset: UTC).",
+)
 @click.option(
     "--user", "login", default=None, metavar="USERNAME_OR_EMAIL", help="Only this user's tasks (username or email)."
 )
+@click.option("--sort", type=click.Choice(SORTS), default=DEFAULT_SORT, show_default=True, help="The order.")
 @click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many tasks."
 )
-def list_(status: str | None, login: str | None, limit: int) -> None:
+def list_(
+    status: tuple[str, ...],
+    kind: tuple[str, ...],
+    search: str | None,
+    created_after: str | None,
+    created_before: str | None,
+    login: str | None,
+    sort: str,
+    limit: int,
+) -> None:
     console = console_for_output()
 
-    async def work(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> list[TaskRow]:
+    async def work(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> list[OwnedTaskOut]:
+        query = task_query(
+            statuses=status,
+            kinds=kind,
+            text=search,
+            created_after=created_after,
+            created_before=created_before,
+            sort=sort,
+        )
         async with sessions() as session:
             user_id = None if login is None else await user_id_of(session, settings, login)
-            return await list_tasks(session, status=status, user_id=user_id, limit=limit)
+        engine: AsyncEngine = sessions.kw["bind"]
+        return (await list_all_tasks(engine, owned_by(query, user_id=user_id), limit=limit, offset=0)).items
 
     found = run_in_engine(work)
     if not found:
@@ -57,15 +100,15 @@ def list_(status: str | None, login: str | None, limit: int) -> None:
         return
     rows = [
         [
-            str(row.task.id),
-            row.username,
-            row.task.kind,
-            row.task.status,
-            str(row.task.attempts),
-            _progress(row.task),
-            row.task.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            str(task.id),
+            task.username,
+            task.kind,
+            task.status,
+            str(task.attempts),
+            _progress(task.progress),
+            task.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         ]
-        for row in found
+        for task in found
     ]
     columns = ["ID", "USER", "KIND", "STATUS", "ATTEMPTS", "PROGRESS", "CREATED (UTC)"]
     console.print(table(console, columns, rows, numeric={"ATTEMPTS"}))

@@ -1,16 +1,26 @@
-"""`litestar users`: create, promote and deactivate accounts; list and revoke their personal access tokens."""
+"""`litestar users`: create, promote, deactivate and delete accounts; export their data; list and revoke their
+personal access tokens and sessions."""
 
 from __future__ import annotations
 
+import asyncio
 from uuid import UUID
 
 import click
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.config import Settings, get_settings
 from app.domain.accounts.access_tokens import AccessTokens
+from app.domain.accounts.deletion import delete_account, export_account
+from app.domain.accounts.models import User
+from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import Registration, UserFlags
 from app.domain.accounts.services import AccountService
+from app.domain.accounts.sign_ins import SignIns
+from app.domain.tasks.artifacts import LocalArtifacts
 from app.web.cli.output import console_for_output, table
-from app.web.cli.running import run_account_change
+from app.web.cli.running import run_account_change, run_in_engine
 
 
 @click.group(name="users", help="Manage user accounts.")
@@ -74,11 +84,12 @@ def deactivate(login: str) -> None:
 def tokens(login: str) -> None:
     console = console_for_output()
 
-    async def work(service: AccountService) -> list[list[str]]:
-        user = await service.by_login(login)
-        if user is None:
-            raise click.ClickException(f"No user with username or email {login!r}.")
-        rows = await AccessTokens(service.session).active(user)
+    async def work(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> list[list[str]]:
+        async with sessions() as session:
+            user = await AccountService(session, Passwords(settings), settings).by_login(login)
+            if user is None:
+                raise click.ClickException(f"No user with username or email {login!r}.")
+            rows = await AccessTokens(session).active(user)
         return [
             [
                 str(token.id),
@@ -91,7 +102,7 @@ def tokens(login: str) -> None:
             for token in rows
         ]
 
-    rows = run_account_change(work)
+    rows = run_in_engine(work)
     if not rows:
         console.print(f"{login} has no personal access tokens.")
         return
@@ -121,3 +132,106 @@ def revoke_tokens(login: str, token_id: UUID | None) -> None:
         return f"{user.username}: {count} {'token' if count == 1 else 'tokens'} revoked."
 
     click.echo(run_account_change(work))
+
+
+async def _user(service: AccountService, login: str) -> User:
+    user = await service.by_login(login)
+    if user is None:
+        raise click.ClickException(f"No user with username or email {login!r}.")
+    return user
+
+
+@users.command(
+    name="sessions",
+    help="List where user LOGIN (a username or an email address) is signed in: browser sessions and API sign-ins.",
+)
+@click.argument("login")
+def sessions(login: str) -> None:
+    console = console_for_output()
+
+    async def work(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> list[list[str]]:
+        async with sessions() as session:
+            user = await _user(AccountService(session, Passwords(settings), settings), login)
+            rows = await SignIns(session, settings).active(user.id)
+        return [
+            [
+                str(row.id),
+                row.kind,
+                row.created_at.strftime("%Y-%m-%d %H:%M"),
+                row.last_used_at.strftime("%Y-%m-%d %H:%M") if row.last_used_at else "-",
+                row.ip_address or "-",
+                row.user_agent or "-",
+            ]
+            for row in rows
+        ]
+
+    rows = run_in_engine(work)
+    if not rows:
+        console.print(f"{login} is not signed in anywhere.")
+        return
+    columns = ["ID", "KIND", "SIGNED IN (UTC)", "LAST USED (UTC)", "ADDRESS", "USER AGENT"]
+    console.print(table(console, columns, rows))
+
+
+@users.command(
+    name="revoke-sessions",
+    help=(
+        "Sign user LOGIN (a username or an email address) out at once, with the event streams of those sessions: "
+        "SESSION_ID only, or every session without it (personal access tokens stay: see revoke-tokens)."
+    ),
+)
+@click.argument("login")
+@click.argument("session_id", type=click.UUID, required=False)
+def revoke_sessions(login: str, session_id: UUID | None) -> None:
+    async def work(service: AccountService) -> str:
+        user = await _user(service, login)
+        sign_ins = SignIns(service.session, service.settings)
+        if session_id is not None:
+            await sign_ins.revoke(user.id, session_id)
+            return f"{user.username}: session {session_id} signed out."
+        count = await sign_ins.revoke_all(user.id)
+        return f"{user.username}: {count} {'session' if count == 1 else 'sessions'} signed out."
+
+    click.echo(run_account_change(work))
+
+
+@users.command(
+    name="export",
+    help=(
+        "Print everything user LOGIN (a username or an email address) holds as one JSON document (as "
+        "GET /api/v1/users/me/export gives it), e.g. before `litestar users delete`."
+    ),
+)
+@click.argument("login")
+def export(login: str) -> None:
+    async def work(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> bytes:
+        async with sessions() as session:
+            user = await _user(AccountService(session, Passwords(settings), settings), login)
+            return msgspec.json.encode(await export_account(session, settings, user))
+
+    click.echo(msgspec.json.format(run_in_engine(work), indent=2).decode())
+
+
+@users.command(
+    name="delete",
+    help=(
+        "Delete user LOGIN (a username or an email address) with every task (running ones stop), task file, "
+        "notification, token and session: they are signed out everywhere at once. Asks first, unless --yes. "
+        "The only active superuser cannot be deleted."
+    ),
+)
+@click.argument("login")
+@click.option("--yes", is_flag=True, default=False, help="Do not ask for confirmation (for scripts).")
+def delete(login: str, yes: bool) -> None:
+    if not yes:
+        click.confirm(f"Delete {login} and everything the account holds? This cannot be undone", abort=True)
+
+    async def work(service: AccountService) -> tuple[UUID, str]:
+        user = await _user(service, login)
+        found = user.id, user.username
+        await delete_account(service.session, user)
+        return found
+
+    user_id, username = run_account_change(work)
+    asyncio.run(LocalArtifacts(get_settings().artifact_path).delete_owner(user_id))
+    click.echo(f"{username}: deleted, with everything the account held.")

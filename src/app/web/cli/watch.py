@@ -1,4 +1,4 @@
-"""`litestar tasks watch ID`: follow one task live until it ends."""
+"""`litestar tasks watch ID`: follow one task live until it ends, with its output lines."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from app.domain.tasks.models import FAILED, SUCCEEDED
 from app.domain.tasks.operations import TaskFollower, TaskState
 from app.web.cli.output import Steps, console_for_output
 from app.web.cli.running import run_in_engine
+from app.web.cli.task_logs import print_lines_after
 from app.web.http.channels import REDIS_DOWN, ResilientRedisChannelsBackend
 from app.workers.runtime import channels_key_prefix
 
@@ -99,9 +100,13 @@ async def _watch(
             return WATCH_UNKNOWN
         with Steps(console, state.status, None) as steps:
             _show(steps, state)
+            shown = await print_lines_after(sessions, task_id, 0, steps.note)
             while not state.finished and not follower.gone:
                 await woken()
-                for state in await follower.changes():
+                changes = await follower.changes()
+                # The lines read after the states: those written with the end are printed before it.
+                shown = await print_lines_after(sessions, task_id, shown, steps.note)
+                for state in changes:
                     _show(steps, state)
     if not state.finished:
         console.print(f"Task {task_id} was deleted before it ended.")
@@ -117,9 +122,9 @@ async def _watch(
 @click.command(
     name="watch",
     help=(
-        "Follow task TASK_ID live until it ends: a line per change (and a progress bar on a terminal), "
-        "then its final status. Exit code 0 when it succeeded, 1 when it failed or was cancelled, "
-        "2 when there is no such task."
+        "Follow task TASK_ID live until it ends: a line per change (and a progress bar on a terminal) and its "
+        "output lines (`#seq ...`, as `tasks logs` prints them), then its final status. "
+        "Exit code 0 when it succeeded, 1 when it failed or was cancelled, 2 when there is no such task."
     ),
 )
 @click.argument("task_id", type=click.UUID)

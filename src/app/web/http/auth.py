@@ -44,12 +44,15 @@ from app.domain.accounts.revocation import Credential
 from app.domain.clock import utcnow
 from app.web.http.access_tokens import TokenIndex, required_scope
 from app.web.http.credentials import CREDENTIAL_SCOPE_KEY, CredentialCache, credential_of
+from app.web.http.sign_ins import SignInUses
 
 ALGORITHM = "HS256"
 ISSUER = "app"
 AUDIENCE = "app-api"
 SESSION_USER = "user_id"
 SESSION_VERSION = "ver"
+#: The browser session's sign-in (app.domain.accounts.sign_ins): listed, and ended, by its id.
+SESSION_SIGN_IN = "sid"
 _ROTATE = "_rotate"
 SESSION_PATHS = ("/api/v1/events",)
 SESSION_COOKIE = "session"
@@ -130,6 +133,7 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         credentials: CredentialCache,
         tokens: AccessTokens,
         personal_tokens: TokenIndex,
+        sign_in_uses: SignInUses,
         external: ExternalIdentities | None = None,
         **kwargs: Any,
     ) -> None:
@@ -137,6 +141,7 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         self.credentials = credentials
         self.tokens = tokens
         self.personal_tokens = personal_tokens
+        self.sign_in_uses = sign_in_uses
         self.external = external
 
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
@@ -185,20 +190,34 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
     async def _session_user(
         self, connection: ASGIConnection[Any, Any, Any, Any], session: dict[str, Any]
     ) -> User | None:
-        try:
-            user_id = uuid.UUID(str(session[SESSION_USER]))
-            version = int(session.get(SESSION_VERSION, -1))
-        except (TypeError, ValueError):
-            return None
-        session_id = connection.cookies.get(SESSION_COOKIE)
-        return await self._let_in(connection, Credential(user_id=user_id, version=version, session_id=session_id))
+        """The session's user while its credential holds; a session that no longer does is dropped (from the
+        store too, when the answer goes out): what ended it (sign-out, a password change, its sign-in ended,
+        the account deleted) is for good, and a refused session is not kept alive by being presented."""
+        credential = _session_credential(session, connection.cookies.get(SESSION_COOKIE))
+        user = await self._let_in(connection, credential) if credential is not None else None
+        if user is None:
+            connection.scope["session"] = {}
+        return user
 
     async def _let_in(self, connection: ASGIConnection[Any, Any, Any, Any], credential: Credential) -> User | None:
         state = await self.credentials.state(credential.user_id)
         if state is None or not state.allows(credential.version, credential.family):
             return None
         connection.scope[CREDENTIAL_SCOPE_KEY] = credential  # type: ignore[literal-required]
+        if credential.family is not None and credential.scopes is None:  # a sign-in (not a personal access token)
+            self.sign_in_uses.used(credential.family)
         return state.user()
+
+
+def _session_credential(session: dict[str, Any], session_id: str | None) -> Credential | None:
+    """What a browser session stands for (its sign-in as the family); None for a malformed one."""
+    try:
+        user_id = uuid.UUID(str(session[SESSION_USER]))
+        version = int(session.get(SESSION_VERSION, -1))
+        sign_in = uuid.UUID(str(session[SESSION_SIGN_IN])) if SESSION_SIGN_IN in session else None
+    except (TypeError, ValueError):
+        return None
+    return Credential(user_id=user_id, version=version, family=sign_in, session_id=session_id)
 
 
 async def requires_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -215,9 +234,15 @@ async def requires_superuser(connection: ASGIConnection[Any, Any, Any, Any], han
 # --- browser sessions ------------------------------------------------------------------------
 
 
-def sign_in_browser(connection: ASGIConnection[Any, Any, Any, Any], user: User) -> None:
-    """Bind the session to `user` under a new session id (no fixation)."""
-    connection.scope["session"] = {SESSION_USER: str(user.id), SESSION_VERSION: user.credentials_version, _ROTATE: True}
+def sign_in_browser(connection: ASGIConnection[Any, Any, Any, Any], user: User, sign_in: uuid.UUID) -> None:
+    """Bind the session to `user` and its sign-in (app.domain.accounts.sign_ins) under a new session id (no
+    fixation)."""
+    connection.scope["session"] = {
+        SESSION_USER: str(user.id),
+        SESSION_VERSION: user.credentials_version,
+        SESSION_SIGN_IN: str(sign_in),
+        _ROTATE: True,
+    }
 
 
 async def sign_out_browser(connection: ASGIConnection[Any, Any, Any, Any], credentials: CredentialCache) -> None:

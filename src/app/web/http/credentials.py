@@ -63,6 +63,7 @@ from app.domain.accounts.revocation import (
     REVOCATION_CHANNEL,
     Credential,
     CredentialState,
+    Lifetimes,
     decode_revoked,
     encode_revoked,
     load_credentials,
@@ -125,7 +126,12 @@ class CredentialCache:
         self._reads = reads
         self._channels = channels
         self._sessions = sessions
-        self._token_lifetime = timedelta(minutes=settings.access_token_minutes)
+        # A browser session lives SESSION_DAYS after its last use, and one refused is dropped at once:
+        # a day more covers a request that was in flight when its sign-in ended.
+        self._lifetimes = Lifetimes(
+            access_token=timedelta(minutes=settings.access_token_minutes),
+            session=timedelta(days=settings.session_days + 1),
+        )
         self._ttl = settings.auth_cache_seconds
         self._changed_file = str(changed_file(settings)) if settings.embedded_workers else None
         self._changed_at = _mtime(self._changed_file)
@@ -156,7 +162,7 @@ class CredentialCache:
                 return entry[0]
         epoch = self._epoch
         self.loads += 1
-        state = await load_credentials(self._reads, user_id, self._token_lifetime)
+        state = await load_credentials(self._reads, user_id, self._lifetimes)
         if self._trusted() and epoch == self._epoch:
             self._remember(user_id, state, time.monotonic() + self._ttl)
         return state
@@ -189,7 +195,7 @@ class CredentialCache:
             users = due[start : start + RENEW_USERS]
             epoch, began = self._epoch, time.monotonic()
             self.loads += 1
-            states = await load_many_credentials(self._reads, users, self._token_lifetime)
+            states = await load_many_credentials(self._reads, users, self._lifetimes)
             if not (self._trusted() and epoch == self._epoch):
                 return  # something was revoked meanwhile: the next tick reads again
             for user_id, state in states.items():

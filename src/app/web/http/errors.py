@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from app.domain.accounts.errors import AlreadyTaken, InvalidCredentials, InvalidToken
-from app.domain.errors import Conflict, DomainError, InvalidInput, LimitReached, NotFound
+from app.domain.errors import Conflict, DomainError, InvalidInput, InvalidQuery, LimitReached, NotFound
 
 E = TypeVar("E", bound=Exception)
 
@@ -114,6 +114,9 @@ def from_conflict(exc: SQLIntegrityError) -> ProblemDetailsException:
 
 def from_domain_error(exc: DomainError) -> ProblemDetailsException:
     """The domain's refusals: the class says the status, the exception says the detail."""
+    if isinstance(exc, InvalidQuery):
+        errors = [{"field": field, "message": message} for field, message in exc.errors.items()]
+        return problem(400, "The request is not valid: " + exc.detail, errors=errors)
     if isinstance(exc, InvalidInput):
         errors = [{"field": field, "message": message} for field, message in exc.errors.items()]
         return problem(422, "The request is not valid: " + exc.detail, title="Invalid request", errors=errors)

@@ -240,6 +240,26 @@ class Limiter:
         """One password-reset request, counted per client address per hour."""
         await self.take(f"forgot:{address_key(address)}", self.settings.forgot_password_per_hour, HOUR)
 
+    async def verification_email(self, user_id: object) -> None:
+        """One more verification email asked for, counted per account per hour (each one goes to a mailbox)."""
+        await self.take(f"verify-email:{user_id}", self.settings.verification_emails_per_hour, HOUR)
+
+    @asynccontextmanager
+    async def password_confirmation(self, user_id: object) -> AsyncIterator[None]:
+        """Around checking a signed-in user's password again (changing the email, deleting the account): wrong
+        ones count as failed sign-ins of the account, so a stolen token cannot be used to guess the password."""
+        s = self.settings
+        quota = Quota(f"login:account:user:{user_id}", s.login_failures_per_account, s.login_window_seconds)
+        await self.reserve(quota)
+        try:
+            yield
+        except InvalidCredentials:
+            raise
+        except BaseException:
+            await self.release(quota)
+            raise
+        await self.release(quota)
+
     def login_quotas(self, account: str, address: str) -> tuple[Quota, Quota, Quota]:
         """(account, address), account and address failure counters of a sign-in."""
         s, where = self.settings, address_key(address)

@@ -14,19 +14,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.domain.accounts.access_tokens import SCOPES, AccessTokens, NewAccessToken, token_out
+from app.domain.accounts.deletion import export_account
 from app.domain.accounts.emails import RESET_PATH, VERIFY_PATH, verification_email, verification_link
 from app.domain.accounts.errors import InvalidCredentials, InvalidToken
 from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import ProfileChange, Registration
-from app.domain.accounts.services import VERIFY, AccountService
-from app.domain.errors import DomainError, InvalidInput
+from app.domain.accounts.services import VERIFY, AccountService, pending_email
+from app.domain.accounts.sign_ins import BROWSER, SignIns, session_out
+from app.domain.errors import Conflict, DomainError, InvalidInput
+from app.domain.tasks.artifacts import ArtifactStore
 from app.web.api.access_tokens import with_last_use
-from app.web.api.accounts import client_address
+from app.web.api.account_lifecycle import close_account, export_response, request_email_change, resend_verification
+from app.web.api.accounts import caller_family, client_address
 from app.web.http.access_tokens import TokenIndex
 from app.web.http.auth import sign_in_browser, sign_out_browser
-from app.web.http.credentials import CredentialCache
+from app.web.http.credentials import CredentialCache, credential_of
 from app.web.http.limits import Limiter
+from app.web.http.sign_ins import SignInUses
 from app.web.pages.rendering import (
     current_user,
     field_errors,
@@ -86,10 +91,11 @@ class SignInPages(Controller):
                 return fragment("partials/register_form.html", context)
             return await page(request, db_session, "register.html", context, status)
         raw = await service.email_token(user, VERIFY)
+        sign_in = await _browser_sign_in(request, db_session, settings, user)
         await db_session.commit()  # the account exists before its email is sent
         email = verification_email(user.email, user.username, verification_link(settings.base_url, raw))
         await anyio.to_thread.run_sync(enqueue_email, email)  # the broker client blocks
-        sign_in_browser(request, user)
+        sign_in_browser(request, user, sign_in)
         return go(request, "/dashboard", f"Welcome, {user.username}! We sent a link to {user.email} to confirm it.")
 
     @get("/login", name="login")
@@ -120,15 +126,20 @@ class SignInPages(Controller):
             if is_htmx(request):
                 return fragment("partials/login_form.html", context)
             return await page(request, db_session, "login.html", context, 401)
-        await db_session.commit()  # a password hash redone with new parameters
-        sign_in_browser(request, user)
+        sign_in = await _browser_sign_in(request, db_session, settings, user)
+        await db_session.commit()  # the sign-in, and a password hash redone with new parameters
+        sign_in_browser(request, user, sign_in)
         return go(request, safe_next(form.get("next")))
 
     @post("/logout")
     async def logout(
-        self, request: Request[Any, Any, Any], credentials: NamedDependency[CredentialCache]
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
+        credentials: NamedDependency[CredentialCache],
     ) -> Response[Any]:
-        await sign_out_browser(request, credentials)  # this browser's session and its streams end
+        await _sign_out(request, db_session, settings, credentials)  # this browser's session and its streams end
         return go(request, "/")
 
     @get("/forgot-password")
@@ -226,10 +237,100 @@ class AccountPages(Controller):
         self,
         request: Request[User, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        access_tokens: NamedDependency[TokenIndex],
     ) -> Template:
-        tokens = await _tokens_context(db_session, request.user, access_tokens)
-        return await page(request, db_session, "account.html", {"profile": {}, "password": {}, "tokens": tokens})
+        return await _account_page(request, db_session, {})
+
+    @post("/email")
+    async def change_email(
+        self,
+        request: Request[User, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
+        settings: NamedDependency[Settings],
+    ) -> Response[Any]:
+        """Send the link to the new address (the email changes when it is opened) and a notice to the old one."""
+        form = await form_data(request)
+        user = await db_session.merge(request.user, load=False)
+        service = AccountService(db_session, passwords, settings)
+        new_email = form.get("new_email", "")
+        try:
+            email = await request_email_change(service, user, new_email, form.get("current_password", ""), limiter)
+        except (DomainError, InvalidCredentials) as exc:
+            await db_session.rollback()
+            errors, status = _password_form_errors(exc, {"email": "new_email"})
+            context = {"email": {"errors": errors, "new_email": new_email}}
+            return await _account_page(request, db_session, context, status)
+        return go(request, "/account", f"We sent a link to {email}: open it to make it your email address.")
+
+    @post("/verification")
+    async def resend_verification(
+        self,
+        request: Request[User, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
+        settings: NamedDependency[Settings],
+    ) -> Response[Any]:
+        """Send the verification link again (a 409 page when verified, 429 past the limit)."""
+        user = await db_session.merge(request.user, load=False)
+        await resend_verification(AccountService(db_session, passwords, settings), user, limiter)
+        return go(request, "/account", f"We sent a new link to {user.email}.")
+
+    @post("/sessions/{session_id:uuid}/revoke")
+    async def revoke_session(
+        self,
+        request: Request[User, Any, Any],
+        session_id: FromPath[UUID],
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
+        credentials: NamedDependency[CredentialCache],
+        sign_in_uses: NamedDependency[SignInUses],
+    ) -> Response[Any]:
+        """Sign out one session (NotFound: a 404 page or toast); this browser's own is a sign-out."""
+        if session_id == caller_family(request):
+            await _sign_out(request, db_session, settings, credentials)
+            return go(request, "/login")
+        await SignIns(db_session, settings).revoke(request.user.id, session_id)
+        await db_session.commit()
+        if is_htmx(request):
+            sessions = await _sessions_context(db_session, settings, request, sign_in_uses)
+            return fragment("partials/sessions.html", {"sessions": {**sessions, "saved": "Session signed out."}})
+        return go(request, "/account", "Session signed out.")
+
+    @get("/export")
+    async def export(
+        self,
+        request: Request[User, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
+    ) -> Response[Any]:
+        """The account's data as a JSON download (the same document as GET /api/v1/users/me/export)."""
+        return export_response(await export_account(db_session, settings, request.user), request.user)
+
+    @post("/delete")
+    async def delete_account(
+        self,
+        request: Request[User, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        passwords: NamedDependency[Passwords],
+        limiter: NamedDependency[Limiter],
+        settings: NamedDependency[Settings],
+        artifacts: NamedDependency[ArtifactStore],
+    ) -> Response[Any]:
+        """Delete the account after its password, then leave this browser signed out on the start page."""
+        form = await form_data(request)
+        user = await db_session.merge(request.user, load=False)
+        service = AccountService(db_session, passwords, settings)
+        try:
+            await close_account(service, user, form.get("current_password", ""), limiter, artifacts)
+        except (Conflict, InvalidCredentials) as exc:
+            await db_session.rollback()
+            errors, status = _password_form_errors(exc, {})
+            context = {"deletion": {"errors": errors, "error": None if errors else exc.detail}}
+            return await _account_page(request, db_session, context, status)
+        request.clear_session()  # the user is gone: this browser's session with them (no flash: no session)
+        return go(request, "/")
 
     @post("/tokens")
     async def create_token(
@@ -317,8 +418,11 @@ class AccountPages(Controller):
         form = await form_data(request)
         user = await db_session.merge(request.user, load=False)
         service = AccountService(db_session, passwords, settings)
+        sign_in = caller_family(request)
         try:
-            await service.change_password(user, form.get("current_password", ""), form.get("new_password", ""))
+            await service.change_password(
+                user, form.get("current_password", ""), form.get("new_password", ""), keep_family=sign_in
+            )
         except (InvalidInput, InvalidCredentials) as exc:
             await db_session.rollback()
             if isinstance(exc, InvalidCredentials):
@@ -329,12 +433,70 @@ class AccountPages(Controller):
             if is_htmx(request):
                 return fragment("partials/password_form.html", context)
             return await page(request, db_session, "account.html", {**context, "profile": {}}, status)
+        if sign_in is None:  # a session from before sign-ins were recorded
+            sign_in = await _browser_sign_in(request, db_session, settings, user)
         await db_session.commit()
-        sign_in_browser(request, user)  # this browser stays signed in; every other session and stream ends
+        sign_in_browser(request, user, sign_in)  # this browser stays signed in; every other session and stream ends
         message = "Password changed. Other devices have been signed out."
         if is_htmx(request):
             return fragment("partials/password_form.html", {"user": user, "password": {"saved": message}})
         return go(request, "/account", message)
+
+
+async def _browser_sign_in(
+    request: Request[Any, Any, Any], db_session: AsyncSession, settings: Settings, user: User
+) -> UUID:
+    """Record a new browser sign-in (where it came from), for the session to carry."""
+    return await SignIns(db_session, settings).start(
+        user, BROWSER, user_agent=request.headers.get("user-agent"), address=client_address(request)
+    )
+
+
+async def _sign_out(
+    request: Request[Any, Any, Any], db_session: AsyncSession, settings: Settings, credentials: CredentialCache
+) -> None:
+    """End this browser's sign-in (no longer listed, refused everywhere) and its session, with its streams."""
+    credential = credential_of(request)
+    if credential is not None and credential.family is not None:
+        await SignIns(db_session, settings).end(credential.user_id, credential.family)
+        await db_session.commit()
+    await sign_out_browser(request, credentials)
+
+
+async def _sessions_context(
+    db_session: AsyncSession, settings: Settings, request: Request[Any, Any, Any], uses: SignInUses | None
+) -> dict[str, Any]:
+    """The account page's list of where the user is signed in, this browser marked."""
+    rows = await SignIns(db_session, settings).active(request.user.id)
+    current = caller_family(request)
+    return {"rows": [session_out(row, current, uses.last_use(row.id) if uses else None) for row in rows]}
+
+
+async def _account_page(
+    request: Request[User, Any, Any], db_session: AsyncSession, context: dict[str, Any], status: int = 200
+) -> Template:
+    """/account with `context` (a form's values and errors) and what every rendering of it shows."""
+    state = request.app.state
+    email = {"pending": await pending_email(db_session, request.user.id), **context.get("email", {})}
+    full = {
+        "profile": {},
+        "password": {},
+        **context,
+        "tokens": context.get("tokens") or await _tokens_context(db_session, request.user, state["access_tokens"]),
+        "email": email,
+        "sessions": await _sessions_context(db_session, state["settings"], request, state["sign_in_uses"]),
+    }
+    return await page(request, db_session, "account.html", full, status)
+
+
+def _password_form_errors(exc: DomainError, fields: dict[str, str]) -> tuple[dict[str, str], int]:
+    """A refusal of a form that asks for the current password: its field errors (the domain's field names
+    mapped by `fields`) and the page's status."""
+    if isinstance(exc, InvalidCredentials):
+        return {"current_password": "The current password is wrong."}, 400
+    errors, _ = field_errors(exc)
+    mapped = {fields.get(name, name): text for name, text in errors.items()}
+    return mapped, 422 if isinstance(exc, InvalidInput) else 409
 
 
 async def _tokens_context(db_session: AsyncSession, user: User, index: TokenIndex) -> dict[str, Any]:

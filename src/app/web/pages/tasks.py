@@ -13,7 +13,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, QueryParameter
 from litestar.plugins.htmx import HTMXTemplate
 from litestar.response import File, Template
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.domain.accounts.models import User
@@ -22,6 +22,8 @@ from app.domain.notifications.events import EventPublisher
 from app.domain.pagination import MAX_OFFSET
 from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.kinds import KINDS, Kind, get_kind
+from app.domain.tasks.listing import MAX_CURSOR
+from app.domain.tasks.logs import newest_lines
 from app.domain.tasks.models import Task
 from app.domain.tasks.schemas import TaskRequest, task_out
 from app.domain.tasks.services import TaskService, task_message_args
@@ -37,9 +39,11 @@ from app.web.pages.rendering import (
     say,
 )
 from app.web.pages.task_forms import param_fields, read_params
+from app.web.pages.task_list import filter_form, task_list
 from app.workers.actors.tasks import send_task
 
-PAGE_SIZE = 20
+#: The task page shows this many of a task's newest output lines (and keeps as many as they come live).
+LOG_LINES_SHOWN = 200
 TASKS_CHANGED = "tasks-changed"
 
 
@@ -66,19 +70,6 @@ def _cancelling(task: Task) -> set[UUID]:
     return {task.id} if task.cancel_requested else set()
 
 
-async def task_list(service: TaskService, user: User, offset: int = 0) -> dict[str, Any]:
-    last_event_id = await service.events.last_id(user.id)  # first: the tasks read next are at least this new
-    tasks, total = await service.list(user, status=None, kind=None, limit=PAGE_SIZE, offset=offset)
-    return {
-        "tasks": [task_out(t) for t in tasks],
-        "cancelling": {t.id for t in tasks if t.cancel_requested},
-        "total": total,
-        "offset": offset,
-        "page_size": PAGE_SIZE,
-        "last_event_id": last_event_id,
-    }
-
-
 class TaskPages(Controller):
     include_in_schema = False
     guards = [requires_signed_in]
@@ -88,23 +79,31 @@ class TaskPages(Controller):
         self,
         request: Request[User, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        settings: NamedDependency[Settings],
+        reads: NamedDependency[AsyncEngine],
         kind: Annotated[str | None, QueryParameter(required=False)] = None,
+        cursor: Annotated[str, QueryParameter(max_length=MAX_CURSOR)] = "",
         offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Template:
-        listing = await task_list(TaskService(db_session, settings), request.user, offset)
-        return await page(request, db_session, "dashboard.html", {"start": start_form(kind), **listing})
+        last_event_id = await live_from(db_session, request.user.id)  # first: the tasks read next are at least this new
+        listing = await task_list(reads, request.user.id, filter_form(request), cursor, offset)
+        context = {"start": start_form(kind), "last_event_id": last_event_id, **listing}
+        return await page(request, db_session, "dashboard.html", context, 400 if listing["filter_errors"] else 200)
 
     @get("/dashboard/tasks")
     async def list_fragment(
         self,
         request: Request[User, Any, Any],
         db_session: NamedDependency[AsyncSession],
-        settings: NamedDependency[Settings],
+        reads: NamedDependency[AsyncEngine],
+        cursor: Annotated[str, QueryParameter(max_length=MAX_CURSOR)] = "",
         offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Template:
-        listing = await task_list(TaskService(db_session, settings), request.user, offset)
-        return fragment("partials/task_list.html", listing)
+        last_event_id = await live_from(db_session, request.user.id)
+        listing = await task_list(reads, request.user.id, filter_form(request), cursor, offset)
+        response = fragment("partials/task_list.html", {"last_event_id": last_event_id, **listing})
+        # The address bar shows the list the page holds now (after a filter sent by htmx), without a history entry.
+        response.headers["HX-Replace-Url"] = listing["page_url"]
+        return response
 
     @get("/dashboard/task-params")
     async def params_fragment(self, kind: Annotated[str | None, QueryParameter(required=False)] = None) -> Template:
@@ -115,6 +114,7 @@ class TaskPages(Controller):
         self,
         request: Request[User, Any, Any],
         db_session: NamedDependency[AsyncSession],
+        reads: NamedDependency[AsyncEngine],
         publisher: NamedDependency[EventPublisher],
         settings: NamedDependency[Settings],
     ) -> Response[Any]:
@@ -150,8 +150,10 @@ class TaskPages(Controller):
         start = {**start_form(kind.name, form), "errors": errors, "error": error}
         if is_htmx(request):
             return fragment("partials/start_form.html", {"start": start})
-        listing = await task_list(service, request.user)
-        return await page(request, db_session, "dashboard.html", {"start": start, **listing}, status)
+        last_event_id = await live_from(db_session, request.user.id)
+        listing = await task_list(reads, request.user.id)
+        context = {"start": start, "last_event_id": last_event_id, **listing}
+        return await page(request, db_session, "dashboard.html", context, status)
 
     @get("/tasks/{task_id:uuid}")
     async def detail(
@@ -160,10 +162,13 @@ class TaskPages(Controller):
         task_id: FromPath[UUID],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
+        reads: NamedDependency[AsyncEngine],
     ) -> Template:
         last_event_id = await live_from(db_session, request.user.id)
         task = await TaskService(db_session, settings).get(request.user, task_id)
         context = {"task": task_out(task), "cancelling": _cancelling(task), "last_event_id": last_event_id}
+        # After the task (after the newest event id): every line up to that event is shown; app.js adds the rest.
+        context |= {"log_lines": await newest_lines(reads, task_id, LOG_LINES_SHOWN), "log_keep": LOG_LINES_SHOWN}
         return await page(request, db_session, "task.html", context)
 
     @get("/tasks/{task_id:uuid}/row")

@@ -7,6 +7,7 @@
 //                            change); a task that ends shows a toast.
 //   notification.created  -> the bell's count is fetched again; the notifications page reloads its list.
 //   notification.updated  -> the bell shows the unread count the event carries.
+//   task.log              -> the task page's output panel appends the lines it has not shown yet (by seq).
 // Nothing is lost across a dropped connection: each stream starts after the last event id this
 // page saw (the browser sends Last-Event-ID itself when it reconnects; a new stream gets
 // ?last_event_id=), and after a reconnect the visible fragments are fetched again.
@@ -167,6 +168,47 @@
     }
   }
 
+  // --- task output ----------------------------------------------------------------------------
+
+  function logLine(line) {
+    const item = document.createElement("li");
+    item.className = "log-line log-" + line.level;
+    item.dataset.seq = String(line.seq);
+    const time = document.createElement("time");
+    time.dateTime = line.created_at;
+    time.textContent = String(line.created_at).slice(11, 19);
+    const level = document.createElement("span");
+    level.className = "log-level";
+    level.textContent = line.level;
+    const message = document.createElement("span");
+    message.className = "log-message";
+    message.textContent = line.message;
+    item.append(time, " ", level, " ", message);
+    return item;
+  }
+
+  // Lines the page rendered (or was sent before) are skipped by seq: a replay after a reconnect adds nothing twice.
+  function onTaskLog(event) {
+    const data = JSON.parse(event.data);
+    document.querySelectorAll('[data-log-task="' + data.task_id + '"]').forEach((log) => {
+      const list = log.querySelector(".log-lines");
+      if (!list) return;
+      let last = parseInt(log.dataset.lastSeq || "0", 10);
+      const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 8;
+      data.lines.forEach((line) => {
+        if (line.seq <= last) return;
+        list.append(logLine(line));
+        last = line.seq;
+      });
+      log.dataset.lastSeq = String(last);
+      const keep = parseInt(log.dataset.keep || "200", 10);
+      while (list.children.length > keep) list.firstElementChild.remove();
+      const empty = log.querySelector(".log-empty");
+      if (empty && list.children.length) empty.hidden = true;
+      if (atBottom) log.scrollTop = log.scrollHeight;
+    });
+  }
+
   // --- notifications ------------------------------------------------------------------------
 
   function onNotificationCreated(event) {
@@ -195,6 +237,7 @@
     if (wired.has(source)) return;
     wired.add(source);
     source.addEventListener("task.updated", remember(onTask));
+    source.addEventListener("task.log", remember(onTaskLog));
     source.addEventListener("notification.created", remember(onNotificationCreated));
     source.addEventListener("notification.updated", remember(onNotificationUpdated));
   }
@@ -216,6 +259,10 @@
   // Deferred scripts run in order once the document is parsed, before htmx processes it: the
   // stream htmx opens for <body> already uses this.
   readLastEventId();
+  // A task's output opens at its newest line.
+  document.querySelectorAll("[data-log-task]").forEach((log) => {
+    log.scrollTop = log.scrollHeight;
+  });
   if (window.htmx) {
     // Every stream (the first, and a new one after the browser gave up on the old) starts after the
     // last event this page has seen: the page was rendered as of data-last-event-id.

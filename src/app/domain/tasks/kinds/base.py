@@ -17,6 +17,8 @@ from uuid import UUID
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.domain.tasks.logs import LogLevel
+
 P = TypeVar("P", bound=msgspec.Struct)
 
 
@@ -36,6 +38,10 @@ class TaskContext(Protocol):
 
     async def progress(self, current: int, total: int, message: str | None = None) -> None:
         """Report progress (stored at most ~10 times a second); raises TaskCancelled after a cancel request."""
+        ...
+
+    async def log(self, message: str, level: LogLevel = "info") -> None:
+        """Add a line to the task's output (written with the next progress write; see app.domain.tasks.logs)."""
         ...
 
     def session(self) -> AbstractAsyncContextManager[AsyncSession]:

@@ -102,6 +102,7 @@ async def run(params: ExportParams, context: TaskContext) -> dict[str, Any]:
     header = [column.key for column in COLUMNS[params.dataset]]
     filename = f"{params.dataset}-{utcnow():%Y%m%d-%H%M%S}.{params.format}"
     digest, size, rows = hashlib.sha256(), 0, 0
+    await context.log(f"Exporting {total} {params.dataset} as {params.format.upper()} to {filename}")
     await context.progress(0, total, f"Exporting {total} {params.dataset}")
     async with context.artifact(filename) as sink:
 
@@ -114,11 +115,13 @@ async def run(params: ExportParams, context: TaskContext) -> dict[str, Any]:
         async for batch in _batches(context, params.dataset):
             await put(_encode(batch, params.format, first=rows == 0, header=header))
             rows += len(batch)
+            await context.log(f"Wrote rows {rows - len(batch) + 1}-{rows}")
             await context.progress(rows, max(total, rows), f"Exported {rows} of {max(total, rows)} rows")
         if params.format == "json":
             await put(b"[]\n" if rows == 0 else b"\n]\n")
         elif rows == 0:
             await put(_encode([], "csv", first=True, header=header))
+    await context.log(f"Wrote {rows} rows, {size} bytes (sha256 {digest.hexdigest()})")
     return {"rows": rows, "bytes": size, "sha256": digest.hexdigest(), "filename": filename}
 
 
