@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
@@ -27,14 +26,6 @@ from app.web.http.auth import requires_user
 from app.web.http.errors import BreaksARule, TooMany
 
 TOKENS_PATH = "/api/v1/users/me/tokens"
-
-
-def with_last_use(token: AccessTokenOut, index: TokenIndex) -> AccessTokenOut:
-    """The token as listed, with this process's use that is not written yet."""
-    pending = index.last_use(token.id)
-    if pending is None or (token.last_used_at is not None and token.last_used_at >= pending):
-        return token
-    return msgspec.structs.replace(token, last_used_at=pending)
 
 
 class AccessTokensController(Controller):
@@ -60,7 +51,7 @@ class AccessTokensController(Controller):
         access_tokens: NamedDependency[TokenIndex],
     ) -> list[AccessTokenOut]:
         rows = await AccessTokens(db_session).active(request.user)
-        return [with_last_use(token_out(row), access_tokens) for row in rows]
+        return [access_tokens.with_last_use(token_out(row)) for row in rows]
 
     @post(
         operation_id="createAccessToken",

@@ -30,6 +30,7 @@ from app.domain.tasks.services import TaskService, describe_kinds, task_message_
 from app.web.api.openapi import ResultDownload
 from app.web.api.task_waits import requested_wait, wait_for_end
 from app.web.http.auth import requires_user
+from app.web.http.downloads import task_result
 from app.web.http.draining import Draining
 from app.web.http.errors import BreaksARule, Conflicting, TooMany
 from app.web.http.task_filters import TASK_QUERY
@@ -273,9 +274,4 @@ class TasksController(Controller):
         artifacts: NamedDependency[ArtifactStore],
         settings: NamedDependency[Settings],
     ) -> File | Response[dict[str, Any]]:
-        task = await TaskService(db_session, settings).get(request.user, task_id)
-        if task.artifact and (path := artifacts.path(task.artifact)) is not None:
-            return File(path, filename=path.name, content_disposition_type="attachment")
-        if task.result is not None:
-            return Response(task.result)
-        raise NotFoundException(detail="This task has no result yet.")
+        return task_result(await TaskService(db_session, settings).get(request.user, task_id), artifacts)

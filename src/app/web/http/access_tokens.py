@@ -21,11 +21,12 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from uuid import UUID
 
+import msgspec
 import structlog
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.domain.accounts.access_tokens import Scope, TokenGrant, grant_for, record_use
+from app.domain.accounts.access_tokens import AccessTokenOut, Scope, TokenGrant, grant_for, record_use
 from app.domain.accounts.services import token_hash
 from app.domain.clock import utcnow
 from app.web.http.background import in_background
@@ -87,9 +88,12 @@ class TokenIndex:
     def used(self, token_id: UUID) -> None:
         self._used[token_id] = utcnow()
 
-    def last_use(self, token_id: UUID) -> datetime | None:
-        """This process's use of the token that is not written yet."""
-        return self._used.get(token_id)
+    def with_last_use(self, token: AccessTokenOut) -> AccessTokenOut:
+        """The token as listed, with this process's use of it that is not written yet."""
+        pending = self._used.get(token.id)
+        if pending is None or (token.last_used_at is not None and token.last_used_at >= pending):
+            return token
+        return msgspec.structs.replace(token, last_used_at=pending)
 
     async def flush(self) -> None:
         used, self._used = self._used, {}

@@ -24,7 +24,6 @@ from app.domain.accounts.services import VERIFY, AccountService, pending_email
 from app.domain.accounts.sign_ins import BROWSER, SignIns, session_out
 from app.domain.errors import Conflict, DomainError, InvalidInput
 from app.domain.tasks.artifacts import ArtifactStore
-from app.web.api.access_tokens import with_last_use
 from app.web.api.account_lifecycle import close_account, export_response, request_email_change, resend_verification
 from app.web.api.accounts import caller_family, client_address
 from app.web.http.access_tokens import TokenIndex
@@ -502,4 +501,4 @@ def _password_form_errors(exc: DomainError, fields: dict[str, str]) -> tuple[dic
 async def _tokens_context(db_session: AsyncSession, user: User, index: TokenIndex) -> dict[str, Any]:
     """The account page's list of the user's personal access tokens."""
     rows = await AccessTokens(db_session).active(user)
-    return {"rows": [with_last_use(token_out(row), index) for row in rows]}
+    return {"rows": [index.with_last_use(token_out(row)) for row in rows]}

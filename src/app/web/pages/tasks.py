@@ -9,7 +9,6 @@ from uuid import UUID
 import anyio
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, QueryParameter
 from litestar.plugins.htmx import HTMXTemplate
 from litestar.response import File, Template
@@ -27,6 +26,7 @@ from app.domain.tasks.logs import newest_lines
 from app.domain.tasks.models import Task
 from app.domain.tasks.schemas import TaskRequest, task_out
 from app.domain.tasks.services import TaskService, task_message_args
+from app.web.http.downloads import task_result
 from app.web.pages.rendering import (
     field_errors,
     form_data,
@@ -312,8 +312,4 @@ class TaskPages(Controller):
         settings: NamedDependency[Settings],
     ) -> File | Response[dict[str, Any]]:
         task = await TaskService(db_session, settings).get(request.user, task_id)
-        if task.artifact and (path := artifacts.path(task.artifact)) is not None:
-            return File(path, filename=path.name, content_disposition_type="attachment")
-        if task.result is not None:
-            return Response(task.result, headers={"Content-Disposition": f'attachment; filename="{task.id}.json"'})
-        raise NotFoundException(detail="This task has no result yet.")
+        return task_result(task, artifacts, json_filename=f"{task.id}.json")
