@@ -6,37 +6,26 @@ its revocation, which the credential check sees (its id is one of the user's rev
 families, app.domain.accounts.revocation), not this index. A request with a token is then
 let in exactly as one with an access token is (app.web.http.auth), limited to its scopes.
 
-Last use is kept in memory and written a minute at a time (and at shutdown): a write per
-request would cost more than the request. The list a user reads adds this process's
-unwritten uses, so their own requests show at once.
+Last use is kept in memory and written a minute at a time (app.web.http.last_uses).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from datetime import datetime
-from uuid import UUID
 
 import msgspec
 import structlog
-from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.domain.accounts.access_tokens import AccessTokenOut, Scope, TokenGrant, grant_for, record_use
 from app.domain.accounts.services import token_hash
-from app.domain.clock import utcnow
-from app.web.http.background import in_background
+from app.web.http.last_uses import LastUses
 
 log = structlog.get_logger(__name__)
 
 #: Grants remembered at most; the least recently used go first.
 MAX_GRANTS = 10_000
-#: How often recorded uses are written.
-USE_FLUSH_SECONDS = 60.0
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -59,14 +48,13 @@ def required_scope(method: str, path: str) -> Scope | None:
     return None
 
 
-class TokenIndex:
+class TokenIndex(LastUses):
     """Grants of presented personal access tokens by hash, and their uses not yet written."""
 
     def __init__(self, reads: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+        super().__init__(sessions, record_use, "access-token")
         self._reads = reads
-        self._sessions = sessions
         self._grants: OrderedDict[str, TokenGrant] = OrderedDict()
-        self._used: dict[UUID, datetime] = {}
 
     async def grant(self, raw: str) -> TokenGrant | None:
         """What `raw` stands for while it has not expired; None for an unknown, revoked or expired token."""
@@ -85,40 +73,9 @@ class TokenIndex:
             return None
         return grant
 
-    def used(self, token_id: UUID) -> None:
-        self._used[token_id] = utcnow()
-
     def with_last_use(self, token: AccessTokenOut) -> AccessTokenOut:
         """The token as listed, with this process's use of it that is not written yet."""
-        pending = self._used.get(token.id)
+        pending = self.last_use(token.id)
         if pending is None or (token.last_used_at is not None and token.last_used_at >= pending):
             return token
         return msgspec.structs.replace(token, last_used_at=pending)
-
-    async def flush(self) -> None:
-        used, self._used = self._used, {}
-        if not used:
-            return
-        try:
-            async with self._sessions() as session:
-                await record_use(session, sorted(used.items()))
-                await session.commit()
-        except Exception as exc:  # noqa: BLE001 - a lost "last used" time must not stop the loop; kept for next time
-            log.warning("access_tokens.last_use_not_written", tokens=len(used), error=type(exc).__name__)
-            for token_id, when in used.items():
-                self._used.setdefault(token_id, when)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
-        """For Litestar's `lifespan=[...]`: write uses every USE_FLUSH_SECONDS, and once more at shutdown."""
-
-        async def run() -> None:
-            while True:
-                await asyncio.sleep(USE_FLUSH_SECONDS)
-                await self.flush()
-
-        try:
-            async with in_background(run(), "access-token-uses"):
-                yield
-        finally:
-            await self.flush()
