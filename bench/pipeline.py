@@ -90,6 +90,15 @@ submissions/s 161 and 212 -> 242 and 256; `POST /api/v1/tasks` p50 189 and 140 -
 CPU per task, web 3.8 and 3.4 -> 2.8 and 2.9 ms, worker 5.9 and 5.2 -> 3.6 and 3.5 ms, Postgres
 4.4 and 3.9 -> 3.4 and 3.1 ms.
 
+**Third round: a claim's cost grew with the queue.** On 2026-12-04 a run of 5,000 tasks finished
+3 a second, not 112, with Postgres at 560 ms of CPU per task: the claim counted the owner's running
+tasks once for every queued candidate (a correlated subquery per row), and each count read the
+index entries of every finished task of that owner again until a vacuum marked them dead (`EXPLAIN
+ANALYZE`: 140 ms per claim with 4,465 tasks queued, 25 heap fetches per candidate). Runs of 2,000
+tasks, whose queue stays shorter, hid it. The claim (`app.domain.tasks.fairness.startable`) now
+counts the running tasks once, grouped by owner (per capped kind in the same pass), and joins the
+counts to the candidates: the same run does 111 tasks/s with Postgres at 4.5 ms per task.
+
 The target, 25% of raw Dramatiq (about 500 tasks/s here), is still out of reach on two cores: a
 task costs about 10 ms of CPU in all (an authenticated HTTP request, three transactions, four
 events written and published) against 0.2-0.3 ms for a no-op message, which bounds two cores at

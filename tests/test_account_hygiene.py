@@ -198,7 +198,10 @@ async def test_the_email_changes_only_through_the_link_sent_to_the_new_address(
         assert invalid.status_code == 422
         assert invalid.json()["errors"][0]["field"] == "new_email"
         assert (await ask(identity["email"])).status_code == 422  # already the account's
-        assert (await ask("x" * 70_000 + "@example.org")).status_code in (413, 422)
+        # A 413 may be answered before the body is read, and the connection closed: not on the shared one.
+        async with httpx.AsyncClient(base_url=live_server.url, timeout=TIMEOUT) as once:
+            huge = {"new_email": "x" * 70_000 + "@example.org", "current_password": PASSWORD}
+            assert (await once.post(change, json=huge, headers=signed.headers)).status_code in (413, 422)
         assert (await ask("a" * 300 + "@example.org")).status_code == 422
         assert (await ask("nul\u0000@example.org")).status_code == 400
         conflict = await ask(taken["email"].upper())

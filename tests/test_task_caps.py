@@ -80,6 +80,9 @@ async def test_retries_and_replays_respect_the_cap(live_server: LiveServer) -> N
             # Concurrent retries of one task and new submissions together: still at most the cap.
             newest = (await client.get("/api/v1/tasks", params={"limit": 1})).json()["items"][0]  # an active one
             assert (await client.post(f"/api/v1/tasks/{newest['id']}/cancel")).status_code == 202  # one place frees
+            async with asyncio.timeout(20):  # once it has stopped (a running task stops at its next step)
+                while (await client.get(f"/api/v1/tasks/{newest['id']}")).json()["status"] != "cancelled":
+                    await asyncio.sleep(0.05)
             answers = await asyncio.gather(
                 *(client.post(f"/api/v1/tasks/{cancelled}/retry") for _ in range(5)),
                 *(client.post("/api/v1/tasks", json=LONG) for _ in range(5)),
@@ -93,13 +96,14 @@ async def test_retries_and_replays_respect_the_cap(live_server: LiveServer) -> N
 
 def test_a_retry_from_the_page_at_the_cap_is_refused_with_a_message(live_server: LiveServer) -> None:
     """The dashboard's retry button is another door: at the cap it says why and writes nothing."""
-    from tests.test_pages import follow, post, sign_up, start_task, task_status
+    from tests.test_pages import follow, post, sign_up, start_task, task_status, wait_until
 
     cap = get_settings().max_active_tasks
     with httpx.Client(base_url=live_server.url, timeout=20, follow_redirects=False) as browser:
         sign_up(browser)
         first = start_task(browser, steps="100", step_ms="500")
         assert post(browser, f"/tasks/{first}/cancel", {"view": "detail"}).status_code == 303
+        wait_until(lambda: task_status(browser, first) == "cancelled")  # a running one stops at its next step
         others = [start_task(browser, steps="100", step_ms="500") for _ in range(cap)]
         try:
             refused = follow(browser, post(browser, f"/tasks/{first}/retry", {"view": "detail"}))

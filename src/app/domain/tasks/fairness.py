@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, FromClause, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from app.config import Settings
@@ -53,16 +53,40 @@ def _running(owner: Any, kind: Any = None) -> Any:
     return select(func.count()).select_from(mine).where(*conditions).scalar_subquery()
 
 
-def may_start(candidate: Any, per_user: int, per_kind: Sequence[tuple[str, int]]) -> list[ColumnElement[bool]]:
-    """The conditions on a queued `candidate` row (a task table or alias) under which it may start now."""
+class Startable(NamedTuple):
+    """Queued tasks that may start now: `candidate` joined with its owner's running counts, and the conditions."""
+
+    source: FromClause
+    conditions: list[ColumnElement[bool]]
+    #: How many tasks the candidate's owner runs now.
+    running: ColumnElement[int]
+
+
+def startable(candidate: Any, per_user: int, per_kind: Sequence[tuple[str, int]]) -> Startable:
+    """The queued `candidate` rows (a task table alias) that may start now.
+
+    The owners' running counts come from one pass over the running tasks, grouped by owner
+    (and counted per capped kind), joined to the candidates: a count per candidate row cost
+    a claim 140 ms with 4,500 tasks queued (index entries of finished tasks, not yet
+    vacuumed, were read again for every candidate).
+    """
+    running = _TASKS.alias()
+    counts = [func.count().label("n")]
+    counts += [
+        func.count().filter(running.c.kind == kind).label(f"n{index}") for index, (kind, _) in enumerate(per_kind)
+    ]
+    by_owner = select(running.c.user_id, *counts).where(running.c.status == RUNNING).group_by(running.c.user_id)
+    owners = by_owner.subquery()
+    mine = func.coalesce(owners.c.n, 0)
     conditions: list[ColumnElement[bool]] = [
         candidate.c.status == QUEUED,
         candidate.c.enqueued_at <= bindparam("due_by", type_=_TASKS.c.enqueued_at.type),
-        _running(candidate.c.user_id) < per_user,
+        mine < per_user,
     ]
-    for kind, limit in per_kind:
-        conditions.append(or_(candidate.c.kind != kind, _running(candidate.c.user_id, kind) < limit))
-    return conditions
+    for index, (kind, limit) in enumerate(per_kind):
+        conditions.append(or_(candidate.c.kind != kind, func.coalesce(owners.c[f"n{index}"], 0) < limit))
+    source = candidate.outerjoin(owners, owners.c.user_id == candidate.c.user_id)
+    return Startable(source=source, conditions=conditions, running=mine)
 
 
 def limits(settings: Settings) -> tuple[int, tuple[tuple[str, int], ...]]:
@@ -83,13 +107,15 @@ def claim_statement(
     the count that follows (`over_cap_statement`) needs no round trip of its own to lock first.
     """
     candidate = _TASKS.alias()
+    may_start = startable(candidate, per_user, per_kind)
     pick = (
         select(candidate.c.id)
+        .select_from(may_start.source)
         .where(
-            *may_start(candidate, per_user, per_kind),
+            *may_start.conditions,
             candidate.c.user_id.not_in(bindparam("passed_over", expanding=True)),
         )
-        .order_by(_running(candidate.c.user_id), candidate.c.created_at, candidate.c.id)
+        .order_by(may_start.running, candidate.c.created_at, candidate.c.id)
         .limit(1)
         .with_for_update(skip_locked=True, of=candidate)  # nothing on SQLite
         .scalar_subquery()

@@ -27,7 +27,7 @@ from app.config import Settings
 from app.domain.clock import utcnow
 from app.domain.notifications.events import EventLog, EventPublisher
 from app.domain.tasks.artifacts import ArtifactStore
-from app.domain.tasks.fairness import due_by, limits, may_start
+from app.domain.tasks.fairness import due_by, limits, startable
 from app.domain.tasks.models import FAILED, FINISHED, QUEUED, RUNNING, Task
 from app.domain.tasks.services import record_task_event
 
@@ -111,8 +111,9 @@ class TaskKeeper:
         """How many queued tasks may start now (at most BATCH): one message each gets them all going."""
         per_user, per_kind = limits(self.settings)
         candidate = _TASKS.alias()
+        may_start = startable(candidate, per_user, per_kind)
         query = select(func.count()).select_from(
-            select(candidate.c.id).where(*may_start(candidate, per_user, per_kind)).limit(BATCH).subquery()
+            select(candidate.c.id).select_from(may_start.source).where(*may_start.conditions).limit(BATCH).subquery()
         )
         async with self.sessions() as session:
             return int(await session.scalar(query, {"due_by": due_by(utcnow())}) or 0)
@@ -122,10 +123,12 @@ class TaskKeeper:
         now = utcnow()
         per_user, per_kind = limits(self.settings)
         candidate = _TASKS.alias()
+        may_start = startable(candidate, per_user, per_kind)
         waiting = (
             select(candidate.c.id)
+            .select_from(may_start.source)
             .where(
-                *may_start(candidate, per_user, per_kind),
+                *may_start.conditions,
                 candidate.c.enqueued_at < now - timedelta(seconds=self.settings.task_resend_seconds),
             )
             .limit(BATCH)
