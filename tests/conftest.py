@@ -77,6 +77,10 @@ def pytest_configure(config: pytest.Config) -> None:
             # Every test client has one address: per-address counts would add up across the run.
             "LOGIN_FAILURES_PER_ADDRESS": "100000",
             "TOKEN_FAILURES_PER_ADDRESS": "100000",
+            # Webhooks reach the test's own receiver on 127.0.0.1 (tests/test_webhooks.py), retried quickly.
+            "WEBHOOK_ALLOW_HTTP": "true",
+            "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+            "WEBHOOK_RETRY_SECONDS": "0.2,0.2,0.2",
         }
     )
     smtp = SmtpServer().__enter__()

@@ -96,6 +96,7 @@ def test_housekeeping_is_scheduled() -> None:
         "accounts.purge_tokens": "@hourly",
         "tasks.sweep": "* * * * *",
         "notifications.send_due_emails": "* * * * *",
+        "webhooks.send_due": "* * * * *",
         "tasks.purge": "@hourly",
     }
 

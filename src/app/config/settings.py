@@ -128,6 +128,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     oidc_issuer: str = ""
     oidc_audience: str = ""
 
+    #: Webhooks (app.domain.webhooks): http:// allowed (local development, tests); hosts exempt from the
+    #: private-address rule, exactly as written in URLs; the delays between tries (their count + 1 tries).
+    webhook_allow_http: bool = False
+    webhook_allowed_hosts: str = ""
+    webhook_retry_seconds: str = "10,30,120,600,3600"
+    webhook_connect_timeout_seconds: float = 5.0
+    webhook_timeout_seconds: float = 10.0
+
     sse_heartbeat_seconds: float = 15.0
     sse_max_streams_per_user: int = 10
     sse_slow_client_seconds: float = 30.0
@@ -164,6 +172,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                 raise ValueError(f"{entry!r} is not kind=N with N >= 1")
             limits[kind.strip()] = int(number)
         return limits
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        """WEBHOOK_RETRY_SECONDS parsed; ValueError for an entry that is not a number >= 0."""
+        delays = tuple(float(part) for part in self.webhook_retry_seconds.split(",") if part.strip())
+        if any(delay < 0 for delay in delays):
+            raise ValueError("delays must not be negative")
+        return delays
 
     @property
     def var_path(self) -> Path:
@@ -264,6 +280,12 @@ def load_settings(env_file: Path = Path(".env")) -> Settings:
         _ = settings.running_per_kind
     except ValueError as exc:
         raise ConfigurationError(f"MAX_RUNNING_PER_KIND must be kind=N pairs, e.g. export=1,demo=4: {exc}") from exc
+    try:
+        _ = settings.webhook_retry_delays
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"WEBHOOK_RETRY_SECONDS must be comma-separated seconds, e.g. 10,30,120: {exc}"
+        ) from exc
     for name in ("worker_threads", "mail_worker_threads", "maintenance_worker_threads", "max_running_per_user"):
         if getattr(settings, name) < 1:
             raise ConfigurationError(f"{name.upper()} must be at least 1.")

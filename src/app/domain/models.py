@@ -5,6 +5,7 @@ from advanced_alchemy.base import orm_registry
 from app.domain.accounts.models import EmailToken, PersonalAccessToken, RefreshToken, SignIn, User
 from app.domain.notifications.models import Event, Notification
 from app.domain.tasks.models import Task, TaskLog
+from app.domain.webhooks.models import TaskWebhook, WebhookDelivery, WebhookSecret
 
 metadata = orm_registry.metadata
 
@@ -17,6 +18,9 @@ __all__ = [
     "SignIn",
     "Task",
     "TaskLog",
+    "TaskWebhook",
     "User",
+    "WebhookDelivery",
+    "WebhookSecret",
     "metadata",
 ]

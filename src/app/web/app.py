@@ -61,6 +61,7 @@ from app.web.api.openapi_examples import schema_examples
 from app.web.api.sessions import SessionsController
 from app.web.api.task_logs import TaskLogsController
 from app.web.api.tasks import TaskKindsController, TasksController
+from app.web.api.webhooks import TaskWebhookDeliveriesController, WebhookSecretController
 from app.web.cli import OperatorCLIPlugin
 from app.web.embedded_workers import EmbeddedWorkersPlugin
 from app.web.http.access_tokens import TokenIndex
@@ -241,6 +242,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             TaskKindsController,
             TasksController,
             TaskLogsController,
+            TaskWebhookDeliveriesController,
+            WebhookSecretController,
             NotificationsController,
             AdminNotificationsController,
             MetricsController,

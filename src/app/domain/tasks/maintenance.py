@@ -29,7 +29,9 @@ from app.domain.notifications.events import EventLog, EventPublisher
 from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.fairness import due_by, limits, startable
 from app.domain.tasks.models import FAILED, FINISHED, QUEUED, RUNNING, Task
+from app.domain.tasks.schemas import task_out
 from app.domain.tasks.services import record_task_event
+from app.domain.webhooks.outbox import record_end
 
 BATCH = 500
 _TASKS = cast(Table, Task.__table__)
@@ -91,6 +93,8 @@ class TaskKeeper:
                 task.worker_id = None
                 await session.flush()
                 await record_task_event(events, task)
+                if task.status == FAILED:  # its webhook's delivery: sent by the due-deliveries sweep
+                    await record_end(session, task_out(task))
             suspects = 0
             if alive is not None:
                 suspects = (

@@ -50,6 +50,7 @@ from app.domain.tasks.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDE
 from app.domain.tasks.reads import COLUMNS, row_out
 from app.domain.tasks.schemas import TaskOut
 from app.domain.tasks.services import TASK_UPDATED, record_task_out
+from app.domain.webhooks.outbox import record_end
 
 log = structlog.get_logger(__name__)
 
@@ -64,13 +65,15 @@ class Outcome(Enum):
 class Ended:
     """What the door does after an attempt ends.
 
-    Hand `email_notification`'s pending email to the mailer, if any; after a RETRY, make sure
-    a worker looks again in `retry_in` (the task waits out its backoff, queued).
+    Hand `email_notification`'s pending email to the mailer, if any, and `webhook_delivery` to the
+    webhooks actor; after a RETRY, make sure a worker looks again in `retry_in` (the task waits out
+    its backoff, queued).
     """
 
     outcome: Outcome
     task_id: UUID
     email_notification: UUID | None = None
+    webhook_delivery: UUID | None = None
     retry_in: timedelta | None = None
 
 
@@ -407,6 +410,7 @@ class TaskRunner:
             staged = await context.logs.stage(session)  # the lines first: they came before the end
             recorded = _log_events(context, staged)
             recorded.append((TASK_UPDATED, msgspec.to_builtins(task)))
+            webhook = await record_end(session, task)  # the task's webhook is told of this end (the outbox)
             if status in (SUCCEEDED, FAILED):
                 created = await _notify(session, task, user_id)
                 if created is not None:
@@ -417,7 +421,7 @@ class TaskRunner:
         await events.publish(self.publisher)
         if status != SUCCEEDED:
             await self._discard_artifact(context)
-        return Ended(Outcome.FINISHED, context.task_id, email_notification=email)
+        return Ended(Outcome.FINISHED, context.task_id, email_notification=email, webhook_delivery=webhook)
 
     async def _discard_artifact(self, context: _Context) -> None:
         """Remove the file this attempt wrote, if any: its task did not keep it."""

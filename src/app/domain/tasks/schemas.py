@@ -9,6 +9,7 @@ from uuid import UUID
 import msgspec
 
 from app.domain.tasks.models import Task
+from app.domain.webhooks.schemas import WebhookIn
 
 #: A task's status, as the API names it (`GET /api/v1/tasks?status=` accepts only these).
 TaskStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -19,6 +20,8 @@ class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     title: str | None = None
     description: str | None = None
+    #: Where to POST when the task ends (app.domain.webhooks); none by default.
+    webhook: WebhookIn | None = None
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True):

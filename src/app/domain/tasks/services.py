@@ -28,6 +28,7 @@ from app.domain.tasks.kinds import KINDS, get_kind
 from app.domain.tasks.models import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, Task
 from app.domain.tasks.schemas import TaskOut, TaskRequest, progress_of, task_out
 from app.domain.text import control_problem
+from app.domain.webhooks.outbox import attach, record_end, webhook_problems
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 TASK_UPDATED = "task.updated"
@@ -155,6 +156,8 @@ class TaskService:
         self.session = session
         self.settings = settings
         self.events = EventLog(session)
+        #: The webhook delivery the last cancel wrote, for the caller to send after commit.
+        self.webhook_delivery: UUID | None = None
 
     async def create(
         self, user: User, request: TaskRequest, idempotency_key: str | None = None
@@ -173,6 +176,7 @@ class TaskService:
             raise InvalidInput(_validation_errors(exc)) from exc
         title = kind.title if request.title is None else request.title.strip()
         problems = _text_problems(title, request.description, idempotency_key)
+        problems |= webhook_problems(request.webhook, self.settings)
         if problems:
             raise InvalidInput(problems)
 
@@ -202,6 +206,8 @@ class TaskService:
             if winner is None:
                 raise
             return task_out(_replay(winner, print_)), False
+        if request.webhook is not None:
+            await attach(self.session, user.id, task.id, request.webhook)
         return task, True
 
     async def _insert(self, row: dict[str, Any], task: TaskOut) -> None:
@@ -257,6 +263,8 @@ class TaskService:
             task.status, task.finished_at = CANCELLED, utcnow()
             await self.session.flush()
             await record_task_event(self.events, task)
+            # Its webhook's delivery, sent by the caller after commit (`queue_delivery`) or by the sweeper.
+            self.webhook_delivery = await record_end(self.session, task_out(task))
         elif task.status == RUNNING:
             task.cancel_requested = True
             await self.session.flush()

@@ -27,6 +27,7 @@ from app.domain.tasks.listing import OwnedTaskOut
 from app.domain.tasks.logs import TaskLogLine, TaskLogPage
 from app.domain.tasks.schemas import KindOut, Progress, TaskOut, TaskRequest
 from app.domain.tasks.services import describe_kinds
+from app.domain.webhooks.schemas import DeliveryOut, TaskWebhookDeliveries, WebhookIn, WebhookOut, WebhookSecretOut
 from app.web.api.account_lifecycle import EmailChange, EmailChangeAccepted, PasswordConfirmation
 from app.web.api.accounts import (
     EmailTokenRequest,
@@ -54,6 +55,20 @@ REFRESH_TOKEN = "Zq3v9HkX2mB8wR5tY1uI7oP4aS6dF0gJ"  # noqa: S105
 EMAIL_TOKEN = "kT4nM8qW2eR6yU0iO3pA7sD1fG5hJ9lZ"  # noqa: S105
 PASSWORD = "a long passphrase"  # noqa: S105
 PERSONAL_TOKEN = "pat_Xr7Kq2mP9vL4wT1sN8bY3cF6hJ0dG5aZ2eU7iO4kQ1"  # noqa: S105
+WEBHOOK_SECRET = "whsec_4fQ9xL2mN7vR1tY8bK3cH6jD0sW5eA9gU2iO7pZ1kM4"  # noqa: S105
+WEBHOOK = WebhookOut(url="https://hooks.example.com/tasks", events=["succeeded", "failed"])
+DELIVERY = DeliveryOut(
+    id=UUID("01936b32-3c4d-7e5f-8a61-7b8c9d0e1f2a"),
+    event="succeeded",
+    url="https://hooks.example.com/tasks",
+    status="succeeded",
+    attempts=2,
+    last_status_code=204,
+    last_error=None,
+    next_attempt_at=None,
+    created_at=FINISHED,
+    delivered_at=FINISHED,
+)
 
 USER = UserOut(
     id=USER_ID,
@@ -177,7 +192,16 @@ def schema_examples() -> dict[str, Any]:
             access_tokens=[PERSONAL_TOKEN_OUT],
             identities=[IDENTITY],
         ),
-        "TaskRequest": TaskRequest(kind="demo", params={"steps": 20, "step_ms": 200}),
+        "TaskRequest": TaskRequest(
+            kind="demo",
+            params={"steps": 20, "step_ms": 200},
+            webhook=WebhookIn(url="https://hooks.example.com/tasks", events=["succeeded", "failed"]),
+        ),
+        "WebhookIn": WebhookIn(url="https://hooks.example.com/tasks", events=["succeeded", "failed"]),
+        "WebhookOut": WEBHOOK,
+        "DeliveryOut": DELIVERY,
+        "TaskWebhookDeliveries": TaskWebhookDeliveries(webhook=WEBHOOK, items=[DELIVERY]),
+        "WebhookSecretOut": WebhookSecretOut(secret=WEBHOOK_SECRET, created_at=STARTED),
         "TaskOut": TASK,
         "OwnedTaskOut": OWNED_TASK,
         "Progress": PROGRESS,

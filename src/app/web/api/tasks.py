@@ -35,6 +35,7 @@ from app.web.http.draining import Draining
 from app.web.http.errors import BreaksARule, Conflicting, TooMany
 from app.web.http.task_filters import TASK_QUERY
 from app.workers.actors.tasks import send_task
+from app.workers.actors.webhooks import queue_delivery
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 #: RFC 7240: `wait=N` holds the answer until the task ends, at most N (and at most 60) seconds.
@@ -206,6 +207,8 @@ class TasksController(Controller):
         body = task_out(await service.cancel(request.user, task_id))
         await db_session.commit()
         await service.events.publish(publisher)
+        if service.webhook_delivery is not None:
+            await anyio.to_thread.run_sync(queue_delivery, service.webhook_delivery)
         return body
 
     @post(

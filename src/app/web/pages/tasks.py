@@ -40,6 +40,7 @@ from app.web.pages.rendering import (
 )
 from app.web.pages.task_forms import param_fields, read_params
 from app.web.pages.task_list import filter_form, task_list
+from app.web.pages.task_webhooks import webhook_context
 from app.workers.actors.tasks import send_task
 
 #: The task page shows this many of a task's newest output lines (and keeps as many as they come live).
@@ -169,6 +170,7 @@ class TaskPages(Controller):
         context = {"task": task_out(task), "cancelling": _cancelling(task), "last_event_id": last_event_id}
         # After the task (after the newest event id): every line up to that event is shown; app.js adds the rest.
         context |= {"log_lines": await newest_lines(reads, task_id, LOG_LINES_SHOWN), "log_keep": LOG_LINES_SHOWN}
+        context |= await webhook_context(db_session, request.user.id, task_id)
         return await page(request, db_session, "task.html", context)
 
     @get("/tasks/{task_id:uuid}/row")

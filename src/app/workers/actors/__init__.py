@@ -1,5 +1,5 @@
 """Actors, one module per domain. Importing this package declares them all on the broker."""
 
-from app.workers.actors import accounts, diagnostics, mail, maintenance, notifications, tasks
+from app.workers.actors import accounts, diagnostics, mail, maintenance, notifications, tasks, webhooks
 
-__all__ = ["accounts", "diagnostics", "mail", "maintenance", "notifications", "tasks"]
+__all__ = ["accounts", "diagnostics", "mail", "maintenance", "notifications", "tasks", "webhooks"]

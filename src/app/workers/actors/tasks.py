@@ -25,6 +25,7 @@ from app.domain.tasks.kinds import KINDS
 from app.domain.tasks.maintenance import TaskKeeper
 from app.domain.tasks.runner import TaskRunner
 from app.workers.actors.mail import queue_notification_email
+from app.workers.actors.webhooks import queue_delivery
 from app.workers.context import async_actor, current_message
 from app.workers.errors import BROKER_DOWN
 from app.workers.heartbeat import current_worker_id
@@ -65,6 +66,8 @@ async def run_task(task_id: str | None = None, attempt: int | None = None) -> No
         if ended.email_notification is not None:
             # The broker client blocks: not on the loop. If this fails, the due-email sweep sends it.
             await anyio.to_thread.run_sync(queue_notification_email, ended.email_notification)
+        if ended.webhook_delivery is not None:  # likewise: if this fails, the due-deliveries sweep sends it
+            await anyio.to_thread.run_sync(queue_delivery, ended.webhook_delivery)
         if ended.retry_in is not None:  # a turn for when its backoff has passed
             await anyio.to_thread.run_sync(lambda: send_task(str(ended.task_id), delay=ended.retry_in))
         if tasks_stopping.is_set() or time.monotonic() - began > CHAIN_SECONDS:
