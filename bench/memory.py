@@ -71,10 +71,10 @@ def _name(pid: int, *, root: bool) -> str:
     except OSError:
         return "?"
     line = " ".join(words)
+    if "app.web.serve" in line:
+        return "web process"
     if "granian" in line:
         return "granian worker" if "worker-" in line else "granian main"
-    if "app.web.serve" in line:
-        return "granian main"
     if "litestar" in line:
         return "litestar CLI"
     if "dramatiq" in line:
@@ -160,7 +160,7 @@ def measure() -> tuple[list[Footprint], list[tuple[str, int]]]:
         seed(stack.database_url, ["reader"], 0)
         worker = stack.start_worker(8)
         for command, label in (
-            ("serve", "`python -m app.web.serve` (granian + 1 worker)"),
+            ("serve", "`python -m app.web.serve` (one process, granian embedded)"),
             ("litestar", "`litestar run` (CLI + granian + 1 worker)"),
         ):
             web = _start_web(stack, command)
@@ -215,8 +215,8 @@ def _mib(kib: int) -> str:
 
 def run() -> Section:
     (bare, hello, web, web_cli, worker), imports = measure()
-    web_worker, hello_worker = web.member("granian worker"), hello.member("granian worker")
-    web_main, cli = web.member("granian main"), web_cli.member("litestar CLI")
+    web_process, hello_worker = web.member("web process"), hello.member("granian worker")
+    cli_worker, cli = web_cli.member("granian worker"), web_cli.member("litestar CLI")
     figures = {
         "bare_rss_mib": bare.rss_kib / 1024,
         "hello_rss_mib": hello.rss_kib / 1024,
@@ -227,8 +227,8 @@ def run() -> Section:
         "web_pss_mib": web.pss_kib / 1024,
         "web_litestar_run_pss_mib": web_cli.pss_kib / 1024,
         "worker_pss_mib": worker.pss_kib / 1024,
-        "web_main_rss_mib": web_main / 1024,
-        "web_worker_rss_mib": web_worker / 1024,
+        "web_process_rss_mib": web_process / 1024,
+        "web_litestar_run_worker_rss_mib": cli_worker / 1024,
         "hello_worker_rss_mib": hello_worker / 1024,
         "web_to_hello_rss_ratio": web.rss_kib / hello.rss_kib,
         "worker_to_bare_rss_ratio": worker.rss_kib / bare.rss_kib,
@@ -240,36 +240,35 @@ def run() -> Section:
         ["Process tree", "VmRSS, sum (MiB)", "Pss, sum (MiB)", "VmRSS per process (MiB)"], rows, align="lrrl"
     )
     body = f"""\
-Resident memory when idle, after start-up and a little work. Each process tree is started
-as an operator starts it and its memory read from `/proc/<pid>/status` (VmRSS) and
+Resident memory when idle, after start-up and a little work. Each process tree is started as an
+operator starts it and its memory read from `/proc/<pid>/status` (VmRSS) and
 `/proc/<pid>/smaps_rollup` (Pss) for every process in it: the web app with `python -m
-app.web.serve` as the Procfile and the image run it (granian's main process, which holds
-granian and the log formatter but not the app, and one granian worker that builds the app),
-in services mode against its own Postgres database and redis-server, after a login, {TASKS}
-task submissions, {REQUESTS} task listings and a readiness check; the same with `litestar run`
-(`make run` in embedded mode: the CLI process that imports the app to launch granian,
-granian's main process, one granian worker); a worker with `dramatiq app.workers --processes
-1 --threads 8` (the CLI and its worker process) after running those {TASKS} demo tasks. The
-baselines, in the same run: a bare `python -c` interpreter, and a minimal Litestar app (one
-route, granian's plugin; `hello_app` in `bench/memory.py`) started with `litestar run` and
-asked {REQUESTS} times. Figures are taken {SETTLE_S:.0f} s after the last request. VmRSS counts
-pages shared between a parent and its forked children once per process; Pss splits them, so
-its sum is the tree's real share of the machine's memory. The target (issue 19) is a web
-process tree under 150 MiB of VmRSS.
+app.web.serve` as the Procfile and the image run it (one process: granian's embedded server
+serving the app on the process's own event loop), in services mode against its own Postgres
+database and redis-server, after a login, {TASKS} task submissions, {REQUESTS} task listings and
+a readiness check; the same with `litestar run` (`make run` in embedded mode: the CLI process
+that imports the app to launch granian, granian's main process, one granian worker); a worker
+with `dramatiq app.workers --processes 1 --threads 8` (the CLI and its worker process) after
+running those {TASKS} demo tasks. The baselines, in the same run: a bare `python -c`
+interpreter, and a minimal Litestar app (one route, granian's plugin; `hello_app` in
+`bench/memory.py`) started with `litestar run` and asked {REQUESTS} times. Figures are taken
+{SETTLE_S:.0f} s after the last request. VmRSS counts pages shared between a parent and its
+forked children once per process; Pss splits them, so its sum is the tree's real share of the
+machine's memory. The target (issue 19) is a web process tree under 150 MiB of VmRSS.
 
 {results}
 
-The process that serves requests is the granian worker ({_mib(web_worker)} MiB for the app,
-{_mib(hello_worker)} MiB for the minimal app). Under `python -m app.web.serve` granian's main
-process holds {_mib(web_main)} MiB (mostly granian's own native module); under `litestar run` the
-CLI process, which only launches and watches granian, held {_mib(cli)} MiB more, and granian's
-main process imported the app's modules too, to unpickle the log formatter it was handed.
+The process that serves requests is {_mib(web_process)} MiB under `python -m app.web.serve`
+and {_mib(cli_worker)} MiB as granian's worker under `litestar run` ({_mib(hello_worker)} MiB for the minimal
+app). Under `litestar run` the CLI process, which only launches and watches granian, holds
+{_mib(cli)} MiB more, and granian's main process imports the app's modules too, to unpickle
+the log formatter it was handed; `python -m app.web.serve` has neither (until 2026-12 it ran
+granian's main process beside its worker: 36 MiB more, mostly granian's native module twice).
 
 Where the worker's memory goes: VmRSS each import adds to a fresh interpreter, one after the
 other ({costs}): {_mib(sum(kib for _, kib in imports))} MiB over a bare interpreter, and building the
 app (`create_app`: engines, templates, the API document) and the first requests add the rest.
-The libraries are what the app serves with; what is left to cut is the duplication: granian's
-main process and its forked worker each count granian's native module and the log formatter.
+The libraries are what the app serves with.
 
 Ratios (VmRSS sums): the web process tree is **{figures["web_to_hello_rss_ratio"]:.1f}x** the
 minimal Litestar app served with `litestar run`; a worker tree is

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import ssl
 import sys
 import tempfile
 import uuid
@@ -39,7 +40,22 @@ def _xdist_controller(config: pytest.Config) -> bool:
     return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
 
 
+def _lazy_certificates() -> None:
+    """Certificates looked up when a TLS peer needs them, not read whole by every HTTP client made.
+
+    httpx parses its whole CA bundle (SSL_CERT_FILE where set, certifi's otherwise) each time a
+    client is made: 20 ms of CPU, and the tests make thousands (one per request in polling
+    helpers, fifty at once in the parallel tests). A directory of hashed certificates (OpenSSL's
+    own, where the system has one) is read lazily, and the tests speak plain HTTP to 127.0.0.1.
+    """
+    capath = ssl.get_default_verify_paths().capath
+    if capath and os.path.isdir(capath):
+        os.environ.pop("SSL_CERT_FILE", None)
+        os.environ["SSL_CERT_DIR"] = capath
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _lazy_certificates()
     if MODE == "services":
         _require_services()
     # Under pytest-xdist (`make test`: -n), each worker process configures itself here: a var/ folder,

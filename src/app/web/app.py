@@ -56,8 +56,7 @@ from app.web.api.events import EventsController
 from app.web.api.health import HealthController
 from app.web.api.notifications import AdminNotificationsController, NotificationsController
 from app.web.api.oidc import IdentitiesController, OIDCIdentities, OIDCVerifier
-from app.web.api.openapi import complete_document
-from app.web.api.openapi_examples import schema_examples
+from app.web.api.openapi import complete_when_built
 from app.web.api.sessions import SessionsController
 from app.web.api.task_logs import TaskLogsController
 from app.web.api.tasks import TaskKindsController, TasksController
@@ -333,6 +332,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # ("db_engine"); a second app in one process gets "db_engine_1" and kept its connections open.
         on_shutdown=[reads.dispose, alchemy.get_engine().dispose],
     )
-    # Now, not at start-up: `litestar schema openapi` builds the app without starting it (app.web.api.openapi).
-    complete_document(app, schema_examples())
+    # Not at start-up: `litestar schema openapi` builds the app without starting it (app.web.api.openapi).
+    complete_when_built(app)
     return app

@@ -1,27 +1,33 @@
-"""Serve the web app with granian, from a supervisor that never imports the app: `python -m app.web.serve`.
+"""Serve the web app with granian in one process: `python -m app.web.serve`.
 
-`litestar run` imports the whole app in its CLI process only to launch granian, and hands
-granian a logging setup that makes granian's main process import it too: three copies of
-the app's modules in one process tree (docs/benchmarks.md, "Idle memory"). Here granian's
-main process holds granian, the settings and the log formatter only; its worker builds the
-app with the factory (`app.web.app:create_app`), serves it over ASGI and runs its lifespan,
-as under `litestar run`. SIGTERM or SIGINT stops it gracefully: granian stops accepting,
-the worker runs the app's shutdown (open event streams end) and is killed only if it has
-not finished after WORKERS_KILL_TIMEOUT_S.
+granian's embedded server (`granian.server.embed`) runs the app's ASGI callable on this
+process's own asyncio loop, behind granian's Rust HTTP stack: one process instead of a
+supervisor and a forked worker. The supervisor held granian's native module and the log
+formatter a second time (36 MiB of 175 idle, docs/benchmarks.md "Idle memory") and
+restarting a dead worker is the job of whatever runs the process (app.supervisor, the
+container runtime, systemd), as for the Dramatiq workers. `litestar run` would import the
+whole app in a CLI process only to launch granian; `make run` in embedded mode keeps it.
+
+SIGTERM or SIGINT stops it gracefully: the app's own handler (web/http/draining.py, chained
+in front of the one installed here) ends the open event streams, granian stops accepting,
+the app's shutdown runs, and the worker task is cancelled only if it has not finished after
+WORKERS_KILL_TIMEOUT_S. The exit status is 1 when the app could not start (its lifespan
+failed), so a supervisor sees the failure.
 
 The options are those the app runs with under `litestar run`: HOST and PORT (127.0.0.1:8000),
-GRANIAN_BACKPRESSURE (the Procfile's 20000), one worker, granian's own lines rendered like every
-other log line (app.config.logging). `make run` in embedded mode keeps `litestar run`.
+GRANIAN_BACKPRESSURE (the Procfile's 20000), granian's own lines rendered like every other
+log line (app.config.logging).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
+import sys
 from typing import Any
 
-#: The app factory granian's worker calls (the same LITESTAR_APP names).
-TARGET = "app.web.app:create_app"
-#: As `litestar run` passes: seconds a worker may take to stop before it is killed.
+#: As `litestar run` passes: seconds the app may take to stop before its task is cancelled.
 WORKERS_KILL_TIMEOUT_S = 5
 
 
@@ -47,22 +53,32 @@ def log_config() -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    from granian import Granian
+async def serve() -> int:
     from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    from app.web.app import create_app
 
     backpressure = os.environ.get("GRANIAN_BACKPRESSURE")
-    Granian(
-        TARGET,
+    server = Server(
+        create_app,
         factory=True,
         interface=Interfaces.ASGI,
         address=os.environ.get("HOST") or "127.0.0.1",
         port=int(os.environ.get("PORT") or 8000),
-        workers=1,
         backpressure=int(backpressure) if backpressure else None,
         log_dictconfig=log_config(),
-        workers_kill_timeout=WORKERS_KILL_TIMEOUT_S,
-    ).serve()
+    )
+    server.workers_kill_timeout = WORKERS_KILL_TIMEOUT_S
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stop)
+    await server.serve()
+    return 1 if server.interrupt_children else 0
+
+
+def main() -> None:
+    sys.exit(asyncio.run(serve()))
 
 
 if __name__ == "__main__":

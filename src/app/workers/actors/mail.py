@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from uuid import UUID
 
-import anyio
 import msgspec
 import structlog
 from periodiq import cron
@@ -28,10 +27,11 @@ from app.domain.accounts.emails import OutgoingEmail, reset_email, reset_link
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.services import AccountService
 from app.domain.notifications.emails import NotificationEmails
-from app.workers.context import async_actor, current_message
+from app.workers.context import async_actor
 from app.workers.errors import BROKER_DOWN
 from app.workers.mail import MailNotSent, MailRefused, MailUnsendable, deliver
 from app.workers.runtime import runtime
+from app.workers.sweeps import follow_up, queue_each
 
 log = structlog.get_logger(__name__)
 
@@ -139,13 +139,8 @@ async def send_due_emails() -> None:
 
     Cron runs it each minute; the scheduled run sends one follow-up 30 s later, as the task sweeper does.
     """
-    message = current_message.get()
-    if message is not None and "scheduled_at" in message.options:
-        send_due_emails.send_with_options(delay=30_000)
+    follow_up(send_due_emails)
     async with runtime().session() as session:
         due = await NotificationEmails(session, get_settings()).due()
-    for notification_id in due:
-        if not await anyio.to_thread.run_sync(queue_notification_email, notification_id):
-            break
     if due:
-        log.info("mail.due_queued", count=len(due))
+        log.info("mail.due_queued", count=await queue_each(due, queue_notification_email), due=len(due))

@@ -26,11 +26,12 @@ from app.domain.tasks.maintenance import TaskKeeper
 from app.domain.tasks.runner import TaskRunner
 from app.workers.actors.mail import queue_notification_email
 from app.workers.actors.webhooks import queue_delivery
-from app.workers.context import async_actor, current_message
+from app.workers.context import async_actor
 from app.workers.errors import BROKER_DOWN
 from app.workers.heartbeat import current_worker_id
 from app.workers.queues import MAINTENANCE, TASKS
 from app.workers.runtime import runtime, tasks_stopping
+from app.workers.sweeps import follow_up
 
 log = structlog.get_logger(__name__)
 
@@ -103,9 +104,7 @@ async def sweep_tasks() -> None:
     (app.workers.recovery); this is the backstop. Cron runs it at each minute; the scheduled
     run sends one follow-up 30 s later (which sends none), so tasks are swept every half minute.
     """
-    message = current_message.get()
-    if message is not None and "scheduled_at" in message.options:
-        sweep_tasks.send_with_options(delay=30_000)
+    follow_up(sweep_tasks)
     rt = runtime()
     keeper = TaskKeeper(rt.sessions, rt.publisher, artifacts(), get_settings())
     alive = await anyio.to_thread.run_sync(_alive_worker_ids)

@@ -19,10 +19,11 @@ from periodiq import cron
 from app.config import get_settings
 from app.domain.webhooks.outbox import Deliveries
 from app.domain.webhooks.sending import post
-from app.workers.context import async_actor, current_message
+from app.workers.context import async_actor
 from app.workers.errors import BROKER_DOWN
 from app.workers.queues import MAIL
 from app.workers.runtime import runtime
+from app.workers.sweeps import follow_up, queue_each
 
 log = structlog.get_logger(__name__)
 
@@ -66,13 +67,8 @@ def queue_delivery(delivery_id: UUID, *, delay: timedelta | None = None) -> bool
 @async_actor(actor_name="webhooks.send_due", periodic=cron("* * * * *"), max_retries=0)
 async def send_due() -> None:
     """Queue every delivery whose time has come; each minute, and once more 30 s later, like the task sweeper."""
-    message = current_message.get()
-    if message is not None and "scheduled_at" in message.options:
-        send_due.send_with_options(delay=30_000)
+    follow_up(send_due)
     async with runtime().session() as session:
         due = await Deliveries(session, get_settings()).due()
-    for delivery_id in due:
-        if not await anyio.to_thread.run_sync(queue_delivery, delivery_id):
-            break
     if due:
-        log.info("webhook.due_queued", count=len(due))
+        log.info("webhook.due_queued", count=await queue_each(due, queue_delivery), due=len(due))
