@@ -26,13 +26,14 @@ from app.config import get_settings
 from app.domain.accounts.models import User
 from app.domain.audit.listing import Position, encode_cursor
 from app.domain.audit.models import AuditEntry
-from app.domain.audit.recording import MAX_TYPED_LOGIN, record
+from app.domain.audit.recording import MAX_DETAIL_TEXT, MAX_TYPED_LOGIN, clean_detail, record
 from app.domain.audit.retention import purge_audit
 from app.domain.audit.schemas import AuditContext
 from app.domain.database import create_engine, session_factory
 from app.domain.tasks.models import Task
-from tests.accounts import PASSWORD, new_identity, operator_cli
+from tests.accounts import PASSWORD, new_identity, operator_cli, token_from_mail
 from tests.servers import LiveServer
+from tests.smtp import SmtpServer
 from tests.test_access_tokens import bearer, make_token
 from tests.test_pages import CSRF, HTMX, is_fragment
 from tests.test_revocation import TIMEOUT, SignIn, register, sign_in_api
@@ -198,6 +199,43 @@ async def test_a_reused_refresh_token_and_a_registration_are_recorded(
     entry = await one(db_session, "auth.refresh_reused", rid)
     assert entry.actor_id is None  # whoever presented it is nobody we know
     assert (entry.target_id, entry.target_name) == (created.json()["id"], identity["username"])
+
+
+async def test_email_changes_and_password_resets_are_recorded_as_their_links_are_opened(
+    client: httpx.AsyncClient, db_session: AsyncSession, smtp: SmtpServer
+) -> None:
+    ann = await person(client)
+    new_email = f"new-{ann.username}@example.org"
+    rid = request_id()
+    asked = await client.post(
+        "/api/v1/users/me/email",
+        json={"new_email": new_email, "current_password": PASSWORD},
+        headers={**ann.signed.headers, "X-Request-ID": rid},
+    )
+    assert asked.status_code == 202
+    entry = await one(db_session, "email.change_requested", rid)
+    assert entry.detail == {"from": ann.identity["email"], "to": new_email}
+    token = token_from_mail(smtp, new_email, "/verify-email")
+    rid = request_id()
+    opened = await client.post("/api/v1/auth/verify-email", json={"token": token}, headers={"X-Request-ID": rid})
+    assert opened.status_code == 200
+    entry = await one(db_session, "email.changed", rid)
+    assert (entry.actor_id, entry.target_id) == (ann.id, str(ann.id))  # whoever holds the mailbox acts for ann
+    assert entry.detail == {"from": ann.identity["email"], "to": new_email}
+
+    assert (await client.post("/api/v1/auth/forgot-password", json={"email": new_email})).status_code == 202
+    token = token_from_mail(smtp, new_email, "/reset-password")
+    rid = request_id()
+    reset = await client.post(
+        "/api/v1/auth/reset-password",
+        json={"token": token, "password": NEW_PASSWORD},
+        headers={"X-Request-ID": rid},
+    )
+    assert reset.status_code == 204
+    entry = await one(db_session, "password.reset", rid)
+    assert (entry.actor_name, entry.target_name) == (ann.username, ann.username)
+    dumped = msgspec.json.encode([r.detail for r in await rows(db_session)]).decode()
+    assert token not in dumped
 
 
 async def test_failed_sign_ins_are_recorded_with_the_typed_name_cleaned_and_cut(
@@ -638,3 +676,26 @@ async def test_the_retention_purge_deletes_old_rows_only_in_batches(db_session: 
     finally:
         await engine.dispose()
     assert {row.id for row in await rows(db_session)} == {row.id for row in young}
+
+
+def test_detail_keeps_no_credential_and_stays_small() -> None:
+    kept = clean_detail(
+        {
+            "password": "hunter2hunter2",
+            "New_Password": "x",
+            "token": "pat_abc",
+            "refresh_token": "r",
+            "secret": "whsec_x",
+            "scopes": ["read", "\u0000write\u001b"],
+            "name": "a\u202eb" + "c" * 500,
+            "count": 3,
+            "ok": True,
+        }
+    )
+    assert kept is not None
+    assert set(kept) == {"scopes", "name", "count", "ok"}
+    assert kept["scopes"] == ["read", "write"]
+    assert kept["name"] == "ab" + "c" * (MAX_DETAIL_TEXT - 2)
+    assert clean_detail({f"k{i}": "v" * 200 for i in range(40)}) == {"truncated": True}
+    assert len(clean_detail({f"k{i}": i for i in range(40)}) or {}) == 16
+    assert clean_detail({}) is None
