@@ -55,7 +55,7 @@ def litestar_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def operator_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`litestar users|tasks ARGS...` run in this process: the same commands, without starting Python again.
+    """`litestar users|tasks|audit ARGS...` run in this process: the same commands, without starting Python again.
 
     A `litestar` process costs a couple of seconds of CPU to import everything; the tests run the
     operators' commands dozens of times. `litestar_cli` runs the real program, and
@@ -70,11 +70,11 @@ def operator_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
     from click.testing import CliRunner
 
     from app.config import get_settings
-    from app.web.cli import tasks, users
+    from app.web.cli import audit, tasks, users
 
-    groups = {"users": users, "tasks": tasks}
-    assert args, "operator_cli runs a `users` or `tasks` command"
-    assert args[0] in groups, f"operator_cli runs `users` and `tasks` commands, not {args[0]}"
+    groups = {"users": users, "tasks": tasks, "audit": audit}
+    assert args, "operator_cli runs a `users`, `tasks` or `audit` command"
+    assert args[0] in groups, f"operator_cli runs `users`, `tasks` and `audit` commands, not {args[0]}"
 
     def run() -> subprocess.CompletedProcess[str]:
         get_settings.cache_clear()

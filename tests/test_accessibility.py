@@ -145,6 +145,10 @@ async def test_no_page_has_a_serious_or_critical_wcag_violation(open_tab: OpenTa
     await expect(page.locator("#admin-status")).to_contain_text("pid")
     await check("", "/admin (status loaded)")
     await tab.shot("admin")
+    await check("/admin/audit")  # the sign-up, the sign-ins (one failed) and the promotion are there
+    await expect(page.locator(".audit-log")).to_contain_text("auth.login_failed")
+    await check("/admin/audit?action=auth.&q=nobody", "/admin/audit (filtered)")
+    await tab.shot("admin-audit")
 
     assert not found, "serious or critical accessibility violations:\n" + "\n".join(found)
 

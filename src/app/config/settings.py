@@ -140,6 +140,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     sse_max_streams_per_user: int = 10
     sse_slow_client_seconds: float = 30.0
     event_retention_hours: int = 72
+    #: Audit log rows (app.domain.audit) older than this are deleted by the hourly housekeeping job.
+    audit_retention_days: int = 365
 
     @property
     def services_mode(self) -> bool:

@@ -3,6 +3,7 @@
 from advanced_alchemy.base import orm_registry
 
 from app.domain.accounts.models import EmailToken, PersonalAccessToken, RefreshToken, SignIn, User
+from app.domain.audit.models import AuditEntry
 from app.domain.notifications.models import Event, Notification
 from app.domain.tasks.models import Task, TaskLog
 from app.domain.webhooks.models import TaskWebhook, WebhookDelivery, WebhookSecret
@@ -10,6 +11,7 @@ from app.domain.webhooks.models import TaskWebhook, WebhookDelivery, WebhookSecr
 metadata = orm_registry.metadata
 
 __all__ = [
+    "AuditEntry",
     "EmailToken",
     "Event",
     "Notification",

@@ -51,6 +51,7 @@ from app.web.api.account_lifecycle import AccountController
 from app.web.api.accounts import AuthController, MeController
 from app.web.api.admin import AdminUsersController
 from app.web.api.admin_tasks import AdminTasksController
+from app.web.api.audit import AdminAuditController, MyAuditController
 from app.web.api.diagnostics import DiagnosticsController
 from app.web.api.events import EventsController
 from app.web.api.health import HealthController
@@ -238,6 +239,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AccountController,
             AdminUsersController,
             AdminTasksController,
+            AdminAuditController,
+            MyAuditController,
             TaskKindsController,
             TasksController,
             TaskLogsController,

@@ -22,7 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.domain.accounts import rules
-from app.domain.accounts.errors import AlreadyTaken, InvalidCredentials, InvalidInput, InvalidToken, UserNotFound
+from app.domain.accounts.errors import (
+    AlreadyTaken,
+    InvalidCredentials,
+    InvalidInput,
+    InvalidToken,
+    RefreshTokenReused,
+    UserNotFound,
+)
 from app.domain.accounts.models import EmailToken, RefreshToken, SignIn, User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.revocation import users_changed
@@ -265,12 +272,19 @@ class AccountService:
     async def verify_email(self, raw: str) -> User:
         """Confirm an address with an emailed link: the account's own (`verify`), or a new one (`email`), which
         then becomes the account's. Either way the account's address is verified."""
+        user, _ = await self.confirm_email(raw)
+        return user
+
+    async def confirm_email(self, raw: str) -> tuple[User, str | None]:
+        """`verify_email`, also answering the address the account had before, when the link changed it."""
         user, new_email = await self._use_email_token(raw, VERIFY, EMAIL)
+        old_email = None
         if new_email is not None:
+            old_email = user.email if user.email != new_email else None
             await self._take_email(user, new_email)
         user.is_verified = True
         await self.session.flush()
-        return user
+        return user, old_email
 
     async def _take_email(self, user: User, email: str) -> None:
         """Make `email` the user's, unless it became another account's meanwhile (AlreadyTaken, also when two
@@ -370,7 +384,7 @@ class RefreshTokens:
             raise InvalidCredentials("This refresh token is not valid.")
         if token.replaced_at is not None:
             await self.revoke_family(token.family_id)
-            raise InvalidCredentials("This refresh token was already used; its session has been ended.")
+            raise RefreshTokenReused(token.user_id, token.family_id)
         user = await self.session.get(User, token.user_id)
         if user is None or not user.is_active:
             raise InvalidCredentials("This refresh token is not valid.")

@@ -20,12 +20,29 @@ from app.domain.accounts.access_tokens import (
     token_out,
 )
 from app.domain.accounts.models import User
+from app.domain.audit import schemas as audit
+from app.domain.audit.recording import record
+from app.domain.audit.schemas import AuditContext
 from app.web.api.accounts import AUTH_ERRORS, BEARER
 from app.web.http.access_tokens import TokenIndex
+from app.web.http.audit import audit_context
 from app.web.http.auth import requires_user
 from app.web.http.errors import BreaksARule, TooMany
 
 TOKENS_PATH = "/api/v1/users/me/tokens"
+
+
+def record_token_created(session: AsyncSession, context: AuditContext, created: CreatedAccessToken) -> None:
+    """A token made: its name, scopes, prefix and expiry (never the token)."""
+    record(
+        session,
+        context,
+        audit.TOKEN_CREATED,
+        target_type=audit.TOKEN,
+        target_id=created.id,
+        target_name=created.name,
+        detail={"scopes": created.scopes, "prefix": created.prefix, "expires_at": created.expires_at.isoformat()},
+    )
 
 
 class AccessTokensController(Controller):
@@ -73,7 +90,9 @@ class AccessTokensController(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> CreatedAccessToken:
         user = await db_session.merge(request.user, load=False)
-        return await AccessTokens(db_session).create(user, data)
+        created = await AccessTokens(db_session).create(user, data)
+        record_token_created(db_session, audit_context(request), created)
+        return created
 
     @delete(
         "/{token_id:uuid}",
@@ -87,3 +106,11 @@ class AccessTokensController(Controller):
         self, request: Request[User, Any, Any], token_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]
     ) -> None:
         await AccessTokens(db_session).revoke(request.user, token_id)
+        record(
+            db_session,
+            audit_context(request),
+            audit.TOKEN_REVOKED,
+            target_type=audit.TOKEN,
+            target_id=token_id,
+            detail={"owner": request.user.username},
+        )

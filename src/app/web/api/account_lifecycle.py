@@ -26,9 +26,13 @@ from app.domain.accounts.emails import (
 from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.services import AccountService
+from app.domain.audit import schemas as audit
+from app.domain.audit.recording import record
+from app.domain.audit.schemas import AuditContext
 from app.domain.clock import utcnow
 from app.domain.tasks.artifacts import ArtifactStore
 from app.web.api.accounts import AUTH_ERRORS, BEARER, AlreadyRegistered
+from app.web.http.audit import audit_context
 from app.web.http.auth import requires_user
 from app.web.http.errors import BreaksARule, Conflicting, TooMany
 from app.web.http.limits import Limiter
@@ -51,12 +55,26 @@ class PasswordConfirmation(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
 
 
 async def request_email_change(
-    service: AccountService, user: User, new_email: str, current_password: str, limiter: Limiter
+    service: AccountService,
+    user: User,
+    new_email: str,
+    current_password: str,
+    limiter: Limiter,
+    context: AuditContext,
 ) -> str:
     """Ask for the change (committed), then send the link to the new address and a notice to the old one."""
     old_email, username = user.email, user.username
     async with limiter.password_confirmation(user.id):
         email, raw = await service.request_email_change(user, new_email, current_password)
+    record(
+        service.session,
+        context,
+        audit.EMAIL_CHANGE_REQUESTED,
+        target_type=audit.USER,
+        target_id=user.id,
+        target_name=username,
+        detail={"from": old_email, "to": email},
+    )
     await service.session.commit()  # the link works before it is sent
     settings = service.settings
     link = verification_link(settings.base_url, raw)
@@ -80,18 +98,39 @@ async def resend_verification(service: AccountService, user: User, limiter: Limi
 
 
 async def close_account(
-    service: AccountService, user: User, current_password: str, limiter: Limiter, artifacts: ArtifactStore
+    service: AccountService,
+    user: User,
+    current_password: str,
+    limiter: Limiter,
+    artifacts: ArtifactStore,
+    context: AuditContext,
 ) -> None:
     """Delete the account after checking its password (committed), then its files."""
     async with limiter.password_confirmation(user.id):
         await service.confirm_password(user, current_password)
+    user_id, username, email = user.id, user.username, user.email
     await delete_account(service.session, user)
+    record(
+        service.session,
+        context,
+        audit.ACCOUNT_DELETED,
+        target_type=audit.USER,
+        target_id=user_id,
+        target_name=username,
+        detail={"email": email},
+    )
     await service.session.commit()  # every session, token and stream of the user ends (announced)
     await artifacts.delete_owner(user.id)
 
 
 def export_filename(user: User) -> str:
     return f"account-{user.username}-{utcnow():%Y%m%d}.json"
+
+
+def record_export(session: AsyncSession, context: AuditContext, user: User) -> None:
+    record(
+        session, context, audit.ACCOUNT_EXPORTED, target_type=audit.USER, target_id=user.id, target_name=user.username
+    )
 
 
 def export_response(document: AccountExport, user: User) -> Response[AccountExport]:
@@ -133,7 +172,9 @@ class AccountController(Controller):
     ) -> EmailChangeAccepted:
         user = await db_session.merge(request.user, load=False)
         service = AccountService(db_session, passwords, settings)
-        email = await request_email_change(service, user, data.new_email, data.current_password, limiter)
+        email = await request_email_change(
+            service, user, data.new_email, data.current_password, limiter, audit_context(request)
+        )
         return EmailChangeAccepted(pending_email=email)
 
     @post(
@@ -182,7 +223,9 @@ class AccountController(Controller):
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
     ) -> Response[AccountExport]:
-        return export_response(await export_account(db_session, settings, request.user), request.user)
+        document = await export_account(db_session, settings, request.user)
+        record_export(db_session, audit_context(request), request.user)
+        return export_response(document, request.user)
 
     @post(
         "/delete",
@@ -210,4 +253,4 @@ class AccountController(Controller):
     ) -> None:
         user = await db_session.merge(request.user, load=False)
         service = AccountService(db_session, passwords, settings)
-        await close_account(service, user, data.current_password, limiter, artifacts)
+        await close_account(service, user, data.current_password, limiter, artifacts, audit_context(request))

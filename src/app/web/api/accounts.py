@@ -24,12 +24,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.domain.accounts.emails import verification_email, verification_link
-from app.domain.accounts.errors import InvalidCredentials
+from app.domain.accounts.errors import InvalidCredentials, RefreshTokenReused
 from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import PasswordChange, ProfileChange, Registration, UserOut, user_out
 from app.domain.accounts.services import VERIFY, AccountService, RefreshTokens
 from app.domain.accounts.sign_ins import API, SignIns
+from app.domain.audit import schemas as audit
+from app.domain.audit.recording import record
+from app.domain.audit.schemas import AuditContext
+from app.web.http.audit import audit_context, record_login_failure
 from app.web.http.auth import AccessTokens, requires_user, sign_in_browser
 from app.web.http.credentials import credential_of
 from app.web.http.errors import BreaksARule, TooMany
@@ -142,6 +146,15 @@ async def _pair(
         address=client_address(request),
         sign_in_id=refresh.family_id,
     )
+    record(
+        db_session,
+        audit_context(request, user),
+        audit.LOGIN,
+        target_type=audit.USER,
+        target_id=user.id,
+        target_name=user.username,
+        detail={"kind": API, "session_id": str(refresh.family_id)},
+    )
     access, expires_in = tokens.issue(user, refresh.family_id)
     return TokenPair(access_token=access, refresh_token=refresh.token, expires_in=expires_in)
 
@@ -150,6 +163,16 @@ def caller_family(request: Request[Any, Any, Any]) -> UUID | None:
     """The caller's sign-in: the refresh family of its access token, or its browser session's sign-in."""
     credential = credential_of(request)
     return credential.family if credential is not None else None
+
+
+def record_email_confirmed(session: AsyncSession, context: AuditContext, user: User, old_email: str | None) -> None:
+    """An emailed link opened: the address verified, or (`old_email`) changed to the link's."""
+    action, detail = (audit.EMAIL_VERIFIED, {"email": user.email})
+    if old_email is not None:
+        action, detail = audit.EMAIL_CHANGED, {"from": old_email, "to": user.email}
+    record(
+        session, context, action, target_type=audit.USER, target_id=user.id, target_name=user.username, detail=detail
+    )
 
 
 class AuthController(Controller):
@@ -181,6 +204,14 @@ class AuthController(Controller):
         service = AccountService(db_session, passwords, settings)
         user = await service.register(data)
         raw = await service.email_token(user, VERIFY)
+        record(
+            db_session,
+            audit_context(request, user),
+            audit.USER_REGISTERED,
+            target_type=audit.USER,
+            target_id=user.id,
+            target_name=user.username,
+        )
         result = user_out(user)
         await db_session.commit()  # the account exists before its email is sent
         email = verification_email(user.email, user.username, verification_link(settings.base_url, raw))
@@ -207,7 +238,11 @@ class AuthController(Controller):
         """The body is JSON or form-encoded: `username` (or the email) and `password`."""
         body = await _login_body(request)
         service = AccountService(db_session, passwords, settings)
-        user = await limiter.sign_in(service, body.username, body.password, client_address(request))
+        try:
+            user = await limiter.sign_in(service, body.username, body.password, client_address(request))
+        except InvalidCredentials:
+            await record_login_failure(request, service, body.username, kind=API)
+            raise
         return await _pair(request, db_session, tokens, settings, user)
 
     @post(
@@ -233,7 +268,18 @@ class AuthController(Controller):
         async with limiter.token_use(client_address(request)):
             try:
                 user, issued = await RefreshTokens(db_session, settings).rotate(data.refresh_token)
-            except InvalidCredentials:
+            except InvalidCredentials as exc:
+                if isinstance(exc, RefreshTokenReused):
+                    owner = await db_session.get(User, exc.user_id)
+                    record(
+                        db_session,
+                        audit_context(request),
+                        audit.REFRESH_REUSED,
+                        target_type=audit.USER,
+                        target_id=exc.user_id,
+                        target_name=owner.username if owner else None,
+                        detail={"session_id": str(exc.family_id)},
+                    )
                 await db_session.commit()  # a detected reuse revoked the family (and its tokens and streams): keep that
                 raise
         access, expires_in = tokens.issue(user, issued.family_id)
@@ -264,6 +310,14 @@ class AuthController(Controller):
         for family in families - {None}:
             if family is not None:
                 await refreshes.revoke_family(family, request.user)
+                record(
+                    db_session,
+                    audit_context(request),
+                    audit.LOGOUT,
+                    target_type=audit.SESSION,
+                    target_id=family,
+                    target_name=request.user.username,
+                )
 
     @get(
         "/verify",
@@ -298,7 +352,9 @@ class AuthController(Controller):
         settings: NamedDependency[Settings],
     ) -> UserOut:
         async with limiter.token_use(client_address(request)):
-            return user_out(await AccountService(db_session, passwords, settings).verify_email(data.token))
+            user, old_email = await AccountService(db_session, passwords, settings).confirm_email(data.token)
+        record_email_confirmed(db_session, audit_context(request, user), user, old_email)
+        return user_out(user)
 
     @post(
         "/forgot-password",
@@ -335,7 +391,15 @@ class AuthController(Controller):
     ) -> None:
         """Every session, refresh family, access token and event stream of the user ends."""
         async with limiter.token_use(client_address(request)):
-            await AccountService(db_session, passwords, settings).reset_password(data.token, data.password)
+            user = await AccountService(db_session, passwords, settings).reset_password(data.token, data.password)
+        record(
+            db_session,
+            audit_context(request, user),
+            audit.PASSWORD_RESET,
+            target_type=audit.USER,
+            target_id=user.id,
+            target_name=user.username,
+        )
 
 
 class MeController(Controller):
@@ -396,5 +460,13 @@ class MeController(Controller):
         service = AccountService(db_session, passwords, settings)
         family = caller_family(request)
         await service.change_password(user, data.current_password, data.new_password, keep_family=family)
+        record(
+            db_session,
+            audit_context(request),
+            audit.PASSWORD_CHANGED,
+            target_type=audit.USER,
+            target_id=user.id,
+            target_name=user.username,
+        )
         if request.auth == "session" and family is not None:  # this browser stays signed in
             sign_in_browser(request, user, family)

@@ -16,7 +16,9 @@ from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import UserFlags, UserOut, user_out
 from app.domain.accounts.services import AccountService
+from app.domain.audit.admin import record_flag_changes
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
+from app.web.http.audit import audit_context
 from app.web.http.auth import requires_superuser
 from app.web.http.errors import Conflicting
 
@@ -73,6 +75,9 @@ class AdminUsersController(Controller):
         settings: NamedDependency[Settings],
     ) -> UserOut:
         service = AccountService(db_session, passwords, settings)
-        user = await service.set_flags(await service.require(user_id), data, by=request.user)
+        target = await service.require(user_id)
+        before = (target.is_active, target.is_superuser)
+        user = await service.set_flags(target, data, by=request.user)
+        record_flag_changes(db_session, audit_context(request), user, before)
         await db_session.commit()  # a deactivated user's tokens and streams end now, on every process
         return user_out(user)

@@ -20,6 +20,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CO
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.accounts.models import User
+from app.domain.audit.admin import record_broadcast
 from app.domain.notifications.events import EventPublisher
 from app.domain.notifications.schemas import NotificationOut, notification_out
 from app.domain.notifications.services import (
@@ -29,6 +30,7 @@ from app.domain.notifications.services import (
     new_broadcast,
 )
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
+from app.web.http.audit import audit_context
 from app.web.http.auth import requires_superuser, requires_user
 from app.web.http.errors import BreaksARule
 from app.workers.actors.notifications import send_broadcast
@@ -167,9 +169,14 @@ class AdminNotificationsController(Controller):
         raises=[NotAuthorizedException, PermissionDeniedException, NotFoundException, ValidationException, BreaksARule],
     )
     async def broadcast(
-        self, data: JSONBody[BroadcastRequest], db_session: NamedDependency[AsyncSession]
+        self,
+        request: Request[User, Any, Any],
+        data: JSONBody[BroadcastRequest],
+        db_session: NamedDependency[AsyncSession],
     ) -> BroadcastAccepted:
         broadcast = new_broadcast(data)
         recipients = await count_recipients(db_session, broadcast.user_id)
+        record_broadcast(db_session, audit_context(request), broadcast, recipients)
+        await db_session.commit()  # recorded before it is handed on
         await anyio.to_thread.run_sync(send_broadcast, broadcast)  # the broker client blocks
         return BroadcastAccepted(recipients=recipients)

@@ -46,9 +46,12 @@ from app.domain.accounts.identities import (
     identity_out,
 )
 from app.domain.accounts.models import User
+from app.domain.audit import schemas as audit
+from app.domain.audit.recording import record
 from app.domain.errors import InvalidInput
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
 from app.web.api.accounts import AUTH_ERRORS, BEARER
+from app.web.http.audit import audit_context
 from app.web.http.auth import requires_user
 from app.web.http.errors import BreaksARule, Conflicting, problem
 
@@ -404,6 +407,16 @@ class IdentitiesController(Controller):
         identity = await external_identities.identity_in(data.id_token)
         user = await db_session.merge(request.user, load=False)
         binding, created = await Identities(db_session).link(user, identity)
+        if created:
+            record(
+                db_session,
+                audit_context(request),
+                audit.OIDC_LINKED,
+                target_type=audit.IDENTITY,
+                target_id=binding.id,
+                target_name=user.username,
+                detail={"issuer": binding.issuer, "subject": binding.subject},
+            )
         return Response(identity_out(binding), status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
     @delete(
@@ -422,3 +435,11 @@ class IdentitiesController(Controller):
     ) -> None:
         user = await db_session.merge(request.user, load=False)
         await Identities(db_session).unlink(user, identity_id)
+        record(
+            db_session,
+            audit_context(request),
+            audit.OIDC_UNLINKED,
+            target_type=audit.IDENTITY,
+            target_id=identity_id,
+            target_name=user.username,
+        )

@@ -20,6 +20,7 @@ from app.domain.accounts.deletion import AccountExport
 from app.domain.accounts.identities import IdentityLink, IdentityOut
 from app.domain.accounts.schemas import PasswordChange, ProfileChange, Registration, UserFlags, UserOut
 from app.domain.accounts.sign_ins import SessionOut
+from app.domain.audit.schemas import AuditEntryOut, AuditPage
 from app.domain.notifications.schemas import NotificationOut
 from app.domain.notifications.services import BroadcastRequest
 from app.domain.pagination import CursorPage, Page
@@ -157,6 +158,21 @@ def _cursor_page(item: msgspec.Struct) -> dict[str, Any]:
     return {**_page(item), "total": 45, "next_cursor": NEXT_CURSOR}
 
 
+AUDIT_ENTRY = AuditEntryOut(
+    id=UUID("01936b32-3c4d-7e5f-8a61-7b8c9d0e1f2a"),
+    at=STARTED,
+    action="token.created",
+    actor_id=USER_ID,
+    actor_name="ann",
+    target_type="token",
+    target_id=str(ACCESS_TOKEN_ID),
+    target_name="nightly export script",
+    request_id="4bf92f3577b34da6a3ce929d0e0e4736",
+    ip="203.0.113.7",
+    detail={"scopes": ["read", "write"], "prefix": "pat_Xr7Kq2mP", "expires_at": "2026-12-22T10:00:00+00:00"},
+)
+
+
 def schema_examples() -> dict[str, Any]:
     """Component schema title -> one example value (JSON-ready)."""
     structs: dict[str, msgspec.Struct] = {
@@ -214,6 +230,8 @@ def schema_examples() -> dict[str, Any]:
         "BroadcastRequest": BroadcastRequest(title="Maintenance", message="The service restarts at 22:00 UTC."),
         "BroadcastAccepted": BroadcastAccepted(recipients=42),
         "RoundTrip": RoundTrip(token="3f9c1e7a5b"),  # noqa: S106
+        "AuditEntryOut": AUDIT_ENTRY,
+        "AuditPage": AuditPage(items=[AUDIT_ENTRY], limit=20, next_cursor="kteCJZwAHqZGcBk2sukIwTqVyz1-TLcQdk5d"),
         "UserLoadOut": UserLoadOut(user_id=USER_ID, username="ann", running=2, queued=5),
         "TaskLoadOut": TaskLoadOut(
             queues={"tasks": 3, "mail": 0, "maintenance": 0},

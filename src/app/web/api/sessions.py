@@ -15,7 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.accounts.sign_ins import SessionOut, SignIns, session_out
+from app.domain.audit import schemas as audit
+from app.domain.audit.recording import record
 from app.web.api.accounts import AUTH_ERRORS, BEARER, caller_family
+from app.web.http.audit import audit_context
 from app.web.http.auth import requires_user
 from app.web.http.sign_ins import SignInUses
 
@@ -78,4 +81,13 @@ class SessionsController(Controller):
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
     ) -> None:
-        await SignIns(db_session, settings).revoke(request.user.id, session_id)
+        kind = await SignIns(db_session, settings).revoke(request.user.id, session_id)
+        record(
+            db_session,
+            audit_context(request),
+            audit.SESSION_REVOKED,
+            target_type=audit.SESSION,
+            target_id=session_id,
+            target_name=request.user.username,
+            detail={"kind": kind},
+        )

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.domain.accounts.models import User
+from app.domain.audit.admin import record_task_retry
 from app.domain.notifications.events import EventPublisher
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, CursorPage
 from app.domain.tasks.artifacts import ArtifactStore
@@ -29,6 +30,7 @@ from app.domain.tasks.schemas import KindOut, TaskOut, TaskRequest, task_out
 from app.domain.tasks.services import TaskService, describe_kinds, task_message_args
 from app.web.api.openapi import ResultDownload
 from app.web.api.task_waits import requested_wait, wait_for_end
+from app.web.http.audit import audit_context
 from app.web.http.auth import requires_user
 from app.web.http.downloads import task_result
 from app.web.http.draining import Draining
@@ -231,6 +233,7 @@ class TasksController(Controller):
     ) -> TaskOut:
         service = TaskService(db_session, settings)
         task, old_artifact = await service.retry(request.user, task_id)
+        record_task_retry(db_session, audit_context(request), task, request.user)
         body = task_out(task)
         await db_session.commit()
         await service.events.publish(publisher)

@@ -13,8 +13,11 @@ from litestar.status_codes import HTTP_200_OK
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.accounts.models import User
+from app.domain.audit import schemas as audit
+from app.domain.audit.recording import record
 from app.domain.webhooks.outbox import deliveries_of, rotate_secret, secret_of
 from app.domain.webhooks.schemas import TaskWebhookDeliveries, WebhookSecretOut
+from app.web.http.audit import audit_context
 from app.web.http.auth import requires_user
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
@@ -82,5 +85,13 @@ class WebhookSecretController(Controller):
         self, request: Request[User, Any, Any], db_session: NamedDependency[AsyncSession]
     ) -> WebhookSecretOut:
         secret = await rotate_secret(db_session, request.user.id)
+        record(
+            db_session,
+            audit_context(request),
+            audit.WEBHOOK_SECRET_ROTATED,
+            target_type=audit.USER,
+            target_id=request.user.id,
+            target_name=request.user.username,
+        )
         await db_session.commit()
         return secret

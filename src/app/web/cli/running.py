@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 from uuid import UUID
@@ -16,6 +18,7 @@ from app.config import Settings, get_settings
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.revocation import announce_revoked, on_users_changed
 from app.domain.accounts.services import AccountService
+from app.domain.audit.schemas import AuditContext
 from app.domain.database import create_engine, session_factory
 from app.domain.errors import DomainError
 from app.domain.notifications.events import EventPublisher
@@ -23,6 +26,20 @@ from app.web.http.credentials import touch_changed_file
 from app.workers.runtime import RedisPublisher
 
 T = TypeVar("T")
+
+
+def operator_name() -> str:
+    """Who runs the command, as the audit log names them: `cli:<the operating system's user>`."""
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):  # no name for this uid (a container's)
+        name = "unknown"
+    return f"cli:{name}"
+
+
+def cli_context() -> AuditContext:
+    """The audit context of one command: the operator, and an id of its own that every row it records shares."""
+    return AuditContext(actor_name=operator_name(), request_id=f"cli-{uuid.uuid4().hex}")
 
 
 def run_in_engine(work: Callable[[async_sessionmaker[AsyncSession], Settings], Awaitable[T]]) -> T:

@@ -9,6 +9,8 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings, get_settings
+from app.domain.audit.admin import record_task_retry
+from app.domain.audit.schemas import AuditContext
 from app.domain.errors import DomainError, LimitReached, NotFound
 from app.domain.notifications.events import EventPublisher
 from app.domain.tasks.artifacts import LocalArtifacts
@@ -22,7 +24,7 @@ from app.domain.tasks.services import TaskService, task_message_args
 from app.domain.tasks.stats import task_owner
 from app.web.api.admin_tasks import TaskLoadOut, task_load
 from app.web.cli.output import Steps, console_for_output, table
-from app.web.cli.running import NoPublisher, live_publisher, run_in_engine, user_id_of
+from app.web.cli.running import NoPublisher, cli_context, live_publisher, run_in_engine, user_id_of
 from app.workers.actors.tasks import send_task
 
 
@@ -145,7 +147,11 @@ def stats() -> None:
 
 
 async def _retry_one(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings, task_id: UUID, publisher: EventPublisher
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    task_id: UUID,
+    publisher: EventPublisher,
+    context: AuditContext,
 ) -> Task:
     """Queue task `task_id` again under its owner's rules (the same as the API's, caps included), committed."""
     async with sessions() as session:
@@ -154,6 +160,7 @@ async def _retry_one(
             raise NotFound(f"No task with id {task_id}.")
         service = TaskService(session, settings)
         task, old_artifact = await service.retry(owner, task_id)
+        record_task_retry(session, context, task, owner)
         await session.commit()
     await service.events.publish(publisher)
     if old_artifact:
@@ -200,7 +207,7 @@ def retry(task_id: UUID | None, every_failed: bool, login: str | None) -> None:
 
     async def work(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> Task:
         async with live_publisher(settings) as publisher:
-            return await _retry_one(sessions, settings, task_id, publisher)
+            return await _retry_one(sessions, settings, task_id, publisher, cli_context())
 
     task = run_in_engine(work)
     settings = get_settings()
@@ -224,12 +231,13 @@ def _retry_all(login: str | None) -> None:
         if not task_ids:
             return "No failed tasks." if login is None else f"No failed tasks of {login}."
         queued = skipped = unsent = 0
+        context = cli_context()  # one command: every row it records shares its id
         async with live_publisher(settings) as publisher:
             with Steps(console, "Retrying", len(task_ids)) as steps:
                 for task_id in task_ids:
                     steps.advance(1)
                     try:
-                        task = await _retry_one(sessions, settings, task_id, publisher)
+                        task = await _retry_one(sessions, settings, task_id, publisher, context)
                     except LimitReached as exc:
                         skipped += 1
                         steps.note(f"Task {task_id} skipped, over its owner's cap: {exc.detail}")

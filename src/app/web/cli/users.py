@@ -18,9 +18,12 @@ from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import Registration, UserFlags
 from app.domain.accounts.services import AccountService
 from app.domain.accounts.sign_ins import SignIns
+from app.domain.audit import schemas as audit
+from app.domain.audit.admin import record_flag_changes
+from app.domain.audit.recording import record
 from app.domain.tasks.artifacts import LocalArtifacts
 from app.web.cli.output import console_for_output, table
-from app.web.cli.running import run_account_change, run_in_engine
+from app.web.cli.running import cli_context, run_account_change, run_in_engine
 
 
 @click.group(name="users", help="Manage user accounts.")
@@ -45,6 +48,15 @@ def create(email: str, username: str, password: str, full_name: str | None, supe
 
     async def work(service: AccountService) -> str:
         user = await service.register(registration, is_superuser=superuser, is_verified=True)
+        record(
+            service.session,
+            cli_context(),
+            audit.USER_CREATED,
+            target_type=audit.USER,
+            target_id=user.id,
+            target_name=user.username,
+            detail={"is_superuser": superuser},
+        )
         return f"Created {'superuser' if superuser else 'user'} {user.username} ({user.email}), id {user.id}."
 
     click.echo(run_account_change(work))
@@ -55,7 +67,9 @@ def _set_flags(login: str, flags: UserFlags, done: str) -> None:
         user = await service.by_login(login)
         if user is None:
             raise click.ClickException(f"No user with username or email {login!r}.")
+        before = (user.is_active, user.is_superuser)
         await service.set_flags(user, flags)
+        record_flag_changes(service.session, cli_context(), user, before)
         return f"{user.username}: {done}."
 
     click.echo(run_account_change(work))
@@ -127,8 +141,26 @@ def revoke_tokens(login: str, token_id: UUID | None) -> None:
         access_tokens = AccessTokens(service.session)
         if token_id is not None:
             await access_tokens.revoke(user, token_id)
+            record(
+                service.session,
+                cli_context(),
+                audit.TOKEN_REVOKED,
+                target_type=audit.TOKEN,
+                target_id=token_id,
+                detail={"owner": user.username},
+            )
             return f"{user.username}: token {token_id} revoked."
         count = await access_tokens.revoke_all(user)
+        if count:
+            record(
+                service.session,
+                cli_context(),
+                audit.TOKEN_REVOKED,
+                target_type=audit.USER,
+                target_id=user.id,
+                target_name=user.username,
+                detail={"owner": user.username, "count": count},
+            )
         return f"{user.username}: {count} {'token' if count == 1 else 'tokens'} revoked."
 
     click.echo(run_account_change(work))
@@ -187,9 +219,28 @@ def revoke_sessions(login: str, session_id: UUID | None) -> None:
         user = await _user(service, login)
         sign_ins = SignIns(service.session, service.settings)
         if session_id is not None:
-            await sign_ins.revoke(user.id, session_id)
+            kind = await sign_ins.revoke(user.id, session_id)
+            record(
+                service.session,
+                cli_context(),
+                audit.SESSION_REVOKED,
+                target_type=audit.SESSION,
+                target_id=session_id,
+                target_name=user.username,
+                detail={"kind": kind},
+            )
             return f"{user.username}: session {session_id} signed out."
         count = await sign_ins.revoke_all(user.id)
+        if count:
+            record(
+                service.session,
+                cli_context(),
+                audit.SESSION_REVOKED,
+                target_type=audit.USER,
+                target_id=user.id,
+                target_name=user.username,
+                detail={"count": count},
+            )
         return f"{user.username}: {count} {'session' if count == 1 else 'sessions'} signed out."
 
     click.echo(run_account_change(work))
@@ -207,7 +258,17 @@ def export(login: str) -> None:
     async def work(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> bytes:
         async with sessions() as session:
             user = await _user(AccountService(session, Passwords(settings), settings), login)
-            return msgspec.json.encode(await export_account(session, settings, user))
+            document = msgspec.json.encode(await export_account(session, settings, user))
+            record(
+                session,
+                cli_context(),
+                audit.ACCOUNT_EXPORTED,
+                target_type=audit.USER,
+                target_id=user.id,
+                target_name=user.username,
+            )
+            await session.commit()
+            return document
 
     click.echo(msgspec.json.format(run_in_engine(work), indent=2).decode())
 
@@ -229,7 +290,17 @@ def delete(login: str, yes: bool) -> None:
     async def work(service: AccountService) -> tuple[UUID, str]:
         user = await _user(service, login)
         found = user.id, user.username
+        email = user.email
         await delete_account(service.session, user)
+        record(
+            service.session,
+            cli_context(),
+            audit.ACCOUNT_DELETED,
+            target_type=audit.USER,
+            target_id=found[0],
+            target_name=found[1],
+            detail={"email": email},
+        )
         return found
 
     user_id, username = run_account_change(work)

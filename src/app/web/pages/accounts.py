@@ -22,11 +22,21 @@ from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import ProfileChange, Registration
 from app.domain.accounts.services import VERIFY, AccountService, pending_email
 from app.domain.accounts.sign_ins import BROWSER, SignIns, session_out
+from app.domain.audit import schemas as audit
+from app.domain.audit.recording import record
 from app.domain.errors import Conflict, DomainError, InvalidInput
 from app.domain.tasks.artifacts import ArtifactStore
-from app.web.api.account_lifecycle import close_account, export_response, request_email_change, resend_verification
-from app.web.api.accounts import caller_family, client_address
+from app.web.api.access_tokens import record_token_created
+from app.web.api.account_lifecycle import (
+    close_account,
+    export_response,
+    record_export,
+    request_email_change,
+    resend_verification,
+)
+from app.web.api.accounts import caller_family, client_address, record_email_confirmed
 from app.web.http.access_tokens import TokenIndex
+from app.web.http.audit import audit_context, record_login_failure
 from app.web.http.auth import sign_in_browser, sign_out_browser
 from app.web.http.credentials import CredentialCache, credential_of
 from app.web.http.limits import Limiter
@@ -91,6 +101,14 @@ class SignInPages(Controller):
             return await page(request, db_session, "register.html", context, status)
         raw = await service.email_token(user, VERIFY)
         sign_in = await _browser_sign_in(request, db_session, settings, user)
+        record(
+            db_session,
+            audit_context(request, user),
+            audit.USER_REGISTERED,
+            target_type=audit.USER,
+            target_id=user.id,
+            target_name=user.username,
+        )
         await db_session.commit()  # the account exists before its email is sent
         email = verification_email(user.email, user.username, verification_link(settings.base_url, raw))
         await anyio.to_thread.run_sync(enqueue_email, email)  # the broker client blocks
@@ -121,11 +139,21 @@ class SignInPages(Controller):
         try:
             user = await limiter.sign_in(service, username, form.get("password", ""), client_address(request))
         except InvalidCredentials:
+            await record_login_failure(request, service, username, kind=BROWSER)
             context = {"form": {"username": username}, "error": "Wrong username or password.", "next": form.get("next")}
             if is_htmx(request):
                 return fragment("partials/login_form.html", context)
             return await page(request, db_session, "login.html", context, 401)
         sign_in = await _browser_sign_in(request, db_session, settings, user)
+        record(
+            db_session,
+            audit_context(request, user),
+            audit.LOGIN,
+            target_type=audit.USER,
+            target_id=user.id,
+            target_name=user.username,
+            detail={"kind": BROWSER, "session_id": str(sign_in)},
+        )
         await db_session.commit()  # the sign-in, and a password hash redone with new parameters
         sign_in_browser(request, user, sign_in)
         return go(request, safe_next(form.get("next")))
@@ -191,7 +219,16 @@ class SignInPages(Controller):
         token = form.get("token", "")
         try:
             async with limiter.token_use(client_address(request)):
-                await AccountService(db_session, passwords, settings).reset_password(token, form.get("password", ""))
+                service = AccountService(db_session, passwords, settings)
+                user = await service.reset_password(token, form.get("password", ""))
+                record(
+                    db_session,
+                    audit_context(request, user),
+                    audit.PASSWORD_RESET,
+                    target_type=audit.USER,
+                    target_id=user.id,
+                    target_name=user.username,
+                )
         except (InvalidInput, InvalidToken) as exc:
             await db_session.rollback()  # a bad new password must not use up the link
             errors, error = field_errors(exc)
@@ -217,7 +254,8 @@ class SignInPages(Controller):
     ) -> Template:
         try:
             async with limiter.token_use(client_address(request)):
-                user = await AccountService(db_session, passwords, settings).verify_email(token)
+                user, old_email = await AccountService(db_session, passwords, settings).confirm_email(token)
+                record_email_confirmed(db_session, audit_context(request, user), user, old_email)
         except InvalidToken as exc:
             return await page(request, db_session, "verify_email.html", {"verified": None, "error": exc.detail}, 400)
         await db_session.commit()
@@ -254,7 +292,9 @@ class AccountPages(Controller):
         service = AccountService(db_session, passwords, settings)
         new_email = form.get("new_email", "")
         try:
-            email = await request_email_change(service, user, new_email, form.get("current_password", ""), limiter)
+            email = await request_email_change(
+                service, user, new_email, form.get("current_password", ""), limiter, audit_context(request)
+            )
         except (DomainError, InvalidCredentials) as exc:
             await db_session.rollback()
             errors, status = _password_form_errors(exc, {"email": "new_email"})
@@ -290,7 +330,16 @@ class AccountPages(Controller):
         if session_id == caller_family(request):
             await _sign_out(request, db_session, settings, credentials)
             return go(request, "/login")
-        await SignIns(db_session, settings).revoke(request.user.id, session_id)
+        kind = await SignIns(db_session, settings).revoke(request.user.id, session_id)
+        record(
+            db_session,
+            audit_context(request),
+            audit.SESSION_REVOKED,
+            target_type=audit.SESSION,
+            target_id=session_id,
+            target_name=request.user.username,
+            detail={"kind": kind},
+        )
         await db_session.commit()
         if is_htmx(request):
             sessions = await _sessions_context(db_session, settings, request, sign_in_uses)
@@ -305,7 +354,10 @@ class AccountPages(Controller):
         settings: NamedDependency[Settings],
     ) -> Response[Any]:
         """The account's data as a JSON download (the same document as GET /api/v1/users/me/export)."""
-        return export_response(await export_account(db_session, settings, request.user), request.user)
+        document = await export_account(db_session, settings, request.user)
+        record_export(db_session, audit_context(request), request.user)
+        await db_session.commit()
+        return export_response(document, request.user)
 
     @post("/delete")
     async def delete_account(
@@ -322,7 +374,9 @@ class AccountPages(Controller):
         user = await db_session.merge(request.user, load=False)
         service = AccountService(db_session, passwords, settings)
         try:
-            await close_account(service, user, form.get("current_password", ""), limiter, artifacts)
+            await close_account(
+                service, user, form.get("current_password", ""), limiter, artifacts, audit_context(request)
+            )
         except (Conflict, InvalidCredentials) as exc:
             await db_session.rollback()
             errors, status = _password_form_errors(exc, {})
@@ -354,6 +408,7 @@ class AccountPages(Controller):
             request_ = NewAccessToken(name=str(name), scopes=[s for s in scopes if s in SCOPES], expires_in_days=days)
             try:
                 created = await AccessTokens(db_session).create(user, request_)
+                record_token_created(db_session, audit_context(request), created)
             except DomainError as exc:
                 await db_session.rollback()
                 errors, message = field_errors(exc)
@@ -376,6 +431,14 @@ class AccountPages(Controller):
         access_tokens: NamedDependency[TokenIndex],
     ) -> Response[Any]:
         await AccessTokens(db_session).revoke(request.user, token_id)  # NotFound: a 404 page or toast
+        record(
+            db_session,
+            audit_context(request),
+            audit.TOKEN_REVOKED,
+            target_type=audit.TOKEN,
+            target_id=token_id,
+            detail={"owner": request.user.username},
+        )
         await db_session.commit()
         if is_htmx(request):
             tokens = {"saved": "Token revoked.", **await _tokens_context(db_session, request.user, access_tokens)}
@@ -434,6 +497,14 @@ class AccountPages(Controller):
             return await page(request, db_session, "account.html", {**context, "profile": {}}, status)
         if sign_in is None:  # a session from before sign-ins were recorded
             sign_in = await _browser_sign_in(request, db_session, settings, user)
+        record(
+            db_session,
+            audit_context(request),
+            audit.PASSWORD_CHANGED,
+            target_type=audit.USER,
+            target_id=user.id,
+            target_name=user.username,
+        )
         await db_session.commit()
         sign_in_browser(request, user, sign_in)  # this browser stays signed in; every other session and stream ends
         message = "Password changed. Other devices have been signed out."
@@ -458,6 +529,15 @@ async def _sign_out(
     credential = credential_of(request)
     if credential is not None and credential.family is not None:
         await SignIns(db_session, settings).end(credential.user_id, credential.family)
+        user = request.scope.get("user")
+        record(
+            db_session,
+            audit_context(request),
+            audit.LOGOUT,
+            target_type=audit.SESSION,
+            target_id=credential.family,
+            target_name=user.username if user is not None else None,
+        )
         await db_session.commit()
     await sign_out_browser(request, credentials)
 

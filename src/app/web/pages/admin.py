@@ -21,6 +21,7 @@ from app.domain.accounts.models import User
 from app.domain.accounts.passwords import Passwords
 from app.domain.accounts.schemas import UserFlags
 from app.domain.accounts.services import AccountService
+from app.domain.audit.admin import record_broadcast, record_flag_changes, record_task_retry
 from app.domain.errors import Conflict, InvalidInput, LimitReached, NotFound
 from app.domain.notifications.events import EventPublisher
 from app.domain.notifications.services import BroadcastRequest, count_recipients, new_broadcast
@@ -29,6 +30,7 @@ from app.domain.tasks.models import FAILED
 from app.domain.tasks.schemas import task_out
 from app.domain.tasks.services import TaskService, task_message_args
 from app.domain.tasks.stats import count_by_status, list_tasks, load_by_user, task_owner
+from app.web.http.audit import audit_context
 from app.web.http.metrics import queue_depth
 from app.web.pages.rendering import field_errors, form_data, fragment, go, is_htmx, page, requires_admin, say
 from app.workers.actors.notifications import send_broadcast
@@ -132,11 +134,14 @@ class AdminPages(Controller):
         form = await form_data(request)
         flags = msgspec.convert({f: form[f] == "true" for f in ("is_active", "is_superuser") if f in form}, UserFlags)
         service = AccountService(db_session, passwords, settings)
+        target = await service.require(user_id)
+        before = (target.is_active, target.is_superuser)
         try:
-            user = await service.set_flags(await service.require(user_id), flags, by=request.user)
+            user = await service.set_flags(target, flags, by=request.user)
         except Conflict as exc:
             say(request, exc.detail, "error")
             return go(request, "/admin")
+        record_flag_changes(db_session, audit_context(request), user, before)
         await db_session.commit()  # a deactivated user's sessions and streams end now, on every process
         if is_htmx(request):
             return fragment("partials/admin_user.html", {"u": user, "me": request.user})
@@ -161,6 +166,7 @@ class AdminPages(Controller):
         except (Conflict, NotFound, LimitReached) as exc:  # the owner's MAX_ACTIVE_TASKS holds for admins too
             say(request, exc.detail, "error")
             return go(request, "/admin")
+        record_task_retry(db_session, audit_context(request), task, owner)
         title, message_args = task.title, task_message_args(task)
         await db_session.commit()
         await service.events.publish(publisher)
@@ -192,6 +198,8 @@ class AdminPages(Controller):
             overview = await _overview(db_session, AccountService(db_session, passwords, settings), broker, heartbeats)
             return await page(request, db_session, "admin.html", {**overview, **context}, 422)
         recipients = await count_recipients(db_session, None)
+        record_broadcast(db_session, audit_context(request), item, recipients)
+        await db_session.commit()  # recorded before it is handed on
         await anyio.to_thread.run_sync(send_broadcast, item)  # the broker client blocks
         message = f"Broadcast sent to {recipients} user{'' if recipients == 1 else 's'}."
         if is_htmx(request):

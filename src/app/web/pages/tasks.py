@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.domain.accounts.models import User
+from app.domain.audit.admin import record_task_retry
 from app.domain.errors import Conflict, DomainError, LimitReached
 from app.domain.notifications.events import EventPublisher
 from app.domain.pagination import MAX_OFFSET
@@ -26,6 +27,7 @@ from app.domain.tasks.logs import newest_lines
 from app.domain.tasks.models import Task
 from app.domain.tasks.schemas import TaskRequest, task_out
 from app.domain.tasks.services import TaskService, task_message_args
+from app.web.http.audit import audit_context
 from app.web.http.downloads import task_result
 from app.web.pages.rendering import (
     field_errors,
@@ -272,6 +274,7 @@ class TaskPages(Controller):
             task, old_artifact = await service.retry(request.user, task_id)
         except (Conflict, LimitReached) as exc:  # a retry counts against MAX_ACTIVE_TASKS too
             return await self._refused(request, task_id, db_session, settings, view, exc)
+        record_task_retry(db_session, audit_context(request), task, request.user)
         title, message_args = task.title, task_message_args(task)
         await db_session.commit()
         await service.events.publish(publisher)
