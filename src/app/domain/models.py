@@ -4,6 +4,7 @@ from advanced_alchemy.base import orm_registry
 
 from app.domain.accounts.models import EmailToken, PersonalAccessToken, RefreshToken, SignIn, User
 from app.domain.notifications.models import Event, Notification
+from app.domain.schedules.models import Schedule, ScheduleRun
 from app.domain.tasks.models import Task, TaskLog
 from app.domain.webhooks.models import TaskWebhook, WebhookDelivery, WebhookSecret
 
@@ -15,6 +16,8 @@ __all__ = [
     "Notification",
     "PersonalAccessToken",
     "RefreshToken",
+    "Schedule",
+    "ScheduleRun",
     "SignIn",
     "Task",
     "TaskLog",

@@ -96,6 +96,7 @@ TASK = TaskOut(
     created_at=STARTED,
     started_at=STARTED,
     finished_at=FINISHED,
+    run_at=None,
 )
 OWNED_TASK = OwnedTaskOut(**msgspec.structs.asdict(TASK), user_id=USER_ID, username="ann")
 NOTIFICATION = NotificationOut(

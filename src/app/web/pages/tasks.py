@@ -41,7 +41,7 @@ from app.web.pages.rendering import (
 from app.web.pages.task_forms import param_fields, read_params
 from app.web.pages.task_list import filter_form, task_list
 from app.web.pages.task_webhooks import webhook_context
-from app.workers.actors.tasks import send_task
+from app.workers.actors.tasks import send_new_task, send_task
 
 #: The task page shows this many of a task's newest output lines (and keeps as many as they come live).
 LOG_LINES_SHOWN = 200
@@ -138,8 +138,8 @@ class TaskPages(Controller):
                 await db_session.commit()  # the task exists before its message does
                 if created:
                     await service.events.publish(publisher)
-                    await anyio.to_thread.run_sync(send_task, *task_message_args(task))
-                message = f"Started “{task.title}”."
+                    await anyio.to_thread.run_sync(send_new_task, task)
+                message = f"Started “{task.title}”." if task.run_at is None else f"“{task.title}” starts {when(task.run_at)}."
                 if is_htmx(request):
                     return HTMXTemplate(
                         template_name="partials/start_form.html",
