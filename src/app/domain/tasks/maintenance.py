@@ -155,7 +155,7 @@ class TaskKeeper:
         """
         now = utcnow()
         query = (
-            select(_TASKS.c.id, _TASKS.c.attempts, _TASKS.c.enqueued_at)
+            select(_TASKS.c.id, _TASKS.c.attempts, _TASKS.c.run_at)
             .where(
                 _TASKS.c.status == QUEUED,
                 _TASKS.c.enqueued_at > now,

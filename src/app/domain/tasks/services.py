@@ -25,6 +25,7 @@ from app.domain.clock import utcnow
 from app.domain.errors import Conflict, InvalidInput, LimitReached, NotFound
 from app.domain.notifications.events import EventLog, EventRecord
 from app.domain.notifications.models import Event
+from app.domain.tasks.fairness import CLOCK_SKEW
 from app.domain.tasks.kinds import KINDS, get_kind
 from app.domain.tasks.models import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, Task
 from app.domain.tasks.schemas import TaskOut, TaskRequest, progress_of, task_out
@@ -355,7 +356,8 @@ def _new_row(
 ) -> dict[str, Any]:
     """The `_SUBMITTED` columns of a new queued task (the model's defaults, set here: no ORM object is built).
 
-    A task asked to start later is due on the claim's clock then (`enqueued_at`, app.domain.tasks.fairness).
+    A task asked to start later is queued with `enqueued_at` at its `run_at` plus the claim's CLOCK_SKEW
+    allowance (app.domain.tasks.fairness), so that no claim takes it before its time on the claimer's clock.
     """
     now = utcnow()
     return {
@@ -374,7 +376,7 @@ def _new_row(
         "idempotency_key": None,
         "request_fingerprint": None,
         "created_at": now,
-        "enqueued_at": run_at or now,
+        "enqueued_at": now if run_at is None else run_at + CLOCK_SKEW,
         "run_at": run_at,
     }
 

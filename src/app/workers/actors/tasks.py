@@ -105,7 +105,7 @@ def send_new_task(task: TaskOut) -> bool:
     """
     if task.run_at is None:
         return send_task(*task_message_args(task))
-    wait = task.run_at - utcnow()
+    wait = task.run_at - utcnow()  # a claim may take it from then on, on the claimer's clock
     if wait > DELAY_HORIZON:
         return True
     return send_task(*task_message_args(task), delay=max(wait, timedelta(0)))
