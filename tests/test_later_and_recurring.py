@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from app.config import get_settings
@@ -222,7 +221,8 @@ def test_the_dashboard_form_starts_a_task_later_without_javascript(live_server: 
     with httpx.Client(base_url=live_server.url, timeout=30) as browser:
         api = api_of(live_server, sign_up(browser))
         dashboard = browser.get("/dashboard")
-        assert 'name="run_at"' in dashboard.text and 'type="datetime-local"' in dashboard.text
+        assert 'name="run_at"' in dashboard.text
+        assert 'type="datetime-local"' in dashboard.text
         # 10:00 in Berlin, tomorrow: 08:00 or 09:00 UTC, as its DST says.
         day = (utcnow() + timedelta(days=1)).date()
         fields = {"kind": "demo", "steps": "1", "step_ms": "0", "title": "Later", "timezone": "Europe/Berlin"}
@@ -234,13 +234,15 @@ def test_the_dashboard_form_starts_a_task_later_without_javascript(live_server: 
         expected = datetime.fromisoformat(f"{day}T10:00").replace(tzinfo=ZoneInfo("Europe/Berlin"))
         assert (task["status"], parse(task["run_at"])) == ("queued", expected.astimezone(UTC))
         page = browser.get(f"/tasks/{task['id']}")
-        assert "Starts at" in page.text and expected.astimezone(UTC).strftime("%Y-%m-%d %H:%M") in page.text
+        assert "Starts at" in page.text
+        assert expected.astimezone(UTC).strftime("%Y-%m-%d %H:%M") in page.text
         assert "Starts at" in browser.get("/dashboard").text
         wrong = post(browser, "/tasks", {**fields, "run_at": "not a time"})
         assert wrong.status_code == 422
         assert "Must be a date and time" in wrong.text
         zone = post(browser, "/tasks", {**fields, "run_at": f"{day}T10:00", "timezone": "Mars/Olympus"})
-        assert zone.status_code == 422 and "IANA" in zone.text
+        assert zone.status_code == 422
+        assert "IANA" in zone.text
         assert api.get("/api/v1/tasks").json()["total"] == 1
         api.close()
 
@@ -261,7 +263,12 @@ def test_a_schedule_is_made_read_listed_changed_and_deleted(api: httpx.Client) -
     changed = api.patch(f"/api/v1/schedules/{made['id']}", json={"cron": "0 9 * * MON-FRI", "timezone": "UTC"})
     assert changed.status_code == 200, changed.text
     body = changed.json()
-    assert (body["cron"], body["timezone"], body["title"], body["name"]) == ("0 9 * * MON-FRI", "UTC", "Night run", "Nightly")
+    assert (body["cron"], body["timezone"], body["title"], body["name"]) == (
+        "0 9 * * MON-FRI",
+        "UTC",
+        "Night run",
+        "Nightly",
+    )
     assert parse(body["next_run_at"]) == next_run("0 9 * * MON-FRI", "UTC", utcnow())
     retitled = api.patch(f"/api/v1/schedules/{made['id']}", json={"title": None, "params": {"steps": 3}})
     assert (retitled.json()["title"], retitled.json()["params"]["steps"]) == (None, 3)
@@ -401,7 +408,8 @@ async def test_pause_stops_firing_and_resume_starts_from_now(api: httpx.Client, 
     assert (paused.json()["paused"], paused.json()["next_run_at"]) == (True, None)
     assert api.post(f"/api/v1/schedules/{made['id']}/pause").json() == paused.json()  # again: nothing changes
     assert await passes.fire_together(utcnow() + timedelta(hours=2)) == []
-    assert runs_of(api, made["id"]) == [] and tasks_of(api) == []
+    assert runs_of(api, made["id"]) == []
+    assert tasks_of(api) == []
     resumed = api.post(f"/api/v1/schedules/{made['id']}/resume").json()
     assert resumed["paused"] is False
     # From now: the first minute after the resume, not a catch-up of the times missed while paused.
@@ -424,7 +432,8 @@ async def test_two_concurrent_passes_fire_each_due_time_exactly_once(api: httpx.
     assert len(started) == len(runs)
     for other in others:
         other_times = [parse(run["scheduled_for"]) for run in runs_of(api, other["id"])]
-        assert len(other_times) == len(set(other_times)) and all(t.minute % 2 == 0 for t in other_times)
+        assert len(other_times) == len(set(other_times))
+        assert all(t.minute % 2 == 0 for t in other_times)
         started += [run["task_id"] for run in runs_of(api, other["id"])]
     # One task per run, each made by the submission's path, nothing else.
     tasks = tasks_of(api)
@@ -505,26 +514,31 @@ def test_the_schedules_page_works_with_plain_form_posts(live_server: LiveServer)
         api = api_of(live_server, sign_up(browser))
         assert '<a href="/schedules">Schedules</a>' in browser.get("/dashboard").text
         empty = browser.get("/schedules")
-        assert empty.status_code == 200 and "No schedules yet" in empty.text
+        assert empty.status_code == 200
+        assert "No schedules yet" in empty.text
         fields = {"name": "Morning", "kind": "demo", "params": '{"steps": 2}', "cron": "0 7 * * *", "timezone": "UTC"}
         saved = post(browser, "/schedules", fields, follow_redirects=False)
         assert saved.status_code == 303, saved.text
         listing = browser.get("/schedules")
-        assert "Morning" in listing.text and "At 07:00 every day" in listing.text
+        assert "Morning" in listing.text
+        assert "At 07:00 every day" in listing.text
         [schedule] = api.get("/api/v1/schedules").json()["items"]
         next_at = parse(schedule["next_run_at"]).strftime("%Y-%m-%d %H:%M UTC")
-        assert f"Next run: <time" in listing.text and next_at in listing.text
+        assert "Next run: <time" in listing.text
+        assert next_at in listing.text
 
         bad = post(browser, "/schedules", {**fields, "cron": "61 * * * *", "params": "{not json"})
         assert bad.status_code == 422
         assert "Must be a JSON object" in bad.text
         worse = post(browser, "/schedules", {**fields, "cron": "61 * * * *"})
-        assert worse.status_code == 422 and "Is not a valid cron expression" in worse.text
+        assert worse.status_code == 422
+        assert "Is not a valid cron expression" in worse.text
         assert api.get("/api/v1/schedules").json()["total"] == 1
 
         sid = schedule["id"]
         page = browser.get(f"/schedules/{sid}")
-        assert page.status_code == 200 and "No runs yet" in page.text
+        assert page.status_code == 200
+        assert "No runs yet" in page.text
         edited = post(browser, f"/schedules/{sid}", {**fields, "cron": "15 8 * * *"}, follow_redirects=False)
         assert edited.status_code == 303, edited.text
         assert api.get(f"/api/v1/schedules/{sid}").json()["cron"] == "15 8 * * *"
@@ -539,7 +553,9 @@ def test_the_schedules_page_works_with_plain_form_posts(live_server: LiveServer)
         swapped = browser.post(
             f"/schedules/{sid}/pause", data={"_csrf_token": token, "back": "list"}, headers={"HX-Request": "true"}
         )
-        assert swapped.status_code == 200 and is_fragment(swapped) and "paused" in swapped.text
+        assert swapped.status_code == 200
+        assert is_fragment(swapped)
+        assert "paused" in swapped.text
         without_csrf = browser.post(f"/schedules/{sid}/delete", data={})
         assert without_csrf.status_code == 403
         deleted = post(browser, f"/schedules/{sid}/delete", {}, follow_redirects=False)
@@ -554,24 +570,32 @@ def test_operators_list_pause_and_resume_schedules_from_the_cli(live_server: Liv
         identity = new_identity()
         assert client.post("/api/v1/auth/register", json=identity).status_code == 201
         login = {"username": identity["username"], "password": PASSWORD}
-        client.headers["Authorization"] = "Bearer " + client.post("/api/v1/auth/login", json=login).json()["access_token"]
+        client.headers["Authorization"] = (
+            "Bearer " + client.post("/api/v1/auth/login", json=login).json()["access_token"]
+        )
         made = make_schedule(client, name="Reports")
         listed = operator_cli("schedules", "list", "--user", identity["username"])
         assert listed.returncode == 0, listed.stderr
-        assert made["id"] in listed.stdout and "Reports" in listed.stdout and "active" in listed.stdout
+        assert made["id"] in listed.stdout
+        assert "Reports" in listed.stdout
+        assert "active" in listed.stdout
         paused = operator_cli("schedules", "pause", made["id"])
-        assert paused.returncode == 0 and "is paused" in paused.stdout
+        assert paused.returncode == 0
+        assert "is paused" in paused.stdout
         assert client.get(f"/api/v1/schedules/{made['id']}").json()["paused"] is True
         resumed = operator_cli("schedules", "resume", made["id"])
-        assert resumed.returncode == 0 and "is active" in resumed.stdout
+        assert resumed.returncode == 0
+        assert "is active" in resumed.stdout
         assert client.get(f"/api/v1/schedules/{made['id']}").json()["next_run_at"] is not None
         missing = operator_cli("schedules", "pause", str(uuid.uuid4()))
-        assert missing.returncode == 1 and "No such schedule" in missing.stderr
+        assert missing.returncode == 1
+        assert "No such schedule" in missing.stderr
         nobody = operator_cli("schedules", "list", "--user", "nobody-at-all")
         assert nobody.returncode == 1
         for command in ("list", "pause", "resume", "run-due"):
             helped = operator_cli("schedules", command, "--help")
-            assert helped.returncode == 0 and "Show this message" in helped.stdout
+            assert helped.returncode == 0
+            assert "Show this message" in helped.stdout
 
 
 def test_the_export_holds_schedules_and_deleting_the_account_deletes_them(api: httpx.Client) -> None:
@@ -596,3 +620,42 @@ def test_the_export_holds_schedules_and_deleting_the_account_deletes_them(api: h
             await engine.dispose()
 
     assert asyncio.run(count()) == 0
+
+
+@pytest.mark.services
+def test_two_scheduler_processes_start_one_task_per_due_minute(api: httpx.Client, live_server: LiveServer) -> None:
+    """Two real `periodiq app.workers` processes beside the live server's workers: the next minute starts one task.
+
+    Waits for a real minute (the scheduler's tick), so it is the one slow test here (at most about 70 s).
+    """
+    from tests.processes import spawn
+
+    schedulers = [
+        spawn(f"scheduler-{i}", [str(Path(sys.executable).parent / "periodiq"), "app.workers"], ROOT) for i in range(2)
+    ]
+    try:
+        made = make_schedule(api)
+        due = parse(made["next_run_at"])
+
+        def fired() -> list[dict[str, Any]] | None:
+            for scheduler in schedulers:
+                assert scheduler.popen.poll() is None, scheduler.output()[-3000:]
+            runs = runs_of(api, made["id"])
+            return runs or None
+
+        [run] = eventually(fired, timeout=150, what="the schedule's first due minute to fire", interval=0.5)
+        assert (parse(run["scheduled_for"]), run["status"]) == (due, "started")
+        task = eventually(
+            lambda: (t := task_of(api, run["task_id"]))["status"] == "succeeded" and t,
+            timeout=60,
+            what="its task to run",
+        )
+        created, started = parse(task["created_at"]), parse(task["started_at"])
+        fired_after, started_after = (created - due).total_seconds(), (started - due).total_seconds()
+        print(f"schedule fired {fired_after:.3f} s after its minute; its task started after {started_after:.3f} s")
+        # The next minute is not there yet: still one run, one task.
+        assert len(runs_of(api, made["id"])) == 1
+        assert [t["id"] for t in tasks_of(api)] == [run["task_id"]]
+    finally:
+        for scheduler in schedulers:
+            scheduler.stop()

@@ -13,6 +13,7 @@ from uuid import UUID
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.response import Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -134,7 +135,7 @@ class SchedulePages(Controller):
     async def detail(
         self,
         request: Request[User, Any, Any],
-        schedule_id: UUID,
+        schedule_id: FromPath[UUID],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
     ) -> Template:
@@ -159,7 +160,7 @@ class SchedulePages(Controller):
     async def update(
         self,
         request: Request[User, Any, Any],
-        schedule_id: UUID,
+        schedule_id: FromPath[UUID],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
     ) -> Response[Any]:
@@ -200,7 +201,7 @@ class SchedulePages(Controller):
     async def pause(
         self,
         request: Request[User, Any, Any],
-        schedule_id: UUID,
+        schedule_id: FromPath[UUID],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
     ) -> Response[Any]:
@@ -214,7 +215,7 @@ class SchedulePages(Controller):
     async def resume(
         self,
         request: Request[User, Any, Any],
-        schedule_id: UUID,
+        schedule_id: FromPath[UUID],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
     ) -> Response[Any]:
@@ -228,7 +229,7 @@ class SchedulePages(Controller):
     async def delete(
         self,
         request: Request[User, Any, Any],
-        schedule_id: UUID,
+        schedule_id: FromPath[UUID],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
     ) -> Response[Any]:
