@@ -70,11 +70,11 @@ def operator_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
     from click.testing import CliRunner
 
     from app.config import get_settings
-    from app.web.cli import audit, tasks, users
+    from app.web.cli import audit, schedules, tasks, users
 
-    groups = {"users": users, "tasks": tasks, "audit": audit}
-    assert args, "operator_cli runs a `users`, `tasks` or `audit` command"
-    assert args[0] in groups, f"operator_cli runs `users`, `tasks` and `audit` commands, not {args[0]}"
+    groups = {"users": users, "tasks": tasks, "audit": audit, "schedules": schedules}
+    assert args, "operator_cli runs a `users`, `tasks`, `audit` or `schedules` command"
+    assert args[0] in groups, f"operator_cli runs `users`, `tasks`, `audit` and `schedules` commands, not {args[0]}"
 
     def run() -> subprocess.CompletedProcess[str]:
         get_settings.cache_clear()

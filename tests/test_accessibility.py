@@ -137,6 +137,20 @@ async def test_no_page_has_a_serious_or_critical_wcag_violation(open_tab: OpenTa
     await check("", "/tasks/<id>")
     await check("/notifications", "/notifications (unread)")
     await check("/account")
+    # Schedules: none, one, the form with errors, one schedule's page.
+    await check("/schedules", "/schedules (none)")
+    await page.get_by_label("Name", exact=True).fill("Checked schedule")
+    await page.get_by_label("When (cron)").fill("0 7 * * *")
+    await page.get_by_role("button", name="Save schedule").click()
+    await expect(page.locator(".schedule-row")).to_have_count(1)
+    await check("", "/schedules (a schedule)")
+    await page.get_by_label("When (cron)").fill("61 * * * *")
+    await page.get_by_role("button", name="Save schedule").click()
+    await expect(page.get_by_label("When (cron)")).to_have_attribute("aria-invalid", "true")
+    await check("", "/schedules (errors)")
+    await page.get_by_role("link", name="Checked schedule", exact=True).click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Checked schedule")
+    await check("", "/schedules/<id>")
 
     # An administrator's.
     promoted = await asyncio.to_thread(operator_cli, "users", "promote", identity["username"])

@@ -2,7 +2,7 @@
 
 Revision ID: 0013_audit_log
 Revises: 0012_webhooks
-Create Date: 2026-12-08 10:00:00.000000
+Create Date: 2026-12-04 22:00:00.000000
 
 """
 

@@ -9,6 +9,7 @@ import ipaddress
 import os
 import secrets
 import sys
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -121,6 +122,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     task_retention_days: int = 30
     task_progress_interval_ms: int = 100
 
+    #: Schedules (app.domain.schedules): how many one user may hold; the closest two runs of one may come.
+    max_schedules_per_user: int = 20
+    schedule_min_interval_seconds: int = 60
+
     #: Comma-separated addresses or CIDR blocks of reverse proxies whose TRUSTED_PROXY_HEADER names the client.
     trusted_proxies: str = ""
     trusted_proxy_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
@@ -174,6 +179,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                 raise ValueError(f"{entry!r} is not kind=N with N >= 1")
             limits[kind.strip()] = int(number)
         return limits
+
+    @property
+    def schedule_min_interval(self) -> timedelta:
+        return timedelta(seconds=self.schedule_min_interval_seconds)
 
     @property
     def webhook_retry_delays(self) -> tuple[float, ...]:

@@ -5,6 +5,7 @@ from advanced_alchemy.base import orm_registry
 from app.domain.accounts.models import EmailToken, PersonalAccessToken, RefreshToken, SignIn, User
 from app.domain.audit.models import AuditEntry
 from app.domain.notifications.models import Event, Notification
+from app.domain.schedules.models import Schedule, ScheduleRun
 from app.domain.tasks.models import Task, TaskLog
 from app.domain.webhooks.models import TaskWebhook, WebhookDelivery, WebhookSecret
 
@@ -17,6 +18,8 @@ __all__ = [
     "Notification",
     "PersonalAccessToken",
     "RefreshToken",
+    "Schedule",
+    "ScheduleRun",
     "SignIn",
     "Task",
     "TaskLog",

@@ -58,6 +58,7 @@ from app.web.api.health import HealthController
 from app.web.api.notifications import AdminNotificationsController, NotificationsController
 from app.web.api.oidc import IdentitiesController, OIDCIdentities, OIDCVerifier
 from app.web.api.openapi import complete_when_built
+from app.web.api.schedules import SchedulesController
 from app.web.api.sessions import SessionsController
 from app.web.api.task_logs import TaskLogsController
 from app.web.api.tasks import TaskKindsController, TasksController
@@ -246,6 +247,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             TaskLogsController,
             TaskWebhookDeliveriesController,
             WebhookSecretController,
+            SchedulesController,
             NotificationsController,
             AdminNotificationsController,
             MetricsController,

@@ -1,9 +1,9 @@
 """Leaving: a copy of everything the account holds, then the account deleted with all of it.
 
 The export is one JSON document: the user, their tasks, notifications, sign-ins, personal
-access tokens and linked identities, as the API shows each (never a hash or a secret).
+access tokens, linked identities and schedules, as the API shows each (never a hash or a secret).
 
-Deleting removes the user's tasks (running ones too: their worker's next write finds the
+Deleting removes the user's schedules (with their runs), tasks (running ones too: their worker's next write finds the
 task gone and stops without writing anything, app.domain.tasks.runner), their task lines,
 notifications, events, tokens, sign-ins, identities and the user's row, in one transaction;
 the door then removes their files (ArtifactStore.delete_owner). The commit announces the
@@ -35,13 +35,16 @@ from app.domain.clock import utcnow
 from app.domain.errors import Conflict
 from app.domain.notifications.models import Event, Notification
 from app.domain.notifications.schemas import NotificationOut, notification_out
+from app.domain.schedules.models import Schedule
+from app.domain.schedules.schemas import ScheduleOut
+from app.domain.schedules.services import schedule_out
 from app.domain.tasks.models import Task
 from app.domain.tasks.schemas import TaskOut, task_out
 
 #: SQLite: a write that changes nothing, which takes the database's write lock until commit.
 _SQLITE_WRITE_LOCK = text("UPDATE user_account SET id = id WHERE 1 = 0")
 #: What goes with a user, children first (a task's lines go with it: ON DELETE CASCADE).
-_OWNED = (Task, Notification, Event, EmailToken, RefreshToken, PersonalAccessToken, SignIn, ExternalIdentity)
+_OWNED = (Schedule, Task, Notification, Event, EmailToken, RefreshToken, PersonalAccessToken, SignIn, ExternalIdentity)
 
 
 class AccountExport(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +57,7 @@ class AccountExport(msgspec.Struct, frozen=True, kw_only=True):
     sessions: list[SessionOut]
     access_tokens: list[AccessTokenOut]
     identities: list[IdentityOut]
+    schedules: list[ScheduleOut]
 
 
 async def export_account(session: AsyncSession, settings: Settings, user: User) -> AccountExport:
@@ -65,6 +69,9 @@ async def export_account(session: AsyncSession, settings: Settings, user: User) 
     identities = await session.scalars(
         select(ExternalIdentity).where(ExternalIdentity.user_id == user.id).order_by(ExternalIdentity.created_at)
     )
+    schedules = await session.scalars(
+        select(Schedule).where(Schedule.user_id == user.id).order_by(Schedule.created_at, Schedule.id)
+    )
     sign_ins = await SignIns(session, settings).active(user.id)
     tokens = await AccessTokens(session).active(user)
     return AccountExport(
@@ -75,6 +82,7 @@ async def export_account(session: AsyncSession, settings: Settings, user: User) 
         sessions=[session_out(row) for row in sign_ins],
         access_tokens=[token_out(token) for token in tokens],
         identities=[identity_out(identity) for identity in identities],
+        schedules=[schedule_out(row) for row in schedules],
     )
 
 

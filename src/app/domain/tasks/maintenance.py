@@ -148,6 +148,26 @@ class TaskKeeper:
             )
             return sorted((row[0], row[1]) for row in rows)
 
+    async def coming_due(self, within: timedelta) -> list[tuple[UUID, int, datetime]]:
+        """Queued tasks asked to start later (`run_at`) whose time comes within `within`: (id, attempt, due at).
+
+        The caller sends each a turn delayed until then. One indexed range read (status, enqueued_at).
+        """
+        now = utcnow()
+        query = (
+            select(_TASKS.c.id, _TASKS.c.attempts, _TASKS.c.run_at)
+            .where(
+                _TASKS.c.status == QUEUED,
+                _TASKS.c.enqueued_at > now,
+                _TASKS.c.enqueued_at <= now + within,
+                _TASKS.c.run_at.is_not(None),
+            )
+            .order_by(_TASKS.c.enqueued_at)
+            .limit(BATCH)
+        )
+        async with self.sessions() as session:
+            return [(row[0], row[1], row[2]) for row in await session.execute(query)]
+
     async def purge(self) -> int:
         """Delete finished tasks older than TASK_RETENTION_DAYS, with their artifacts; returns how many."""
         deleted = 0

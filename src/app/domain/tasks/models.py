@@ -60,6 +60,9 @@ class Task(UUIDv7Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    #: When the user asked it to start (`run_at` of the submission), or None: at once. A task waiting for it is
+    #: queued with `enqueued_at` at that time, so the claim (app.domain.tasks.fairness) passes it over until then.
+    run_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
 
 
 class TaskLog(DefaultBase):

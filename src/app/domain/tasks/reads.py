@@ -38,6 +38,7 @@ COLUMNS = (
     Task.created_at,
     Task.started_at,
     Task.finished_at,
+    Task.run_at,
 )
 
 
@@ -59,6 +60,7 @@ def row_out(row: Sequence[Any]) -> TaskOut:
         created_at,
         started_at,
         finished_at,
+        run_at,
     ) = row
     return TaskOut(
         id=id_,
@@ -74,6 +76,7 @@ def row_out(row: Sequence[Any]) -> TaskOut:
         created_at=created_at,
         started_at=started_at,
         finished_at=finished_at,
+        run_at=run_at,
     )
 
 

@@ -22,6 +22,8 @@ class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     description: str | None = None
     #: Where to POST when the task ends (app.domain.webhooks); none by default.
     webhook: WebhookIn | None = None
+    #: Start no earlier than this (RFC 3339 with an offset); none, or a time not in the future: at once.
+    run_at: datetime | None = None
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,6 +47,8 @@ class TaskOut(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: When the task was asked to start (null: at once); a queued task waits until then.
+    run_at: datetime | None
 
 
 class KindOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,4 +79,5 @@ def task_out(task: Task) -> TaskOut:
         created_at=task.created_at,
         started_at=task.started_at,
         finished_at=task.finished_at,
+        run_at=task.run_at,
     )

@@ -8,7 +8,8 @@ message only after its commit, so a message never names a task that does not exi
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
@@ -24,6 +25,7 @@ from app.domain.clock import utcnow
 from app.domain.errors import Conflict, InvalidInput, LimitReached, NotFound
 from app.domain.notifications.events import EventLog, EventRecord
 from app.domain.notifications.models import Event
+from app.domain.tasks.fairness import CLOCK_SKEW
 from app.domain.tasks.kinds import KINDS, get_kind
 from app.domain.tasks.models import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, Task
 from app.domain.tasks.schemas import TaskOut, TaskRequest, progress_of, task_out
@@ -32,6 +34,8 @@ from app.domain.webhooks.outbox import attach, record_end, webhook_problems
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 TASK_UPDATED = "task.updated"
+#: How far ahead `run_at` may be: a year and a day (a yearly job of a leap year still fits).
+RUN_AT_MAX_AHEAD = timedelta(days=366)
 
 
 _TASKS = cast(Table, Task.__table__)
@@ -60,6 +64,7 @@ _SUBMITTED = (
     "request_fingerprint",
     "created_at",
     "enqueued_at",
+    "run_at",
 )
 #: SQLite: the task's row as it is (the count and the event are statements of their own there).
 _INSERT_TASK = insert(_TASKS).values({name: bindparam(name, type_=_TASKS.c[name].type) for name in _SUBMITTED})
@@ -100,6 +105,54 @@ def _submit_statement() -> Any:
 
 
 _SUBMIT = _submit_statement()
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A submission that passed every rule: its kind's name, its params as stored, its title and start time."""
+
+    kind: str
+    params: Any
+    title: str
+    #: When it starts, if in the future; None: at once.
+    run_at: datetime | None
+
+
+def check_request(request: TaskRequest, settings: Settings, idempotency_key: str | None = None) -> CheckedRequest:
+    """A submission against the rules (kind, params, text, webhook, run_at); InvalidInput naming each field."""
+    kind = get_kind(request.kind)
+    if kind is None:
+        raise InvalidInput({"kind": f"unknown kind; one of {', '.join(sorted(KINDS))}"})
+    try:
+        params = kind.parse(request.params)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(_validation_errors(exc)) from exc
+    title = kind.title if request.title is None else request.title.strip()
+    problems = _text_problems(title, request.description, idempotency_key)
+    problems |= webhook_problems(request.webhook, settings)
+    run_at, problem = start_time(request.run_at, utcnow())
+    if problem:
+        problems["run_at"] = problem
+    if problems:
+        raise InvalidInput(problems)
+    return CheckedRequest(kind=kind.name, params=msgspec.to_builtins(params), title=title, run_at=run_at)
+
+
+def start_time(run_at: datetime | None, now: datetime) -> tuple[datetime | None, str | None]:
+    """(when a task asked to start at `run_at` starts, in UTC: None for at once; why `run_at` is refused)."""
+    if run_at is None:
+        return None, None
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        return None, "must carry a UTC offset (RFC 3339), e.g. 2026-11-22T10:00:00Z or 2026-11-22T11:00:00+01:00"
+    try:
+        at = run_at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None, "is out of range"
+    if at <= now:
+        return None, None  # due already: it starts at once
+    if at > now + RUN_AT_MAX_AHEAD:
+        return None, f"must be at most {RUN_AT_MAX_AHEAD.days} days ahead"
+    return at, None
 
 
 def fingerprint(request: TaskRequest) -> str:
@@ -167,19 +220,7 @@ class TaskService:
         The hot path of every submission: on Postgres the lock, then one statement that counts,
         inserts the task and its event (app.domain.tasks.services._submit_statement).
         """
-        kind = get_kind(request.kind)
-        if kind is None:
-            raise InvalidInput({"kind": f"unknown kind; one of {', '.join(sorted(KINDS))}"})
-        try:
-            params = kind.parse(request.params)
-        except msgspec.ValidationError as exc:
-            raise InvalidInput(_validation_errors(exc)) from exc
-        title = kind.title if request.title is None else request.title.strip()
-        problems = _text_problems(title, request.description, idempotency_key)
-        problems |= webhook_problems(request.webhook, self.settings)
-        if problems:
-            raise InvalidInput(problems)
-
+        valid = check_request(request, self.settings, idempotency_key)
         print_ = fingerprint(request)
         # The user's event lock, which recording the task's event takes anyway, taken before the
         # key's look-up and the count: one user's submissions queue here, so a second request with
@@ -193,7 +234,7 @@ class TaskService:
                 earlier.idempotency_key = None  # the window has passed: the key may name a new task
                 await self.session.flush()
 
-        row = _new_row(user.id, kind.name, title, request.description, msgspec.to_builtins(params))
+        row = _new_row(user.id, valid.kind, valid.title, request.description, valid.params, valid.run_at)
         row |= {"idempotency_key": idempotency_key or None, "request_fingerprint": print_}
         task = _submitted_out(row)
         try:
@@ -294,6 +335,7 @@ class TaskService:
         task.progress_message = None
         task.cancel_requested = False
         task.enqueued_at = utcnow()
+        task.run_at = None  # a retry starts at once, whatever time the task first asked for
         await self.session.flush()
         await record_task_event(self.events, task)
         return task, old_artifact
@@ -309,8 +351,14 @@ class TaskService:
         return artifact
 
 
-def _new_row(user_id: UUID, kind: str, title: str, description: str | None, params: Any) -> dict[str, Any]:
-    """The `_SUBMITTED` columns of a new queued task (the model's defaults, set here: no ORM object is built)."""
+def _new_row(
+    user_id: UUID, kind: str, title: str, description: str | None, params: Any, run_at: datetime | None = None
+) -> dict[str, Any]:
+    """The `_SUBMITTED` columns of a new queued task (the model's defaults, set here: no ORM object is built).
+
+    A task asked to start later is queued with `enqueued_at` at its `run_at` plus the claim's CLOCK_SKEW
+    allowance (app.domain.tasks.fairness), so that no claim takes it before its time on the claimer's clock.
+    """
     now = utcnow()
     return {
         "id": uuid7(),
@@ -328,7 +376,8 @@ def _new_row(user_id: UUID, kind: str, title: str, description: str | None, para
         "idempotency_key": None,
         "request_fingerprint": None,
         "created_at": now,
-        "enqueued_at": now,
+        "enqueued_at": now if run_at is None else run_at + CLOCK_SKEW,
+        "run_at": run_at,
     }
 
 
@@ -348,6 +397,7 @@ def _submitted_out(row: dict[str, Any]) -> TaskOut:
         created_at=row["created_at"],
         started_at=None,
         finished_at=None,
+        run_at=row["run_at"],
     )
 
 

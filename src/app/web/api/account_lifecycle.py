@@ -233,7 +233,8 @@ class AccountController(Controller):
         summary="Delete the account and everything it holds",
         description=(
             "Needs the current password (401 if wrong; counted as failed sign-ins, 429 past the limit). Deletes "
-            "the user with every task (running ones stop), task file, notification, event, token and session; "
+            "the user with every schedule, task (running ones stop), task file, notification, event, token and "
+            "session; "
             "every session, token and event stream of the user ends at once on every process. Download "
             "`/users/me/export` first. 409 for the only active administrator. A POST with a body, since bodies "
             "on DELETE are dropped by some proxies and clients."

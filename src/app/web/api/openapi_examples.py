@@ -9,7 +9,7 @@ validates against its schema.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
@@ -24,6 +24,7 @@ from app.domain.audit.schemas import AuditEntryOut, AuditPage
 from app.domain.notifications.schemas import NotificationOut
 from app.domain.notifications.services import BroadcastRequest
 from app.domain.pagination import CursorPage, Page
+from app.domain.schedules.schemas import ScheduleChange, ScheduleIn, ScheduleOut, ScheduleRunOut
 from app.domain.tasks.listing import OwnedTaskOut
 from app.domain.tasks.logs import TaskLogLine, TaskLogPage
 from app.domain.tasks.schemas import KindOut, Progress, TaskOut, TaskRequest
@@ -97,6 +98,7 @@ TASK = TaskOut(
     created_at=STARTED,
     started_at=STARTED,
     finished_at=FINISHED,
+    run_at=None,
 )
 OWNED_TASK = OwnedTaskOut(**msgspec.structs.asdict(TASK), user_id=USER_ID, username="ann")
 NOTIFICATION = NotificationOut(
@@ -136,6 +138,34 @@ SESSION = SessionOut(
     user_agent="curl/8.5.0",
     ip_address="203.0.113.7",
     current=True,
+)
+
+
+SCHEDULE_ID = UUID("01936b40-1a2b-7c3d-8e4f-5a6b7c8d9e0f")
+SCHEDULE = ScheduleOut(
+    id=SCHEDULE_ID,
+    name="Nightly export",
+    kind="export",
+    params={"dataset": "tasks", "format": "csv"},
+    title="Tasks as CSV",
+    cron="30 2 * * *",
+    cron_description="At 02:30 every day",
+    timezone="Europe/Berlin",
+    paused=False,
+    next_run_at=datetime(2026, 11, 23, 1, 30, tzinfo=UTC),
+    last_run_at=datetime(2026, 11, 22, 1, 30, tzinfo=UTC),
+    last_status="started",
+    last_task_id=TASK_ID,
+    last_error=None,
+    created_at=STARTED,
+    updated_at=STARTED,
+)
+SCHEDULE_RUN = ScheduleRunOut(
+    scheduled_for=datetime(2026, 11, 22, 1, 30, tzinfo=UTC),
+    status="started",
+    task_id=TASK_ID,
+    reason=None,
+    created_at=datetime(2026, 11, 22, 1, 30, 0, 120000, tzinfo=UTC),
 )
 
 
@@ -207,12 +237,25 @@ def schema_examples() -> dict[str, Any]:
             sessions=[SESSION],
             access_tokens=[PERSONAL_TOKEN_OUT],
             identities=[IDENTITY],
+            schedules=[SCHEDULE],
         ),
         "TaskRequest": TaskRequest(
             kind="demo",
             params={"steps": 20, "step_ms": 200},
             webhook=WebhookIn(url="https://hooks.example.com/tasks", events=["succeeded", "failed"]),
+            run_at=datetime(2026, 11, 22, 11, 0, tzinfo=timezone(timedelta(hours=1))),
         ),
+        "ScheduleIn": ScheduleIn(
+            name="Nightly export",
+            kind="export",
+            params={"dataset": "tasks", "format": "csv"},
+            title="Tasks as CSV",
+            cron="30 2 * * *",
+            timezone="Europe/Berlin",
+        ),
+        "ScheduleChange": ScheduleChange(cron="0 3 * * MON-FRI", timezone="America/New_York"),
+        "ScheduleOut": SCHEDULE,
+        "ScheduleRunOut": SCHEDULE_RUN,
         "WebhookIn": WebhookIn(url="https://hooks.example.com/tasks", events=["succeeded", "failed"]),
         "WebhookOut": WEBHOOK,
         "DeliveryOut": DELIVERY,
@@ -242,7 +285,13 @@ def schema_examples() -> dict[str, Any]:
         ),
     }
     examples: dict[str, Any] = {title: msgspec.to_builtins(value) for title, value in structs.items()}
-    pages = {"NotificationOut": NOTIFICATION, "UserOut": USER, "IdentityOut": IDENTITY}
+    pages = {
+        "NotificationOut": NOTIFICATION,
+        "UserOut": USER,
+        "IdentityOut": IDENTITY,
+        "ScheduleOut": SCHEDULE,
+        "ScheduleRunOut": SCHEDULE_RUN,
+    }
     examples.update({f"{Page.__name__}[{name}]": _page(item) for name, item in pages.items()})
     cursor_pages = {"TaskOut": TASK, "OwnedTaskOut": OWNED_TASK}
     examples.update({f"{CursorPage.__name__}[{name}]": _cursor_page(item) for name, item in cursor_pages.items()})

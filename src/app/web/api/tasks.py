@@ -36,7 +36,7 @@ from app.web.http.downloads import task_result
 from app.web.http.draining import Draining
 from app.web.http.errors import BreaksARule, Conflicting, TooMany
 from app.web.http.task_filters import TASK_QUERY
-from app.workers.actors.tasks import send_task
+from app.workers.actors.tasks import send_new_task, send_task
 from app.workers.actors.webhooks import queue_delivery
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
@@ -121,7 +121,7 @@ class TasksController(Controller):
         if created:
             # The message first (the broker client blocks: in a thread), so the worker can start on
             # the task while this process wakes the task's live streams.
-            await anyio.to_thread.run_sync(send_task, *task_message_args(body))
+            await anyio.to_thread.run_sync(send_new_task, body)
             await service.events.publish(publisher)
         headers = {"Location": f"/api/v1/tasks/{body.id}"}
         if seconds := requested_wait(prefer):

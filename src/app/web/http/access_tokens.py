@@ -41,7 +41,7 @@ def required_scope(method: str, path: str) -> Scope | None:
     if path.startswith(("/api/v1/admin/", "/api/v1/diagnostics/")):
         return "admin"
     safe = method in _SAFE_METHODS
-    if path.startswith(("/api/v1/tasks", "/api/v1/notifications")) or path == "/api/v1/task-kinds":
+    if path.startswith(("/api/v1/tasks", "/api/v1/notifications", "/api/v1/schedules")) or path == "/api/v1/task-kinds":
         return "read" if safe else "write"
     if path in ("/api/v1/events", "/api/v1/users/me") and safe:
         return "read"

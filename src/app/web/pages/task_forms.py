@@ -10,8 +10,10 @@ the API.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from app.domain.schedules.rules import zone
 from app.domain.tasks.kinds import Kind
 
 INPUT_TYPES = {"integer": "number", "number": "number", "string": "text", "boolean": "checkbox"}
@@ -101,3 +103,32 @@ def read_params(fields: list[ParamField], form: dict[str, str]) -> tuple[dict[st
         else:
             params[f.name] = text
     return params, errors
+
+
+#: How a `datetime-local` field (and a person) writes a time: no offset; the form's time zone field says where.
+_LOCAL_FORMATS = ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S")
+
+
+def read_run_at(form: dict[str, str]) -> tuple[datetime | None, dict[str, str]]:
+    """The start time of the form's `run_at` (a local time) in its `timezone` (an IANA name; default UTC).
+
+    Empty: None (at once). A time with its own offset (RFC 3339) is taken as written. What is left
+    (past, too far ahead) is the domain's rule, as for the API.
+    """
+    raw = form.get("run_at", "").strip()
+    if not raw:
+        return None, {}
+    name = form.get("timezone", "").strip() or "UTC"
+    tz = zone(name)
+    if tz is None:
+        return None, {"timezone": "Must be an IANA time zone name, e.g. UTC or Europe/Berlin."}
+    for pattern in _LOCAL_FORMATS:
+        try:
+            return datetime.strptime(raw, pattern).replace(tzinfo=tz), {}
+        except ValueError:
+            continue
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        return None, {"run_at": "Must be a date and time, e.g. 2026-11-22T10:00."}
+    return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=tz)), {}

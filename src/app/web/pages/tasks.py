@@ -40,10 +40,10 @@ from app.web.pages.rendering import (
     requires_signed_in,
     say,
 )
-from app.web.pages.task_forms import param_fields, read_params
+from app.web.pages.task_forms import param_fields, read_params, read_run_at
 from app.web.pages.task_list import filter_form, task_list
 from app.web.pages.task_webhooks import webhook_context
-from app.workers.actors.tasks import send_task
+from app.workers.actors.tasks import send_new_task, send_task
 
 #: The task page shows this many of a task's newest output lines (and keeps as many as they come live).
 LOG_LINES_SHOWN = 200
@@ -124,9 +124,11 @@ class TaskPages(Controller):
         form = await form_data(request)
         kind = _kind(form.get("kind"))
         params, errors = read_params(param_fields(kind), form)
+        run_at, time_errors = read_run_at(form)
+        errors |= time_errors
         service = TaskService(db_session, settings)
         request_body = TaskRequest(
-            kind=form.get("kind", ""), params=params, title=form.get("title", "").strip() or None
+            kind=form.get("kind", ""), params=params, title=form.get("title", "").strip() or None, run_at=run_at
         )
         status, error = 422, None
         if not errors:
@@ -140,8 +142,10 @@ class TaskPages(Controller):
                 await db_session.commit()  # the task exists before its message does
                 if created:
                     await service.events.publish(publisher)
-                    await anyio.to_thread.run_sync(send_task, *task_message_args(task))
+                    await anyio.to_thread.run_sync(send_new_task, task)
                 message = f"Started “{task.title}”."
+                if task.run_at is not None:
+                    message = f"“{task.title}” starts at {task.run_at:%Y-%m-%d %H:%M:%S} UTC."
                 if is_htmx(request):
                     return HTMXTemplate(
                         template_name="partials/start_form.html",

@@ -291,9 +291,26 @@
     };
   }
 
+  // A time zone field nobody has filled in yet starts at the browser's own zone (without a script: UTC).
+  function localTimezone(root) {
+    let name = "";
+    try {
+      name = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+    } catch (error) {
+      name = "";
+    }
+    if (!name) return;
+    root.querySelectorAll("input[data-local-timezone]").forEach((input) => {
+      input.value = name;
+      input.removeAttribute("data-local-timezone");
+    });
+  }
+  localTimezone(document);
+
   document.addEventListener("htmx:load", (event) => {
     const element = event.detail.elt;
     if (!(element instanceof Element)) return;
+    localTimezone(element);
     if (element.classList.contains("toast")) scheduleFade(element);
     if (element.dataset.taskId) catchUp(element);
     element.querySelectorAll("[data-task-id]").forEach(catchUp);

@@ -1,5 +1,14 @@
 """Actors, one module per domain. Importing this package declares them all on the broker."""
 
-from app.workers.actors import accounts, diagnostics, mail, maintenance, notifications, tasks, webhooks
+from app.workers.actors import (
+    accounts,
+    diagnostics,
+    mail,
+    maintenance,
+    notifications,
+    schedules,
+    tasks,
+    webhooks,
+)
 
-__all__ = ["accounts", "diagnostics", "mail", "maintenance", "notifications", "tasks", "webhooks"]
+__all__ = ["accounts", "diagnostics", "mail", "maintenance", "notifications", "schedules", "tasks", "webhooks"]

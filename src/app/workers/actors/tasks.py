@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from functools import partial
 
 import anyio
 import dramatiq
@@ -20,10 +21,13 @@ import structlog
 from periodiq import cron
 
 from app.config import get_settings
+from app.domain.clock import utcnow
 from app.domain.tasks.artifacts import LocalArtifacts
 from app.domain.tasks.kinds import KINDS
 from app.domain.tasks.maintenance import TaskKeeper
 from app.domain.tasks.runner import TaskRunner
+from app.domain.tasks.schemas import TaskOut
+from app.domain.tasks.services import task_message_args
 from app.workers.actors.mail import queue_notification_email
 from app.workers.actors.webhooks import queue_delivery
 from app.workers.context import async_actor
@@ -34,6 +38,12 @@ from app.workers.runtime import runtime, tasks_stopping
 from app.workers.sweeps import follow_up
 
 log = structlog.get_logger(__name__)
+
+#: A task asked to start this soon gets a turn delayed until then when it is submitted; a later one, from the sweep.
+DELAY_HORIZON = timedelta(minutes=10)
+#: The sweep (each half minute, app.workers.actors.tasks.sweep_tasks) sends a delayed turn for every task whose
+#: `run_at` comes within this: two sweeps see each such task, so one sweep missed delays none.
+COMING_DUE_WINDOW = timedelta(seconds=70)
 
 #: A worker runs tasks one after another within one message for this long at most; then it hands the
 #: next turn to the queue (so Dramatiq's time limit below bounds a message, and a stop is not held up).
@@ -88,6 +98,20 @@ def send_task(task_id: str | None, attempt: int | None = None, *, delay: timedel
     return True
 
 
+def send_new_task(task: TaskOut) -> bool:
+    """The turn of a task just submitted: now, or at its `run_at` when that is within DELAY_HORIZON.
+
+    A later one gets its turn from the sweep as its time comes (`TaskKeeper.coming_due`), so no
+    message waits on the broker for days; a turn lost meanwhile is made up by the sweep as for any task.
+    """
+    if task.run_at is None:
+        return send_task(*task_message_args(task))
+    wait = task.run_at - utcnow()  # a claim may take it from then on, on the claimer's clock
+    if wait > DELAY_HORIZON:
+        return True
+    return send_task(*task_message_args(task), delay=max(wait, timedelta(0)))
+
+
 def send_turns(count: int) -> int:
     """Send `count` turns; how many were sent before the broker failed."""
     for sent in range(count):
@@ -111,8 +135,20 @@ async def sweep_tasks() -> None:
     handed = await keeper.hand_back(alive)
     overdue = await keeper.overdue()
     sent = await anyio.to_thread.run_sync(send_turns, len(handed.requeued) + len(overdue))
-    if handed.requeued or handed.failed or overdue:
-        log.info("tasks.sweep", resent=len(overdue), handed_back=len(handed.requeued) + handed.failed, sent=sent)
+    coming = await keeper.coming_due(COMING_DUE_WINDOW)
+    now = utcnow()
+    for task_id, attempt, due_at in coming:  # a turn for each task whose run_at comes before the next sweeps
+        delay = max(due_at - now, timedelta(0))
+        if not await anyio.to_thread.run_sync(partial(send_task, str(task_id), attempt, delay=delay)):
+            break
+    if handed.requeued or handed.failed or overdue or coming:
+        log.info(
+            "tasks.sweep",
+            resent=len(overdue),
+            handed_back=len(handed.requeued) + handed.failed,
+            sent=sent,
+            coming_due=len(coming),
+        )
 
 
 def _alive_worker_ids() -> set[str] | None:
