@@ -43,7 +43,7 @@ def wait(api: httpx.Client, task_id: str, until: set[str] = FINISHED, timeout: f
         task = dict(api.get(f"/api/v1/tasks/{task_id}").json())
         if task["status"] in until:
             return task
-        assert time.monotonic() < deadline, task
+        assert time.monotonic() < deadline, f"still {task['status']} after {timeout} s: {task}"
         time.sleep(0.05)
 
 

@@ -98,6 +98,8 @@ def test_housekeeping_is_scheduled() -> None:
         "notifications.send_due_emails": "* * * * *",
         "webhooks.send_due": "* * * * *",
         "tasks.purge": "@hourly",
+        "schedules.fire": "* * * * *",
+        "schedules.purge_runs": "@hourly",
     }
 
 

@@ -5,14 +5,12 @@ As app.domain.tasks.listing does for tasks: what a caller typed becomes an Audit
 (`audit_query`; a refusal is InvalidQuery, a 400 at the API), read with one Core statement on
 the read engine, rows straight into Structs. A page ends with a cursor holding the last row's
 (at, id): the next page is the rows before it in the total order (at, id) descending, so rows
-recorded meanwhile never make one show twice or be skipped. The cursor is opaque
-(base64url of a msgpack array) and read back strictly.
+recorded meanwhile never make one show twice or be skipped. Cursors are made and read strictly
+by app.domain.pagination.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -28,17 +26,15 @@ from app.domain.audit.models import AuditEntry
 from app.domain.audit.schemas import USER, AuditEntryOut, AuditPage
 from app.domain.database import read
 from app.domain.errors import InvalidQuery
+from app.domain.pagination import decode_cursor, encode_cursor, like_pattern
 from app.domain.text import control_problem
 
 MAX_TEXT = 200
 MAX_ACTIONS = 20
-MAX_CURSOR = 100
 #: An action (`auth.login_failed`), or a prefix of actions (`auth.`, `auth.*`, `auth`: every `auth.` action).
 _ACTION = re.compile(r"[a-z_]{1,32}(\.[a-z_]{1,32})*(\.\*?)?")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _TARGET_TYPE = re.compile(r"[a-z_]{1,32}")
-_CURSOR = re.compile(r"[A-Za-z0-9_-]+")
-_LIKE_SPECIAL = re.compile(r"([\\%_])")
 _TABLE = AuditEntry.__table__
 
 
@@ -47,26 +43,6 @@ class Position(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fiel
 
     at: Annotated[datetime, msgspec.Meta(tz=True)]
     id: UUID
-
-
-_encoder = msgspec.msgpack.Encoder(uuid_format="bytes")
-
-
-def encode_cursor(position: Position) -> str:
-    return base64.urlsafe_b64encode(_encoder.encode(position)).rstrip(b"=").decode("ascii")
-
-
-def decode_cursor(cursor: str) -> Position:
-    """The position a cursor holds; ValueError for anything `encode_cursor` did not make."""
-    if len(cursor) > MAX_CURSOR or not _CURSOR.fullmatch(cursor):
-        raise ValueError("not a cursor")
-    try:
-        position = msgspec.msgpack.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), type=Position)
-    except (binascii.Error, msgspec.DecodeError) as exc:
-        raise ValueError("not a cursor") from exc
-    if encode_cursor(position) != cursor:
-        raise ValueError("not a cursor")
-    return position
 
 
 class AuditQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -177,7 +153,7 @@ def audit_query(
     position = None
     if cursor:
         try:
-            position = decode_cursor(cursor)
+            position = decode_cursor(cursor, Position)
         except ValueError:
             errors["cursor"] = "is not a cursor this list gave (pass `next_cursor` as it is)"
     if errors:
@@ -303,11 +279,6 @@ def _statement(shape: _Shape) -> Select[tuple[Any, ...]]:
     )
 
 
-def _like(text: str, *, prefix: bool = False) -> str:
-    escaped = _LIKE_SPECIAL.sub(r"\\\1", text)
-    return f"{escaped}%" if prefix else f"%{escaped}%"
-
-
 def _out(row: Any) -> AuditEntryOut:
     return AuditEntryOut(
         id=row[0],
@@ -335,7 +306,7 @@ async def list_audit(engine: AsyncEngine, query: AuditQuery, *, limit: int) -> A
         "since": query.since,
         "until": query.until,
         "request_id": query.request_id,
-        "pattern": _like(query.text) if query.text is not None else None,
+        "pattern": like_pattern(query.text) if query.text is not None else None,
         "involving": query.involving,
         "involving_text": str(query.involving) if query.involving is not None else None,
         "cursor_at": query.after.at if query.after is not None else None,
@@ -343,7 +314,7 @@ async def list_audit(engine: AsyncEngine, query: AuditQuery, *, limit: int) -> A
         "limit": limit + 1,
     }
     for i, prefix in enumerate(query.prefixes):
-        parameters[f"prefix_{i}"] = _like(prefix, prefix=True)
+        parameters[f"prefix_{i}"] = like_pattern(prefix, prefix=True)
     rows = await read(engine, _statement(_shape(query)), parameters)
     items = [_out(row) for row in rows[:limit]]
     next_cursor = None

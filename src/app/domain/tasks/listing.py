@@ -9,16 +9,12 @@ into Structs, as app.domain.tasks.reads does for a single task.
 A page ends with a cursor: the sort it was made for and the last row's (sort key, id). The
 next page is the rows after that position in the same total order (ties broken by id), so
 tasks created or deleted meanwhile never make a row show twice or be skipped, which an
-offset cannot promise. A cursor is opaque to clients (base64url of a msgpack array) and is
-read back strictly: anything other than exactly what `encode_cursor` makes is refused.
+offset cannot promise. Cursors are made and read strictly by app.domain.pagination.
 `?offset=` keeps working; the two together are refused.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -33,7 +29,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 from app.domain.accounts.models import User
 from app.domain.database import read
 from app.domain.errors import InvalidQuery
-from app.domain.pagination import CursorPage
+from app.domain.pagination import CursorPage, decode_cursor, encode_cursor, like_pattern
 from app.domain.tasks.models import STATUSES, Task
 from app.domain.tasks.reads import COLUMNS, row_out
 from app.domain.tasks.schemas import TaskOut
@@ -50,10 +46,6 @@ MAX_TEXT = 200
 MAX_KIND = 64
 #: Most distinct kinds one list may ask for.
 MAX_KINDS = 20
-#: Longest cursor: what `encode_cursor` makes is at most 60 characters.
-MAX_CURSOR = 100
-_CURSOR = re.compile(r"[A-Za-z0-9_-]+")
-_LIKE_SPECIAL = re.compile(r"([\\%_])")
 
 
 class Position(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
@@ -64,22 +56,10 @@ class Position(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fiel
     id: UUID
 
 
-_encoder = msgspec.msgpack.Encoder(uuid_format="bytes")
-
-
-def encode_cursor(position: Position) -> str:
-    return base64.urlsafe_b64encode(_encoder.encode(position)).rstrip(b"=").decode("ascii")
-
-
-def decode_cursor(cursor: str) -> Position:
-    """The position a cursor holds; ValueError for anything `encode_cursor` did not make."""
-    if len(cursor) > MAX_CURSOR or not _CURSOR.fullmatch(cursor):
-        raise ValueError("not a cursor")
-    try:
-        position = msgspec.msgpack.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), type=Position)
-    except (binascii.Error, msgspec.DecodeError) as exc:
-        raise ValueError("not a cursor") from exc
-    if encode_cursor(position) != cursor or (position.key is None and position.sort.endswith("created_at")):
+def _decode_position(cursor: str) -> Position:
+    """The position a task list's cursor holds; ValueError for anything else."""
+    position = decode_cursor(cursor, Position)
+    if position.key is None and position.sort.endswith("created_at"):
         raise ValueError("not a cursor")
     return position
 
@@ -160,7 +140,7 @@ def task_query(
     position = None
     if cursor:
         try:
-            position = decode_cursor(cursor)
+            position = _decode_position(cursor)
         except ValueError:
             errors["cursor"] = "is not a cursor this list gave (pass `next_cursor` as it is)"
         else:
@@ -293,11 +273,6 @@ def _statement(shape: _Shape) -> Select[tuple[Any, ...]]:
     )
 
 
-def _like_pattern(text: str) -> str:
-    """`text` anywhere, matched literally: LIKE's own `%`, `_` and the escape character are escaped."""
-    return "%" + _LIKE_SPECIAL.sub(r"\\\1", text) + "%"
-
-
 class TaskRows(NamedTuple):
     """One page's rows (total first in each) and what the envelope says besides the items."""
 
@@ -316,7 +291,7 @@ async def _page_rows(
         "user_id": user_id if user_id is not None else query.user_id,
         "statuses": list(query.statuses),
         "kinds": list(query.kinds),
-        "pattern": _like_pattern(query.text) if query.text is not None else None,
+        "pattern": like_pattern(query.text) if query.text is not None else None,
         "created_after": query.created_after,
         "created_before": query.created_before,
         "username": query.username,

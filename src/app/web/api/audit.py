@@ -14,9 +14,9 @@ from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.domain.accounts.models import User
-from app.domain.audit.listing import MAX_CURSOR, MAX_TEXT, AuditQuery, audit_query, list_audit
+from app.domain.audit.listing import MAX_TEXT, AuditQuery, audit_query, list_audit
 from app.domain.audit.schemas import AuditPage
-from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.domain.pagination import DEFAULT_LIMIT, MAX_CURSOR, MAX_LIMIT
 from app.web.http.auth import requires_superuser, requires_user
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]

@@ -13,7 +13,8 @@ from typing import Annotated
 from litestar.di import Provide
 from litestar.params import QueryParameter
 
-from app.domain.tasks.listing import DEFAULT_SORT, MAX_CURSOR, MAX_TEXT, Sort, TaskQuery, task_query
+from app.domain.pagination import MAX_CURSOR
+from app.domain.tasks.listing import DEFAULT_SORT, MAX_TEXT, Sort, TaskQuery, task_query
 from app.domain.tasks.schemas import TaskStatus
 
 STATUS_HELP = "Only tasks with this status; repeat it for any of several (`?status=failed&status=cancelled`)."

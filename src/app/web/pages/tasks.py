@@ -19,10 +19,9 @@ from app.domain.accounts.models import User
 from app.domain.audit.admin import record_task_retry
 from app.domain.errors import Conflict, DomainError, LimitReached
 from app.domain.notifications.events import EventPublisher
-from app.domain.pagination import MAX_OFFSET
+from app.domain.pagination import MAX_CURSOR, MAX_OFFSET
 from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.kinds import KINDS, Kind, get_kind
-from app.domain.tasks.listing import MAX_CURSOR
 from app.domain.tasks.logs import newest_lines
 from app.domain.tasks.models import Task
 from app.domain.tasks.schemas import TaskRequest, task_out
