@@ -159,7 +159,11 @@ def test_rabbitmq_queue_depth_grows_without_a_worker_and_drains_with_one(
     require_rabbitmq_server()
     submitted = 5
     with rabbitmq_server() as rabbit:
-        settings = {"BROKER_URL": rabbit.url, "REDIS_NAMESPACE": f"rabbit{uuid.uuid4().hex[:8]}"}
+        settings = {
+            "BROKER_URL": rabbit.url,
+            "REDIS_NAMESPACE": f"rabbit{uuid.uuid4().hex[:8]}",
+            "METRICS_REFRESH_SECONDS": "1",
+        }
         with stack(os.environ["REDIS_URL"], worker=False, settings=settings) as services:
             try:
                 with user_client(services.url) as api:
@@ -175,7 +179,7 @@ def test_rabbitmq_queue_depth_grows_without_a_worker_and_drains_with_one(
                         what=f"{submitted} messages on the tasks queue in the admin task load",
                     )
                     assert set(depth) >= {TASKS}, depth
-                    # The refresher reads the depth every 10 s: /metrics shows it within a refresh or two.
+                    # The refresher reads the depth every METRICS_REFRESH_SECONDS: /metrics shows it within two.
                     eventually(
                         lambda: metrics_depth(api).get(TASKS) == submitted,
                         timeout=60,

@@ -174,7 +174,14 @@ def test_who_may_act_is_read_once_not_per_request(migrated: None) -> None:
         tokens = client.post("/api/v1/auth/login", json={"username": identity["username"], "password": PASSWORD})
         headers = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
         credentials = app.state["credentials"]
-        assert client.get("/api/v1/users/me", headers=headers).status_code == 200
+
+        def remembered() -> bool:
+            """One request read nothing (until the revocation listener has subscribed, the app keeps nothing)."""
+            loads = credentials.loads
+            assert client.get("/api/v1/users/me", headers=headers).status_code == 200
+            return credentials.loads == loads
+
+        eventually(remembered, timeout=30, what="the credential to be remembered")
         before = credentials.loads
         for _ in range(20):
             assert client.get("/api/v1/tasks", headers=headers).status_code == 200

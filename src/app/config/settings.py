@@ -70,6 +70,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     #: Port of a `dramatiq` process group's Prometheus exporter (app.workers.metrics), on HOST; 0: none.
     #: One per group on a machine: the Procfile gives worker, mailer and housekeeper 9191, 9192 and 9193.
     worker_metrics_port: int = 0
+    #: How often the web process reads the task counts and queue depths it exports on /metrics (seconds).
+    metrics_refresh_seconds: float = 10.0
 
     diagnostics_enabled: bool | None = None
 

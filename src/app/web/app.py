@@ -283,7 +283,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[
             draining.lifespan,
             limiter.lifespan,
-            MetricsRefresher(sessions, broker).lifespan,
+            MetricsRefresher(sessions, broker, settings.metrics_refresh_seconds).lifespan,
             personal_tokens.lifespan,
             sign_in_uses.lifespan,
         ],

@@ -36,7 +36,6 @@ SSE_CONNECTIONS = Gauge("app_sse_connections", "Open server-sent event streams i
 SSE_SLOW_CLIENTS = Counter("app_sse_slow_clients_total", "Streams closed because their client stopped reading")
 
 DEFAULT_QUEUE = "default"
-REFRESH_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ class MetricsRefresher:
         self,
         sessions: async_sessionmaker[AsyncSession],
         broker: dramatiq.Broker,
-        interval: float = REFRESH_SECONDS,
+        interval: float,
         metrics: TaskMetrics = TASK_METRICS,
     ) -> None:
         self.sessions = sessions
