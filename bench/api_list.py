@@ -14,6 +14,7 @@ the environment; it keeps its imports light for that reason.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import os
 import re
@@ -46,7 +47,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 #: The page and its total in one round trip: the count, joined with the page (empty past the end).
 RAW_SQL = """
 SELECT c.total, t.id, t.kind, t.title, t.description, t.status, t.progress_current, t.progress_total,
-       t.progress_message, t.params, t.result, t.error, t.attempts, t.created_at, t.started_at, t.finished_at
+       t.progress_message, t.params, t.result, t.error, t.attempts, t.created_at, t.started_at, t.finished_at,
+       t.run_at
 FROM (SELECT count(*) AS total FROM task WHERE user_id = $1) AS c
 LEFT JOIN LATERAL (
     SELECT * FROM task WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3
@@ -75,6 +77,23 @@ class RawTask(msgspec.Struct):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    run_at: datetime | None
+
+
+class RawPosition(msgspec.Struct, array_like=True):
+    """Where a page ends, encoded as the app's cursor is (msgpack array, UUID as bytes, base64url)."""
+
+    sort: str
+    key: datetime
+    id: UUID
+
+
+_cursor_encode = msgspec.msgpack.Encoder(uuid_format="bytes").encode
+
+
+def _raw_cursor(task: RawTask) -> str:
+    position = RawPosition(sort="-created_at", key=task.created_at, id=task.id)
+    return base64.urlsafe_b64encode(_cursor_encode(position)).rstrip(b"=").decode("ascii")
 
 
 class RawPage(msgspec.Struct):
@@ -82,6 +101,7 @@ class RawPage(msgspec.Struct):
     total: int
     limit: int
     offset: int
+    next_cursor: str | None
 
 
 Scope = MutableMapping[str, Any]
@@ -120,6 +140,7 @@ def _raw_task(row: Any) -> RawTask:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        run_at=row["run_at"],
     )
 
 
@@ -150,9 +171,15 @@ async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     query = parse_qs(scope["query_string"].decode())
     limit, offset = int(query.get("limit", ["20"])[0]), int(query.get("offset", ["0"])[0])
-    rows = await _raw["pool"].fetch(RAW_SQL, _raw["user_id"], limit, offset)
+    # One row more than the page: if it is there, the page ends with a cursor (as the app's keyset paging does).
+    rows = await _raw["pool"].fetch(RAW_SQL, _raw["user_id"], limit + 1, offset)
     items = [_raw_task(row) for row in rows if row["id"] is not None]
-    await _respond(send, 200, _encode(RawPage(items=items, total=rows[0]["total"], limit=limit, offset=offset)))
+    cursor = None
+    if len(items) > limit:
+        items = items[:limit]
+        cursor = _raw_cursor(items[-1])
+    page = RawPage(items=items, total=rows[0]["total"], limit=limit, offset=offset, next_cursor=cursor)
+    await _respond(send, 200, _encode(page))
 
 
 # --- between the two: Litestar alone ---------------------------------------------------------
