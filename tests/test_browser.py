@@ -349,3 +349,25 @@ async def test_the_page_opens_a_new_stream_after_the_old_one_was_refused(
     await stream_open(page)
     assert await page.evaluate(SAME_PAGE), "the page was reloaded"
     await tab.shot("caught-up")
+
+
+async def test_the_task_page_shows_its_output_lines_as_they_are_written(open_tab: OpenTab) -> None:
+    """The output panel (role=log) gains each line the task writes, in order, while the page stays open."""
+    tab = await open_tab()
+    page = tab.page
+    await register(tab)
+    steps = 16
+    row = await start_demo(page, "Talking", steps=steps, step_ms=400)
+    await row.get_by_role("link", name="Talking", exact=True).click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Talking")
+    await stream_open(page)
+    await page.evaluate(MARK_PAGE)
+    output = page.get_by_role("log")
+    shown_at_first = await output.locator(".log-message").all_inner_texts()
+    assert f"Step {steps} of {steps} done" not in shown_at_first, "the task ended before its page was open"
+    await expect(output.locator(".log-message").last).to_have_text(f"Step {steps} of {steps} done", timeout=60_000)
+    shown = await output.locator(".log-message").all_inner_texts()
+    assert shown == [f"Step {step} of {steps} done" for step in range(1, steps + 1)], shown
+    assert len(shown) > len(shown_at_first), "no line arrived after the page was open"
+    assert await page.evaluate(SAME_PAGE), "the page was reloaded"
+    await tab.shot("task-output")
