@@ -371,3 +371,23 @@ async def test_the_task_page_shows_its_output_lines_as_they_are_written(open_tab
     assert len(shown) > len(shown_at_first), "no line arrived after the page was open"
     assert await page.evaluate(SAME_PAGE), "the page was reloaded"
     await tab.shot("task-output")
+
+
+async def test_the_dashboard_filter_replaces_the_list_in_place(open_tab: OpenTab) -> None:
+    """With JavaScript the filter form swaps in the matching tasks only (the page is not loaded again)."""
+    tab = await open_tab()
+    page = tab.page
+    await register(tab)
+    titles = ("Alpha apple", "Beta berry", "Gamma apple")
+    for title in titles:
+        row = await start_demo(page, title, steps=1, step_ms=0)
+        await expect(row.locator(".status")).to_have_text("succeeded")
+    await page.evaluate(MARK_PAGE)
+    await page.get_by_label("Contains").fill("APPLE")
+    await page.get_by_role("button", name="Filter", exact=True).click()
+    rows = page.locator("#tasks .task-row")
+    await expect(rows).to_have_count(2)
+    await expect(rows.get_by_role("link", name="Beta berry", exact=True)).to_have_count(0)
+    for title in ("Alpha apple", "Gamma apple"):
+        await expect(rows.get_by_role("link", name=title, exact=True)).to_be_visible()
+    assert await page.evaluate(SAME_PAGE), "the filter loaded the page again instead of swapping the list"
