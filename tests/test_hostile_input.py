@@ -280,11 +280,19 @@ def test_nul_in_a_header_that_a_server_passes_on_is_a_400() -> None:
 # --- size ------------------------------------------------------------------------------------------------
 
 
-def test_bodies_over_the_limit_are_a_413(anonymous: httpx.Client, api: httpx.Client, writes_nothing: None) -> None:
+def test_bodies_over_the_limit_are_a_413(live_server: LiveServer, api: httpx.Client, writes_nothing: None) -> None:
     megabyte = "x" * 1_000_000
     assert_problem(api.post("/api/v1/tasks", json={**DEMO, "title": megabyte}), 413)
-    assert_problem(anonymous.post("/api/v1/auth/register", json={**new_identity(), "full_name": megabyte}), 413)
-    assert_problem(anonymous.post("/api/v1/auth/login", data={"username": megabyte, "password": PASSWORD}), 413)
+    # The 413 comes before the body is read: a connection is then closed with the rest of the body unread, and
+    # on a loaded machine the reset could reach a client still sending before the answer did (a third refused
+    # megabyte on one connection saw "Server disconnected" twice in about ten runs). One connection each here;
+    # reading a refused body to its end before answering (bounded) is the server-side remedy (issue note).
+    for path, body in (
+        ("/api/v1/auth/register", {"json": {**new_identity(), "full_name": megabyte}}),
+        ("/api/v1/auth/login", {"data": {"username": megabyte, "password": PASSWORD}}),
+    ):
+        with httpx.Client(base_url=live_server.url, timeout=30) as once:
+            assert_problem(once.post(path, **body), 413)
     # Under the limit, the field's own rule answers.
     assert_problem(api.post("/api/v1/tasks", json={**DEMO, "title": "x" * (MAX_BODY_BYTES - 1_000)}), 422, "title")
 
