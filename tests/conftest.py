@@ -97,6 +97,9 @@ def pytest_configure(config: pytest.Config) -> None:
             "WEBHOOK_ALLOW_HTTP": "true",
             "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
             "WEBHOOK_RETRY_SECONDS": "0.2,0.2,0.2",
+            # A failed attempt's task waits 0.2 s, then 0.4 s (2 s, then 4 s by default) before the next.
+            "TASK_RETRY_MIN_SECONDS": "0.2",
+            "TASK_RETRY_MAX_SECONDS": "1",
         }
     )
     smtp = SmtpServer().__enter__()

@@ -103,6 +103,33 @@ class LiveServer:
         return "\n".join(f"--- {p.name} ---\n{p.output()[-4000:]}" for p in self.processes)
 
 
+def diagnosis(server: LiveServer) -> str:
+    """What a test that waited in vain shows: the server's log tails and, on Postgres, every session of its
+    database that is not idle (what it runs, what it waits for)."""
+    shown = server.logs()
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith("postgres"):
+        import asyncpg
+
+        async def sessions() -> list[str]:
+            connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+            try:
+                rows = await connection.fetch(
+                    "SELECT pid, state, wait_event_type, wait_event, now() - xact_start AS in_transaction,"
+                    " left(query, 200) AS query FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND state <> 'idle' AND pid <> pg_backend_pid()"
+                )
+            finally:
+                await connection.close()
+            return [str(dict(row)) for row in rows]
+
+        try:
+            shown += "\n--- database sessions ---\n" + "\n".join(asyncio.run(sessions()))
+        except Exception as exc:  # noqa: BLE001 - a diagnosis that fails must not hide the failure
+            shown += f"\n--- database sessions: {exc!r} ---"
+    return shown
+
+
 def wait_ready(server: LiveServer, timeout: float = STARTUP_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     last = ""

@@ -78,6 +78,24 @@ def test_a_bad_value_is_a_clear_error(env: pytest.MonkeyPatch, tmp_path: Path) -
         load_settings(tmp_path / "missing.env")
 
 
+def test_task_retries_wait_a_doubling_backoff_within_its_settings(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from app.domain.tasks.runner import backoff
+
+    env.setenv("TASK_RETRY_MIN_SECONDS", "1.5")
+    env.setenv("TASK_RETRY_MAX_SECONDS", "5")
+    settings = load_settings(tmp_path / "missing.env")
+    assert [backoff(settings, attempt) for attempt in (1, 2, 3, 4)] == [
+        timedelta(seconds=seconds) for seconds in (1.5, 3, 5, 5)
+    ]
+    for low, high in (("0", "5"), ("-1", "5"), ("6", "5")):
+        env.setenv("TASK_RETRY_MIN_SECONDS", low)
+        env.setenv("TASK_RETRY_MAX_SECONDS", high)
+        with pytest.raises(ConfigurationError, match="TASK_RETRY_MIN_SECONDS"):
+            load_settings(tmp_path / "missing.env")
+
+
 def test_every_setting_is_documented_in_the_readme() -> None:
     from app.config.settings import Settings
 

@@ -16,14 +16,19 @@ from litestar.testing import TestClient
 from app.config import get_settings
 from app.web.app import create_app
 from tests.accounts import signed_in_headers
-from tests.servers import LiveServer
+from tests.servers import LiveServer, diagnosis
 from tests.smtp import SmtpServer
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
+#: The live server of the running test, for what `wait` shows when a task does not get there.
+_server: list[LiveServer] = []
+
+
 @pytest.fixture
 def api(live_server: LiveServer) -> Iterator[httpx.Client]:
+    _server[:] = [live_server]
     with httpx.Client(base_url=live_server.url, timeout=20) as client:
         client.headers.update(signed_in_headers(client))
         yield client
@@ -43,7 +48,8 @@ def wait(api: httpx.Client, task_id: str, until: set[str] = FINISHED, timeout: f
         task = dict(api.get(f"/api/v1/tasks/{task_id}").json())
         if task["status"] in until:
             return task
-        assert time.monotonic() < deadline, f"still {task['status']} after {timeout} s: {task}"
+        if time.monotonic() >= deadline:
+            pytest.fail(f"still {task['status']} after {timeout} s: {task}\n{diagnosis(_server[0])}")
         time.sleep(0.05)
 
 

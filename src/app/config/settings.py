@@ -119,6 +119,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     #: Per kind, tasks of one user running at once, as `kind=N,...` (e.g. `export=1`); within MAX_RUNNING_PER_USER.
     max_running_per_kind: str = ""
     task_max_attempts: int = 3
+    #: A failed attempt's task waits this long before the next, doubling per attempt up to the maximum.
+    task_retry_min_seconds: float = 2.0
+    task_retry_max_seconds: float = 30.0
     task_resend_seconds: int = 60
     task_stale_seconds: int = 60
     task_retention_days: int = 30
@@ -302,6 +305,8 @@ def load_settings(env_file: Path = Path(".env")) -> Settings:
     for name in ("worker_threads", "mail_worker_threads", "maintenance_worker_threads", "max_running_per_user"):
         if getattr(settings, name) < 1:
             raise ConfigurationError(f"{name.upper()} must be at least 1.")
+    if not 0 < settings.task_retry_min_seconds <= settings.task_retry_max_seconds:
+        raise ConfigurationError("TASK_RETRY_MIN_SECONDS must be above 0 and at most TASK_RETRY_MAX_SECONDS.")
     for limit in LIMITS:
         if getattr(settings, limit) < 1:
             raise ConfigurationError(f"{limit.upper()} must be at least 1 (0 would refuse everyone).")

@@ -7,7 +7,7 @@ every half minute (tasks.sweep, notifications.send_due_emails, webhooks.send_due
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -28,15 +28,20 @@ def follow_up(actor: dramatiq.Actor[Any, Any]) -> None:
         actor.send_with_options(delay=FOLLOW_UP_MS)
 
 
-async def queue_each(due: Sequence[T], send: Callable[[T], bool]) -> int:
-    """Send a message for each of `due` (on a thread: the broker's client blocks); how many were sent.
+def send_each(items: Iterable[T], send: Callable[[T], bool]) -> int:
+    """Send a message for each item, in order; how many were sent.
 
     Stops at the first `send` that answers False (the broker is out of reach: the next sweep
-    finds the rest still due).
+    finds the rest still due). The broker's client blocks: from a coroutine, use `queue_each`.
     """
     sent = 0
-    for item in due:
-        if not await anyio.to_thread.run_sync(send, item):
+    for item in items:
+        if not send(item):
             break
         sent += 1
     return sent
+
+
+async def queue_each(due: Sequence[T], send: Callable[[T], bool]) -> int:
+    """`send_each` on a worker thread, off the event loop."""
+    return await anyio.to_thread.run_sync(send_each, due, send)

@@ -110,16 +110,16 @@ _FULL_PROGRESS = case(
     ),
     else_=_TASKS.c.progress_current,
 )
-#: A task whose attempt failed waits, queued, this long before the next (doubling per attempt, up to the
-#: maximum), give or take the claim's CLOCK_SKEW allowance (app.domain.tasks.fairness).
-RETRY_MIN = timedelta(seconds=2)
-RETRY_MAX = timedelta(seconds=30)
 
 
-def backoff(attempt: int) -> timedelta:
-    """How long a task waits before its next attempt after attempt `attempt` of its round failed."""
-    factor: int = 2 ** max(0, attempt - 1)
-    return min(RETRY_MAX, RETRY_MIN * factor)
+def backoff(settings: Settings, attempt: int) -> timedelta:
+    """How long a task waits, queued, before its next attempt after attempt `attempt` of its round failed.
+
+    TASK_RETRY_MIN_SECONDS, doubling per attempt up to TASK_RETRY_MAX_SECONDS, give or take the
+    claim's CLOCK_SKEW allowance (app.domain.tasks.fairness).
+    """
+    seconds = settings.task_retry_min_seconds * 2 ** max(0, attempt - 1)
+    return timedelta(seconds=min(settings.task_retry_max_seconds, seconds))
 
 
 class _Lost(Exception):
@@ -228,7 +228,7 @@ class TaskRunner:
         task_id, attempt = task.id, task.attempts
         round_attempt = attempt - claimed.first_attempt + 1
         last_try = round_attempt >= self.settings.task_max_attempts
-        retry_in = backoff(round_attempt)
+        retry_in = backoff(self.settings, round_attempt)
         structlog.contextvars.bind_contextvars(task_id=str(task_id), user_id=str(claimed.user_id))
         kind = get_kind(task.kind)
         context = _Context(self, task_id, claimed.user_id, attempt)
@@ -256,8 +256,8 @@ class TaskRunner:
             if last_try:
                 context.logs.add(f"Attempt {attempt} failed, the last of its round: {error}", "error")
                 return await self._end(context, FAILED, error=error)
-            seconds = round(retry_in.total_seconds())
-            context.logs.add(f"Attempt {attempt} failed: {error}; trying again in about {seconds} s.", "warning")
+            seconds = round(retry_in.total_seconds(), 1)
+            context.logs.add(f"Attempt {attempt} failed: {error}; trying again in about {seconds:g} s.", "warning")
             return await self._requeue(context, error, retry_in)
         finally:
             # Not in the middle of a write: a query cut off by a cancel would leave its connection unusable.

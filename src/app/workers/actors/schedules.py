@@ -21,19 +21,16 @@ from app.domain.tasks.services import task_message_args
 from app.workers.actors.tasks import send_task
 from app.workers.context import async_actor
 from app.workers.runtime import runtime
+from app.workers.sweeps import send_each
 
 log = structlog.get_logger(__name__)
 
 
 def send_fired(fired: list[Fired]) -> int:
     """Send a turn for each task the firing started; how many were sent before the broker failed."""
-    sent = 0
-    for run in fired:
-        if run.task is not None:
-            if not send_task(*task_message_args(run.task)):
-                break
-            sent += 1
-    return sent
+    return send_each(
+        [run.task for run in fired if run.task is not None], lambda task: send_task(*task_message_args(task))
+    )
 
 
 @async_actor(actor_name="schedules.fire", periodic=cron("* * * * *"), max_retries=0)

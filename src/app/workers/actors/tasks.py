@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from functools import partial
 
 import anyio
 import dramatiq
@@ -35,7 +34,7 @@ from app.workers.errors import BROKER_DOWN
 from app.workers.heartbeat import current_worker_id
 from app.workers.queues import MAINTENANCE, TASKS
 from app.workers.runtime import runtime, tasks_stopping
-from app.workers.sweeps import follow_up
+from app.workers.sweeps import follow_up, queue_each, send_each
 
 log = structlog.get_logger(__name__)
 
@@ -114,10 +113,7 @@ def send_new_task(task: TaskOut) -> bool:
 
 def send_turns(count: int) -> int:
     """Send `count` turns; how many were sent before the broker failed."""
-    for sent in range(count):
-        if not send_task(None):
-            return sent
-    return count
+    return send_each(range(count), lambda _: send_task(None))
 
 
 @async_actor(actor_name="tasks.sweep", queue_name=MAINTENANCE, periodic=cron("* * * * *"), max_retries=0)
@@ -137,10 +133,8 @@ async def sweep_tasks() -> None:
     sent = await anyio.to_thread.run_sync(send_turns, len(handed.requeued) + len(overdue))
     coming = await keeper.coming_due(COMING_DUE_WINDOW)
     now = utcnow()
-    for task_id, attempt, due_at in coming:  # a turn for each task whose run_at comes before the next sweeps
-        delay = max(due_at - now, timedelta(0))
-        if not await anyio.to_thread.run_sync(partial(send_task, str(task_id), attempt, delay=delay)):
-            break
+    # A turn for each task whose run_at comes before the next sweeps, delayed until then.
+    await queue_each(coming, lambda due: send_task(str(due[0]), due[1], delay=max(due[2] - now, timedelta(0))))
     if handed.requeued or handed.failed or overdue or coming:
         log.info(
             "tasks.sweep",
