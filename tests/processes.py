@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import signal
 import socket
@@ -94,24 +93,6 @@ def redis_server() -> Iterator[RedisServer]:
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
 
-def fixed_port() -> int:
-    """A free port below the range the kernel hands out to outgoing connections.
-
-    While a server is down, a client retrying a port of that range may be given the very
-    port as its own (a TCP self-connection), which the server then cannot listen on again.
-    """
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(100):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port below the ephemeral range")
-
-
 @dataclass
 class RabbitmqServer:
     """A throw-away RabbitMQ node of its own (name, ports, data and logs in a temporary directory).
@@ -120,8 +101,8 @@ class RabbitmqServer:
     kept) and `start` starts it again with the same data, as a broker restart does.
     """
 
-    port: int = field(default_factory=fixed_port)
-    dist_port: int = field(default_factory=fixed_port)
+    port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
     name: str = field(default_factory=lambda: f"test{uuid.uuid4().hex[:8]}@localhost")
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="app-test-rabbitmq-")))
     process: Process | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,9 +35,26 @@ def unavailable(reason: str) -> NoReturn:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now for a server a test starts, taken from below the kernel's ephemeral range.
+
+    A port the kernel picks (bind to 0) comes from the range it also gives outgoing connections:
+    between this check and the server's own bind, a client of another test could take it (seen:
+    "Address already in use" under load), and while a server is down, a client retrying its port
+    may be given that very port as its own (a TCP self-connection). Below the range only another
+    test's server could take it, and each pick is random.
+    """
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(10_000, low) if low > 11_000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def services_reachable(database_url: str, redis_url: str) -> str | None:

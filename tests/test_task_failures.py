@@ -7,6 +7,7 @@ sending the `tasks.sweep` message, as periodiq does every minute.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -140,6 +141,67 @@ async def test_a_message_delivered_twice_runs_the_task_once(migrated: None, db_s
     assert running[0] == 0, states  # one claim ...
     assert running == sorted(set(running)), states  # ... then progress that only moves forward, never twice
     assert states == [("queued", 0), *(("running", c) for c in running), ("succeeded", 20)], states
+
+
+async def hold_task_row(task_id: str, after_waiter: float) -> int:
+    """Lock the task's row until a write of it waits behind the lock, then `after_waiter` seconds more.
+
+    Returns the most writes of the row seen waiting at once (0: none came within 30 s).
+    """
+    import asyncpg
+
+    connection = await asyncpg.connect(os.environ["DATABASE_URL"].replace("+asyncpg", ""))
+    most = 0
+    try:
+        async with connection.transaction():
+            await connection.execute("SELECT 1 FROM task WHERE id = $1 FOR UPDATE", UUID(task_id))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                await connection.execute("SELECT pg_stat_clear_snapshot()")  # else one snapshot per transaction
+                waiting = await connection.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE task %'"
+                )
+                if waiting and not most:
+                    deadline = time.monotonic() + after_waiter
+                most = max(most, waiting)
+                await asyncio.sleep(0.02)
+    finally:
+        await connection.close()
+    return int(most)
+
+
+async def test_an_attempt_that_ends_during_a_held_up_progress_write_writes_its_lines_once(
+    migrated: None, db_session: AsyncSession
+) -> None:
+    """Found in a worker's log under load: a task stayed `running` for a minute after its attempt failed.
+
+    The attempt ended (failed, cancelled or to be retried) while a progress write of its
+    keeper, with the waiting log lines, was still going: the end went to the database beside
+    it, wrote the same lines again, failed on their duplicate keys, and left the task running
+    until it was handed back as stale. Here the task's row is held from before that write
+    until after the failing step: the end must wait for the write instead of racing it.
+    """
+    # Reports come faster than every 2 s: the first write after the claim is the keeper's, at 2 s.
+    settings = {"TASK_PROGRESS_INTERVAL_MS": "2000", "TASK_MAX_ATTEMPTS": "1"}
+    with redis_server() as broker, stack(broker.url, settings=settings) as services, user_client(services.url) as api:
+        task = submit(api, steps=10, step_ms=300, fail_at_step=10)  # its last step fails about 3 s after the claim
+        wait_task(api, task["id"], lambda t: t["status"] == "running", timeout=60, what="running")
+        waited = await hold_task_row(task["id"], after_waiter=4)
+        assert waited == 1, f"{waited} writes of the task waited behind the lock at once: the end raced the keeper"
+        done = wait_task(api, task["id"], lambda t: t["status"] in FINISHED, timeout=30, what="finished")
+        assert (done["status"], done["progress"]["current"], done["attempts"]) == ("failed", 9, 1), (
+            done,
+            services.logs(),
+        )
+        lines = api.get(f"/api/v1/tasks/{task['id']}/logs").json()["items"]
+        error = "StepFailed: Step 10 failed (fail_at_step=10)"
+        assert [(line["seq"], line["message"]) for line in lines] == [
+            *((step, f"Step {step} of 10 done") for step in range(1, 10)),
+            (10, "Step 10 of 10 failed (fail_at_step=10)"),
+            (11, f"Attempt 1 failed, the last of its round: {error}"),
+        ], lines
+    assert len(await notifications_for(db_session, task["id"])) == 1
 
 
 async def test_a_redis_restart_mid_task_costs_the_task_nothing(migrated: None, db_session: AsyncSession) -> None:

@@ -86,6 +86,16 @@ class _Claimed:
     first_attempt: int
 
 
+@dataclass(frozen=True)
+class _Ending:
+    """How an attempt ended, to be written once its keeper has stopped: QUEUED with `retry_in` is a retry."""
+
+    status: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    retry_in: timedelta | None = None
+
+
 #: A pick given back because its owner went over a cap is tried again this often, skipping that owner.
 CLAIM_TRIES = 5
 
@@ -230,42 +240,55 @@ class TaskRunner:
         last_try = round_attempt >= self.settings.task_max_attempts
         retry_in = backoff(self.settings, round_attempt)
         structlog.contextvars.bind_contextvars(task_id=str(task_id), user_id=str(claimed.user_id))
-        kind = get_kind(task.kind)
         context = _Context(self, task_id, claimed.user_id, attempt)
         keeper = asyncio.create_task(self._keep(context))
+        try:
+            ending = await self._attempt(task, context, last_try, retry_in)
+        finally:
+            # The keeper stops before the end is written, never in the middle of a write: a query cut off by a
+            # cancel would leave its connection unusable, and a write of the keeper beside the end's would stage
+            # the same waiting log lines (the end failed on their duplicate keys and left the task running).
+            async with context.writing:
+                keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        if ending is None:
+            log.info("task.lost", attempt=attempt)
+            await self._discard_if_deleted(context)
+            return Ended(Outcome.SKIPPED, task_id)
+        if ending.retry_in is not None:
+            return await self._requeue(context, ending.error or "", ending.retry_in)
+        return await self._end(context, ending.status, result=ending.result, error=ending.error)
+
+    async def _attempt(self, task: TaskOut, context: _Context, last_try: bool, retry_in: timedelta) -> _Ending | None:
+        """Run the task's kind; how the attempt ends, its closing log line added (None: the task was lost)."""
+        kind = get_kind(task.kind)
+        attempt = context.attempt
         try:
             if kind is None:
                 raise LookupError(f"Unknown task kind {task.kind!r}")
             async with asyncio.timeout(kind.time_limit_seconds):
                 result = await kind.run(kind.parse(task.params), context)
         except _Lost:
-            log.info("task.lost", attempt=attempt)
-            await self._discard_if_deleted(context)
-            return Ended(Outcome.SKIPPED, task_id)
+            return None
         except TaskCancelled:
             context.logs.add("Cancelled.", "warning")
-            return await self._end(context, CANCELLED)
+            return _Ending(CANCELLED)
         except TimeoutError:
             limit = kind.time_limit_seconds if kind else 0
             error = f"Stopped: it ran longer than its time limit of {limit} s."
             context.logs.add(error, "error")
-            return await self._end(context, FAILED, error=error)
+            return _Ending(FAILED, error=error)
         except Exception as exc:  # noqa: BLE001 - any failure of a kind is the task's failure
             error = f"{type(exc).__name__}: {exc}"
             log.warning("task.attempt_failed", attempt=attempt, error=error, last_try=last_try)
             if last_try:
                 context.logs.add(f"Attempt {attempt} failed, the last of its round: {error}", "error")
-                return await self._end(context, FAILED, error=error)
+                return _Ending(FAILED, error=error)
             seconds = round(retry_in.total_seconds(), 1)
             context.logs.add(f"Attempt {attempt} failed: {error}; trying again in about {seconds:g} s.", "warning")
-            return await self._requeue(context, error, retry_in)
-        finally:
-            # Not in the middle of a write: a query cut off by a cancel would leave its connection unusable.
-            async with context.writing:
-                keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-        return await self._end(context, SUCCEEDED, result=result)
+            return _Ending(QUEUED, error=error, retry_in=retry_in)
+        return _Ending(SUCCEEDED, result=result)
 
     async def _claim(self, worker_id: str | None) -> _Claimed | None:
         """The fair claim (app.domain.tasks.fairness), recorded with its `running` event.
