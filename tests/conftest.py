@@ -145,40 +145,45 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(var_dir, ignore_errors=True)
 
 
-#: The test files that take longest in each mode, longest first (seconds of `--durations`, 2026-12-04).
-#: pytest-xdist hands files to its workers in collection order, one more to a worker as it finishes
-#: one: these go first, so that no worker starts a minute-long file when the others are nearly done.
+#: The test files that take longest in each mode, longest first (seconds in a full `make test`'s junit report,
+#: 2026-12-05). pytest-xdist hands files to its workers in collection order, one more to a worker as it
+#: finishes one: these go first, so that no worker starts a minute-long file when the others are nearly done.
 LONGEST_FILES = {
     "embedded": [
-        "test_tasks_ops.py",
-        "test_browser.py",
-        "test_accessibility.py",
-        "test_later_and_recurring.py",
-        "test_oidc.py",
-        "test_config.py",
-        "test_email_links.py",
-        "test_fair_share.py",
-        "test_webhooks.py",
-        "test_tasks.py",
-        "test_live_events.py",
+        "test_browser.py",  # 65 s
+        "test_tasks_ops.py",  # 60
+        "test_oidc.py",  # 42
+        "test_fair_share.py",  # 34
+        "test_later_and_recurring.py",  # 32
+        "test_accessibility.py",  # 31
+        "test_config.py",  # 29
+        "test_tasks.py",  # 26
+        "test_webhooks.py",  # 22
+        "test_live_events.py",  # 18
+        "test_login_limits.py",  # 18
+        "test_pages.py",  # 16
+        "test_task_logs.py",  # 15
     ],
     "services": [
-        "test_rabbitmq.py",
-        "test_fair_share.py",
-        "test_webhooks.py",
-        "test_tasks_ops.py",
-        "test_task_failures.py",
-        "test_later_and_recurring.py",
-        "test_browser.py",
-        "test_tasks.py",
-        "test_chaos.py",
-        "test_accessibility.py",
-        "test_oidc.py",
-        "test_recovery.py",
-        "test_revocation.py",
-        "test_supervisor.py",
-        "test_workers.py",
-        "test_live_events.py",
+        "test_task_failures.py",  # 89 s
+        "test_later_and_recurring.py",  # 76
+        "test_browser.py",  # 67
+        "test_webhooks.py",  # 59
+        "test_rabbitmq.py",  # 59
+        "test_tasks_ops.py",  # 59
+        "test_chaos.py",  # 49
+        "test_fair_share.py",  # 49
+        "test_oidc.py",  # 42
+        "test_recovery.py",  # 30
+        "test_tasks.py",  # 26
+        "test_live_events.py",  # 25
+        "test_revocation.py",  # 22
+        "test_accessibility.py",  # 19
+        "test_supervisor.py",  # 19
+        "test_operations.py",  # 17
+        "test_task_logs.py",  # 17
+        "test_workers.py",  # 16
+        "test_notifications.py",  # 16
     ],
 }
 
