@@ -143,3 +143,25 @@ async def test_purging_events_keeps_the_recent_ones(migrated: None, db_session: 
     remaining = {e.type for e in await EventLog(db_session).after(0, user_id=None, limit=10_000)}
     assert "test.new" in remaining
     assert "test.old" not in remaining
+
+
+@pytest.mark.services
+def test_a_runtime_belongs_to_the_event_loop_it_is_used_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found with in-process Workers: a recovery pass that ran while one Worker stopped built the runtime on the
+    loop being stopped, and the next Worker's actors met its connections ("attached to a different loop")."""
+    from sqlalchemy import text
+
+    from app.workers import runtime as runtimes
+
+    monkeypatch.setattr(runtimes, "_runtime", None)
+
+    async def used() -> runtimes.WorkerRuntime:
+        rt = runtimes.runtime()
+        async with rt.session() as session:
+            assert (await session.execute(text("SELECT 1"))).scalar() == 1
+        return rt
+
+    first = asyncio.run(used())
+    second = asyncio.run(used())  # the first one's connections belong to a loop that has ended
+    assert second is not first
+    assert second.loop is not first.loop

@@ -75,6 +75,8 @@ class WorkerRuntime:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     publisher: EventPublisher
+    #: The event loop its connections belong to.
+    loop: asyncio.AbstractEventLoop
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -90,7 +92,7 @@ class WorkerRuntime:
 _runtime: WorkerRuntime | None = None
 
 
-def _build(settings: Settings) -> WorkerRuntime:
+def _build(settings: Settings, loop: asyncio.AbstractEventLoop) -> WorkerRuntime:
     publisher: EventPublisher
     if settings.embedded_workers:
         if embedded_publisher is None:
@@ -99,14 +101,21 @@ def _build(settings: Settings) -> WorkerRuntime:
     else:
         publisher = RedisPublisher(settings.redis_url, settings.redis_namespace)
     engine = create_engine(settings)
-    return WorkerRuntime(engine=engine, sessions=session_factory(engine), publisher=publisher)
+    return WorkerRuntime(engine=engine, sessions=session_factory(engine), publisher=publisher, loop=loop)
 
 
 def runtime() -> WorkerRuntime:
-    """The runtime of this worker process; call from actor code only."""
+    """The runtime of this worker process, on the running event loop; call from actor code only.
+
+    Built again when the loop is another one: a recovery pass that ran while a Worker stopped
+    (after RuntimeLifecycle had closed the runtime, before the loop stopped) built one on the
+    loop being stopped, and the process's next Worker used its connections from its own loop
+    ("attached to a different loop"; seen with in-process Workers in tests).
+    """
     global _runtime
-    if _runtime is None:
-        _runtime = _build(get_settings())
+    loop = asyncio.get_running_loop()
+    if _runtime is None or _runtime.loop is not loop:
+        _runtime = _build(get_settings(), loop)
     return _runtime
 
 
