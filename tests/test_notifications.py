@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import get_settings
+from app.domain.clock import utcnow
 from app.domain.database import create_engine, session_factory
 from app.domain.notifications.events import EventLog
 from app.domain.notifications.services import Broadcast, deliver_broadcast, notify_once
@@ -280,6 +281,18 @@ async def test_duplicate_broadcast_delivery_creates_nothing_twice(
     for client in (api, other):
         page = client.get("/api/v1/notifications").json()
         assert [n["title"] for n in page["items"]] == ["Once"]
+
+
+async def test_a_broadcast_skips_users_who_signed_up_after_it_was_sent(
+    api: httpx.Client, live_server: LiveServer, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Its answer counted the users of that moment; one who signs up while it waits for a worker is not one."""
+    item = Broadcast(id=uuid.uuid4(), title="Before you", message="Sent already", sent_at=utcnow())
+    with httpx.Client(base_url=live_server.url, timeout=30) as newcomer:
+        newcomer.headers.update(signed_in_headers(newcomer))
+        assert await deliver_broadcast(sessions, Collected(), item) == 1
+        assert newcomer.get("/api/v1/notifications").json()["total"] == 0
+    assert [n["title"] for n in api.get("/api/v1/notifications").json()["items"]] == ["Before you"]
 
 
 async def test_a_broadcast_reaches_each_open_stream_as_its_notification(

@@ -165,12 +165,18 @@ class BroadcastRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Broadcast(msgspec.Struct, frozen=True, kw_only=True):
-    """A checked broadcast; `id` names it in every dedupe key, so a redelivery creates nothing twice."""
+    """A checked broadcast; `id` names it in every dedupe key, so a redelivery creates nothing twice.
+
+    `sent_at`: a broadcast to everyone reaches the users who had signed up by then (the ones its
+    answer counted), not those who sign up while it waits for a worker. None in a message queued
+    before the field existed: everyone active at delivery.
+    """
 
     id: UUID
     title: str
     message: str
     user_id: UUID | None = None
+    sent_at: datetime | None = None
 
 
 def new_broadcast(request: BroadcastRequest) -> Broadcast:
@@ -187,7 +193,7 @@ def new_broadcast(request: BroadcastRequest) -> Broadcast:
         problems["message"] = problem
     if problems:
         raise InvalidInput(problems)
-    return Broadcast(id=uuid4(), title=title, message=message, user_id=request.user_id)
+    return Broadcast(id=uuid4(), title=title, message=message, user_id=request.user_id, sent_at=utcnow())
 
 
 def broadcast_dedupe_key(broadcast_id: UUID, user_id: UUID) -> str:
@@ -357,6 +363,8 @@ async def deliver_broadcast(
             query = query.where(User.id == broadcast.user_id)
         else:
             query = query.where(User.is_active.is_(True))
+            if broadcast.sent_at is not None:
+                query = query.where(User.created_at <= broadcast.sent_at)
         if after is not None:
             query = query.where(User.id > after)
         async with sessions() as session:
