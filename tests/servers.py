@@ -127,22 +127,16 @@ def diagnosis(server: LiveServer) -> str:
     shown = server.logs()
     url = os.environ.get("DATABASE_URL", "")
     if url.startswith("postgres"):
-        import asyncpg
-
-        async def sessions() -> list[str]:
-            connection = await asyncpg.connect(url.replace("+asyncpg", ""))
-            try:
-                rows = await connection.fetch(
-                    "SELECT pid, state, wait_event_type, wait_event, now() - xact_start AS in_transaction,"
-                    " left(query, 200) AS query FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND state <> 'idle' AND pid <> pg_backend_pid()"
-                )
-            finally:
-                await connection.close()
-            return [str(dict(row)) for row in rows]
+        from tests.chaos import query  # chaos imports this module
 
         try:
-            shown += "\n--- database sessions ---\n" + "\n".join(asyncio.run(sessions()))
+            rows = query(
+                url,
+                "SELECT pid, state, wait_event_type, wait_event, now() - xact_start AS in_transaction,"
+                " left(query, 200) AS query FROM pg_stat_activity"
+                " WHERE datname = current_database() AND state <> 'idle' AND pid <> pg_backend_pid()",
+            )
+            shown += "\n--- database sessions ---\n" + "\n".join(map(str, rows))
         except Exception as exc:  # noqa: BLE001 - a diagnosis that fails must not hide the failure
             shown += f"\n--- database sessions: {exc!r} ---"
     return shown

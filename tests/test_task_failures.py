@@ -150,7 +150,7 @@ async def hold_task_row(task_id: str, after_waiter: float) -> int:
     """
     import asyncpg
 
-    connection = await asyncpg.connect(os.environ["DATABASE_URL"].replace("+asyncpg", ""))
+    connection = await asyncpg.connect(os.environ["DATABASE_URL"])
     most = 0
     try:
         async with connection.transaction():
