@@ -321,6 +321,49 @@ def test_a_body_that_never_comes_does_not_hold_the_server(live_server: LiveServe
         assert other.get("/health/live").status_code == 200
 
 
+def answer_then_body(server: LiveServer, path: str, status: bytes) -> None:
+    """Send a request's head, read its early answer, then send the body it did not wait for, and a
+    second request on the same connection: both the body and the next request must get through.
+
+    Without the drain the server closes the connection with the body unread: the body's send
+    fails (a broken pipe or a reset) or the next request gets no answer, in every run."""
+    address = urlsplit(server.url)
+    body = b"x" * 1_000_000
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+        sock.sendall(body)
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = answer
+        while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, received[-300:]  # the connection was closed: the next request has no answer
+            received += chunk
+    assert received[received.rindex(b"HTTP/1.1 ") :].startswith(b"HTTP/1.1 200"), received[-300:]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/v1/auth/register", b"413"),  # the route's own limit, from Content-Length
+        ("/api/v1/tasks", b"401"),  # a middleware's refusal
+        ("/api/v1/no-such-thing", b"404"),  # the router's answer, before any middleware
+    ],
+)
+def test_a_body_sent_after_an_early_answer_is_read_and_the_connection_serves_on(
+    live_server: LiveServer, path: str, status: bytes
+) -> None:
+    answer_then_body(live_server, path, status)
+
+
 # --- the pages' door ----------------------------------------------------------------------------------------
 
 

@@ -74,7 +74,7 @@ from app.web.http.draining import Draining
 from app.web.http.errors import exception_handlers, problem_details_config
 from app.web.http.input_guards import MAX_BODY_BYTES, GuardedRequest, RefuseNul
 from app.web.http.limits import Limiter
-from app.web.http.lingering import DrainUnreadBody
+from app.web.http.lingering import linger_after_answers
 from app.web.http.metrics import MetricsRefresher
 from app.web.http.proxies import TrustedProxies
 from app.web.http.request_id import RequestIdMiddleware
@@ -302,7 +302,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *embedded,  # after `channels`: see EmbeddedWorkersPlugin
         ],
         middleware=[
-            DrainUnreadBody(),  # outermost: it reads what an early answer (a 413, a 401) left unread
             TrustedProxies(settings.trusted_proxy_networks, settings.trusted_proxy_header),  # first: the client
             RequestIdMiddleware(),
             SecurityHeadersMiddleware(https=settings.base_url.startswith("https://")),  # HSTS
@@ -341,4 +340,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     # Not at start-up: `litestar schema openapi` builds the app without starting it (app.web.api.openapi).
     complete_when_built(app)
+    linger_after_answers(app)  # outermost: it reads what an early answer (a 413, a 404) left unread
     return app

@@ -13,8 +13,8 @@ declared length is already over that (such a client is cut off as before).
 from __future__ import annotations
 
 import anyio
+from litestar import Litestar
 from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
 #: The most of an unread body read and dropped after an early answer, and for how long at most.
@@ -36,10 +36,18 @@ def _declared_length(scope: Scope) -> int | None:
     return None if chunked else 0
 
 
-class DrainUnreadBody(ASGIMiddleware):
-    scopes = (ScopeType.HTTP,)
+class DrainUnreadBody:
+    """Wraps the app's outermost ASGI handler (see `linger_after_answers`), so every early answer is
+    covered: the route's own refusals and its middleware's (401, 403, 413, 429), and those answered
+    before any route runs (the router's 404 and 405, CSRF, RefuseNul's 400)."""
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
         ended = False  # the body was read to its end, or the client left
 
         async def tracked() -> ReceiveMessage:
@@ -49,7 +57,7 @@ class DrainUnreadBody(ASGIMiddleware):
                 ended = True
             return message
 
-        await next_app(scope, tracked, send)
+        await self.app(scope, tracked, send)
         if ended:
             return
         length = _declared_length(scope)
@@ -63,3 +71,9 @@ class DrainUnreadBody(ASGIMiddleware):
                     return
                 body = message.get("body", b"")
                 read += len(body) if isinstance(body, bytes) else 0
+
+
+def linger_after_answers(app: Litestar) -> None:
+    """Put the drain around `app`'s ASGI handler: the exception handler and CORS that Litestar wraps
+    around its router, outside every middleware. Litestar takes no middleware at that depth."""
+    app.asgi_handler = DrainUnreadBody(app.asgi_handler)
