@@ -56,6 +56,10 @@ def _lazy_certificates() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     _lazy_certificates()
+    # pytest-xdist's --dist loadfile hands out the files with the most tests first unless told not to;
+    # LONGEST_FILES (below) orders them by time instead: a ten-test file of waits outlasts a hundred quick ones.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
     if MODE == "services":
         _require_services()
     # Under pytest-xdist (`make test`: -n), each worker process configures itself here: a var/ folder,
@@ -145,45 +149,51 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(var_dir, ignore_errors=True)
 
 
-#: The test files that take longest in each mode, longest first (seconds in a full `make test`'s junit report,
-#: 2026-12-05). pytest-xdist hands files to its workers in collection order, one more to a worker as it
-#: finishes one: these go first, so that no worker starts a minute-long file when the others are nearly done.
+#: The test files that take longest in each mode, longest first (seconds in a full `make test`, from a file's
+#: first test's start to its last one's end, 2026-12-05). pytest-xdist hands files to its workers in collection
+#: order, one more to a worker as it finishes one: these go first, so that no worker starts a minute-long file
+#: when the others are nearly done.
 LONGEST_FILES = {
     "embedded": [
-        "test_browser.py",  # 65 s
-        "test_tasks_ops.py",  # 60
-        "test_oidc.py",  # 42
-        "test_fair_share.py",  # 34
-        "test_later_and_recurring.py",  # 32
-        "test_accessibility.py",  # 31
-        "test_config.py",  # 29
-        "test_tasks.py",  # 26
-        "test_webhooks.py",  # 22
-        "test_live_events.py",  # 18
-        "test_login_limits.py",  # 18
-        "test_pages.py",  # 16
-        "test_task_logs.py",  # 15
+        "test_browser.py",  # 59 s
+        "test_oidc.py",  # 41
+        "test_accessibility.py",  # 39
+        "test_config.py",  # 34
+        "test_tasks_ops.py",  # 31
+        "test_fair_share.py",  # 29
+        "test_later_and_recurring.py",  # 29
+        "test_live_events.py",  # 22
+        "test_email_links.py",  # 21
+        "test_login_limits.py",  # 19
+        "test_openapi_document.py",  # 18
+        "test_webhooks.py",  # 17
+        "test_account_hygiene.py",  # 13
+        "test_hostile_input.py",  # 12
+        "test_live_events_replay.py",  # 11
+        "test_task_waits.py",  # 11
+        "test_accounts_cli.py",  # 10
     ],
     "services": [
-        "test_task_failures.py",  # 89 s
-        "test_later_and_recurring.py",  # 76
-        "test_browser.py",  # 67
-        "test_webhooks.py",  # 59
-        "test_rabbitmq.py",  # 59
-        "test_tasks_ops.py",  # 59
-        "test_chaos.py",  # 49
-        "test_fair_share.py",  # 49
-        "test_oidc.py",  # 42
-        "test_recovery.py",  # 30
-        "test_tasks.py",  # 26
-        "test_live_events.py",  # 25
-        "test_revocation.py",  # 22
-        "test_accessibility.py",  # 19
-        "test_supervisor.py",  # 19
-        "test_operations.py",  # 17
-        "test_task_logs.py",  # 17
-        "test_workers.py",  # 16
-        "test_notifications.py",  # 16
+        "test_task_failures.py",  # 84 s
+        "test_rabbitmq.py",  # 75
+        "test_fair_share.py",  # 63
+        "test_browser.py",  # 62
+        "test_webhooks.py",  # 53
+        "test_chaos.py",  # 44
+        "test_later_and_recurring.py",  # 40
+        "test_oidc.py",  # 37
+        "test_live_events.py",  # 30
+        "test_revocation.py",  # 28
+        "test_recovery.py",  # 24
+        "test_supervisor.py",  # 23
+        "test_accessibility.py",  # 22
+        "test_workers.py",  # 20
+        "test_tasks_ops.py",  # 20
+        "test_account_hygiene.py",  # 18
+        "test_operations.py",  # 18
+        "test_task_caps.py",  # 14
+        "test_login_limits.py",  # 14
+        "test_live_events_fanout.py",  # 13
     ],
 }
 

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import dramatiq
 import httpx
 import redis
-from dramatiq.brokers.redis import RedisBroker
 
 from tests.accounts import signed_in_headers
 from tests.servers import STARTUP_TIMEOUT, Process, free_port, spawn, spawn_web, worker_command
@@ -168,13 +167,15 @@ def send_message(redis_url: str, actor_name: str, *args: Any) -> None:
     """Enqueue one message for `actor_name` the way `actor.send(*args)` would, on the broker at `redis_url`.
 
     A bare broker with the service's namespace and the actor's queue: the test process's
-    own broker points at the run's Redis, not at a test's private one.
+    own broker points at the run's Redis, not at a test's private one. It wakes idle consumers,
+    as the service's own senders (web, workers, scheduler) do.
     """
     from app.config import get_settings
     from app.workers import broker as declared
+    from app.workers.brokers import WakingRedisBroker
 
     queue = declared.get_actor(actor_name).queue_name
-    broker = RedisBroker(url=redis_url, namespace=get_settings().redis_namespace)  # type: ignore[no-untyped-call]
+    broker = WakingRedisBroker(url=redis_url, namespace=get_settings().redis_namespace)  # type: ignore[no-untyped-call]
     try:
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=queue, actor_name=actor_name, args=args, kwargs={}, options={}

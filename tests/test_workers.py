@@ -69,6 +69,58 @@ def test_a_send_wakes_an_idle_redis_worker_long_before_its_next_poll() -> None:
 
 
 @pytest.mark.services
+def test_a_delayed_message_starts_on_time_whatever_the_poll() -> None:
+    """Dramatiq's loop, which enqueues a delayed message whose time has come, runs at least every 0.1 s
+    while the consumer waits: with a 3 s poll the message was up to 3 s late."""
+    from tests.processes import redis_server
+
+    with redis_server() as server:
+        woken = WakingRedisBroker(client=redis.Redis.from_url(server.url), namespace="delay-test")
+        started: list[float] = []
+        actor = dramatiq.actor(
+            lambda: started.append(time.monotonic()), actor_name="delay_test", queue_name="delay-test", broker=woken
+        )
+        worker = dramatiq.Worker(woken, worker_timeout=3_000, worker_threads=1)
+        worker.start()
+        try:
+            time.sleep(3.5)  # idle past one whole poll: the consumers now wait at their longest
+            lateness = []
+            for _ in range(3):
+                due = time.monotonic() + 2.5
+                actor.send_with_options(delay=2_500)
+                while len(started) < len(lateness) + 1 and time.monotonic() < due + 10:
+                    time.sleep(0.005)
+                lateness.append(started[-1] - due)
+            assert max(lateness) < 0.5, f"started {lateness} s after their time"
+        finally:
+            worker.stop()
+            woken.close()
+
+
+@pytest.mark.services
+def test_an_idle_redis_worker_fetches_about_once_a_second_even_with_a_short_poll() -> None:
+    """Sends wake idle consumers, so fetching more often finds nothing more: each fetch is a Lua script
+    in Redis (an idle worker at a 100 ms poll used 4.3% of a core). Counted in Redis's own statistics."""
+    from tests.processes import redis_server
+
+    with redis_server() as server:
+        client = redis.Redis.from_url(server.url)
+        woken = WakingRedisBroker(client=client, namespace="idle-test")
+        dramatiq.actor(lambda: None, actor_name="idle_test", queue_name="idle-test", broker=woken)
+        worker = dramatiq.Worker(woken, worker_timeout=100, worker_threads=1)  # two consumers: the queue and its DQ
+        worker.start()
+        try:
+            time.sleep(2)  # past the back-off after start
+            client.config_resetstat()
+            time.sleep(4)
+            scripts = sum(int(stats["calls"]) for name, stats in client.info("commandstats").items() if "eval" in name)
+        finally:
+            worker.stop()
+            woken.close()
+    assert scripts <= 2 * 5 + 2, f"{scripts} fetches in 4 s by two idle consumers (a 100 ms poll made about 80)"
+
+
+@pytest.mark.services
 def test_a_worker_stops_on_sigterm_to_its_process_group() -> None:
     """Found by the tests' own teardown: each services-mode worker took 15 s to stop, then SIGKILL.
 
