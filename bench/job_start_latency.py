@@ -313,7 +313,7 @@ Two worker processes, `dramatiq.Worker(broker, worker_timeout=T, worker_threads=
 queue each, run side by side: the baseline on Dramatiq's `RedisBroker` with its default
 worker timeout, the project on its `WakingRedisBroker` with `WORKER_POLL_MS` ({project_ms} ms
 in this run, read through `app.config`), whose idle consumer waits on a wake-up channel
-that every send publishes to and polls at least every timeout. The sender alternates between them
+that every send publishes to and polls every timeout (at most twice a second). The sender alternates between them
 and sends a worker its next message only once it has been idle for {IDLE_GAP_S:.1f} s or more
 (plus up to {GAP_JITTER_S:.1f} s at random), so that its poll back-off has grown to its maximum.
 The send time is taken just before `send()`, the start time by the actor itself; both

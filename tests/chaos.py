@@ -335,22 +335,14 @@ def query(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
 
 def worker_ids_of(redis_url: str, pids: set[int]) -> set[str]:
     """The heartbeat ids of the worker processes among `pids`."""
-    import msgspec
-    import redis
-
     from app.config import get_settings
-    from app.workers.heartbeat import WorkerInfo
+    from app.workers.heartbeat import RedisHeartbeats
 
-    client = redis.Redis.from_url(redis_url)
+    heartbeats = RedisHeartbeats(redis_url, prefix=f"{get_settings().redis_namespace}:workers:")
     try:
-        found = set()
-        for key in client.scan_iter(match=f"{get_settings().redis_namespace}:workers:*"):
-            raw = client.get(key)
-            if raw and (info := msgspec.json.decode(raw, type=WorkerInfo)).pid in pids:
-                found.add(info.id)
-        return found
+        return {info.id for info in heartbeats.alive() if info.pid in pids}
     finally:
-        client.close()
+        heartbeats.close()
 
 
 def seconds_until_running_again(database_url: str, task_ids: list[str], since: float, timeout: float = 60) -> float:

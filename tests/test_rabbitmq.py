@@ -1,6 +1,6 @@
 """Jobs on RabbitMQ (BROKER_URL=amqp://...): the same service with Dramatiq's RabbitMQ broker.
 
-The happy path on the machine's RabbitMQ; queue depth and a broker restart each on a private node.
+The happy path on the machine's RabbitMQ; queue depth and a broker restart on the module's private node.
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ def test_a_task_runs_through_rabbitmq(migrated: None) -> None:
 
 
 # --- RabbitMQ like Redis: queue depth, a broker restart and the recovery ------------------------------------------
-# Each test runs its own RabbitMQ node (tests/processes.py), so no other worker takes its messages
-# and the queue depths are its own; the web process and workers use the run's Postgres and Redis.
+# The module's tests share a private RabbitMQ node (tests/processes.py, the `rabbit` fixture), so no other
+# xdist worker takes their messages and the queue depths are theirs; each leaves its queues empty. The web
+# process and workers use the run's Postgres and Redis.
 
 RESTART_SETTINGS = {
     "TASK_STALE_SECONDS": "3",
@@ -154,58 +155,57 @@ def test_rabbitmq_queue_depth_grows_without_a_worker_and_drains_with_one(
     """Queue depth on RabbitMQ, in the admin task-load API and in /metrics (`app_queue_depth`).
 
     With no worker, each submission leaves one turn on the `tasks` queue; a worker started
-    afterwards takes them all, every task succeeds and the depth is 0 again.
+    afterwards takes them all, every task succeeds and the depth is 0 again (as the module's next
+    test expects of the node).
     """
-    require_rabbitmq_server()
     submitted = 5
-    with rabbitmq_server() as rabbit:
-        settings = {
-            "BROKER_URL": rabbit.url,
-            "REDIS_NAMESPACE": f"rabbit{uuid.uuid4().hex[:8]}",
-            "METRICS_REFRESH_SECONDS": "1",
-        }
-        with stack(os.environ["REDIS_URL"], worker=False, settings=settings) as services:
-            try:
-                with user_client(services.url) as api:
-                    admin = superuser_headers(api)
-                    ids = []
-                    for _ in range(submitted):
-                        answer = submit(api)
-                        assert answer.status_code == 202, answer.text
-                        ids.append(answer.json()["id"])
-                    depth = eventually(
-                        lambda: (d := admin_depth(api, admin)) and d.get(TASKS) == submitted and d,
-                        timeout=30,
-                        what=f"{submitted} messages on the tasks queue in the admin task load",
-                    )
-                    assert set(depth) >= {TASKS}, depth
-                    # The refresher reads the depth every METRICS_REFRESH_SECONDS: /metrics shows it within two.
-                    eventually(
-                        lambda: metrics_depth(api).get(TASKS) == submitted,
-                        timeout=60,
-                        what=f"app_queue_depth{{queue={TASKS!r}}} {submitted} in /metrics",
-                        interval=0.5,
-                    )
-                    assert {task["status"] for task in tasks_by_id(ids).values()} == {"queued"}
+    settings = {
+        "BROKER_URL": rabbit.url,
+        "REDIS_NAMESPACE": f"rabbit{uuid.uuid4().hex[:8]}",
+        "METRICS_REFRESH_SECONDS": "1",
+    }
+    with stack(os.environ["REDIS_URL"], worker=False, settings=settings) as services:
+        try:
+            with user_client(services.url) as api:
+                admin = superuser_headers(api)
+                ids = []
+                for _ in range(submitted):
+                    answer = submit(api)
+                    assert answer.status_code == 202, answer.text
+                    ids.append(answer.json()["id"])
+                depth = eventually(
+                    lambda: (d := admin_depth(api, admin)) and d.get(TASKS) == submitted and d,
+                    timeout=30,
+                    what=f"{submitted} messages on the tasks queue in the admin task load",
+                )
+                assert set(depth) >= {TASKS}, depth
+                # The refresher reads the depth every METRICS_REFRESH_SECONDS: /metrics shows it within two.
+                eventually(
+                    lambda: metrics_depth(api).get(TASKS) == submitted,
+                    timeout=60,
+                    what=f"app_queue_depth{{queue={TASKS!r}}} {submitted} in /metrics",
+                    interval=0.5,
+                )
+                assert {task["status"] for task in tasks_by_id(ids).values()} == {"queued"}
 
-                    services.start_worker()
-                    for task_id in ids:
-                        done = wait_task(api, task_id, lambda t: t["status"] in FINISHED, timeout=90, what="to end")
-                        assert (done["status"], done["result"]) == ("succeeded", {"steps": 3}), done
-                    eventually(
-                        lambda: (admin_depth(api, admin) or {}).get(TASKS) == 0,
-                        timeout=30,
-                        what="the tasks queue drained in the admin task load",
-                    )
-                    eventually(
-                        lambda: metrics_depth(api).get(TASKS) == 0,
-                        timeout=60,
-                        what="app_queue_depth 0 in /metrics",
-                        interval=0.5,
-                    )
-            except BaseException:
-                print(services.logs(tail=20000))
-                raise
+                services.start_worker()
+                for task_id in ids:
+                    done = wait_task(api, task_id, lambda t: t["status"] in FINISHED, timeout=90, what="to end")
+                    assert (done["status"], done["result"]) == ("succeeded", {"steps": 3}), done
+                eventually(
+                    lambda: (admin_depth(api, admin) or {}).get(TASKS) == 0,
+                    timeout=30,
+                    what="the tasks queue drained in the admin task load",
+                )
+                eventually(
+                    lambda: metrics_depth(api).get(TASKS) == 0,
+                    timeout=60,
+                    what="app_queue_depth 0 in /metrics",
+                    interval=0.5,
+                )
+        except BaseException:
+            print(services.logs(tail=20000))
+            raise
 
 
 @pytest.mark.services

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from app.config import get_settings
+from app.workers.heartbeat import RedisHeartbeats
 from tests.processes import FINISHED, eventually, redis_server, stack, task_of, user_client, wait_task
 
 pytestmark = pytest.mark.services
@@ -34,12 +34,11 @@ def submit(api: httpx.Client, **params: Any) -> dict[str, Any]:
 
 
 def live_worker_ids(redis_url: str) -> set[str]:
-    prefix = f"{get_settings().redis_namespace}:workers:"
-    client = redis.Redis.from_url(redis_url)
+    heartbeats = RedisHeartbeats(redis_url, prefix=f"{get_settings().redis_namespace}:workers:")
     try:
-        return {key.decode()[len(prefix) :] for key in client.scan_iter(match=prefix + "*")}
+        return {info.id for info in heartbeats.alive()}
     finally:
-        client.close()
+        heartbeats.close()
 
 
 def test_a_killed_workers_task_runs_again_on_a_live_worker_within_seconds(migrated: None) -> None:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from app.config import get_settings
 from app.supervisor import read_procfile, with_env_file
-from app.workers.heartbeat import WorkerInfo
+from app.workers.heartbeat import RedisHeartbeats, WorkerInfo
 from tests.processes import ROOT, eventually, live_members
 from tests.servers import BIN, LiveServer, free_port, spawn, wait_ready
 
@@ -42,21 +41,16 @@ def descends_from(pid: int, ancestor: int) -> bool:
 
 def task_workers(supervisor: int) -> dict[int, WorkerInfo]:
     """The live workers of the `tasks` queue that `supervisor` started, by pid, from their heartbeats."""
-    import msgspec
-
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url)
+    heartbeats = RedisHeartbeats(settings.redis_url, prefix=f"{settings.redis_namespace}:workers:")
     try:
-        found = {}
-        for key in client.scan_iter(match=f"{settings.redis_namespace}:workers:*"):
-            raw = client.get(key)
-            if raw:
-                info = msgspec.json.decode(raw, type=WorkerInfo)
-                if info.queues == ("tasks",) and descends_from(info.pid, supervisor):
-                    found[info.pid] = info
-        return found
+        return {
+            info.pid: info
+            for info in heartbeats.alive()
+            if info.queues == ("tasks",) and descends_from(info.pid, supervisor)
+        }
     finally:
-        client.close()
+        heartbeats.close()
 
 
 def test_the_procfile_is_read_as_honcho_reads_it(tmp_path: Path) -> None:

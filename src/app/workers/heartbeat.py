@@ -84,22 +84,42 @@ class MemoryHeartbeats:
 
 
 class RedisHeartbeats:
+    """A key per worker process that expires `ttl` after its last beat, and a set of the ids that beat.
+
+    Who is alive is read from the set and the keys it names (one SMEMBERS and one MGET, whatever
+    else Redis holds): a SCAN for the keys' prefix walked the whole keyspace (sessions, rate
+    limits, the broker's messages) every beat of every worker. Ids whose key has expired are
+    taken out of the set as they are found; a live worker's next beat puts it back.
+    """
+
     shared = True
 
     def __init__(self, url: str, prefix: str) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._prefix = prefix
+        self._ids = prefix + "ids"
 
     def beat(self, info: WorkerInfo, ttl: float) -> None:
-        self._client.set(self._prefix + info.id, msgspec.json.encode(info), px=int(ttl * 1000))
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(self._prefix + info.id, msgspec.json.encode(info), px=int(ttl * 1000))
+            pipe.sadd(self._ids, info.id)
+            pipe.execute()
 
     def forget(self, worker_id: str) -> None:
-        self._client.delete(self._prefix + worker_id)
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.delete(self._prefix + worker_id)
+            pipe.srem(self._ids, worker_id)
+            pipe.execute()
 
     def alive(self) -> list[WorkerInfo]:
-        keys = list(self._client.scan_iter(match=self._prefix + "*", count=100))
-        values = self._client.mget(keys) if keys else []
-        return [msgspec.json.decode(value, type=WorkerInfo) for value in values if value]
+        ids = sorted(m.decode() if isinstance(m, bytes) else m for m in self._client.smembers(self._ids))
+        values = self._client.mget([self._prefix + worker_id for worker_id in ids]) if ids else []
+        if expired := [worker_id for worker_id, value in zip(ids, values, strict=True) if value is None]:
+            self._client.srem(self._ids, *expired)
+        return [msgspec.json.decode(value, type=WorkerInfo) for value in values if value is not None]
+
+    def close(self) -> None:
+        self._client.close()
 
     def generation(self) -> str:
         """The Redis server's run id: it changes when Redis restarts (and lost what it held in memory)."""
