@@ -105,3 +105,40 @@ def test_open_streams_users_are_renewed_in_one_group(migrated: None, monkeypatch
         assert credentials._due_for_renewal() == []
         for watch in watched:
             credentials.unwatch(watch)
+
+
+@pytest.mark.services
+async def test_a_connection_given_back_just_now_is_not_pinged_at_checkout(migrated: None) -> None:
+    """The write engine checks a pooled connection with `SELECT 1` before use, unless it was given back
+    within ALIVE_WITHOUT_CHECK_SECONDS: under load that check was one round trip of three per task.
+    The check is recorded by asyncpg's own query logger (which records what runs outside prepared
+    statements: the check, BEGIN and ROLLBACK)."""
+    import asyncio
+
+    from sqlalchemy import event, text
+
+    from app.domain.database import ALIVE_WITHOUT_CHECK_SECONDS
+
+    engine = create_engine(get_settings())
+    seen: list[str] = []
+
+    def log_queries(dbapi_connection: object, _record: object) -> None:
+        driver = dbapi_connection.driver_connection  # type: ignore[attr-defined]
+        driver.add_query_logger(lambda record: seen.append(record.query))
+
+    event.listen(engine.sync_engine, "connect", log_queries)
+
+    async def use() -> list[str]:
+        seen.clear()
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 2"))
+            await connection.rollback()
+        return [query for query in seen if query.strip().upper().startswith("SELECT")]  # the checks
+
+    try:
+        assert await use() == []  # a new connection: nothing to check
+        assert await use() == []  # given back just now
+        await asyncio.sleep(ALIVE_WITHOUT_CHECK_SECONDS + 0.2)
+        assert await use() == ["SELECT 1"]  # idle for longer: checked first
+    finally:
+        await engine.dispose()

@@ -1,7 +1,8 @@
 """The database engines, shared by the web app and the workers (each builds its own).
 
 `create_engine` is for everything that writes: sessions with transactions, connections
-checked before use (`_check_on_checkout`: one round trip). `create_read_engine` is for the web's hot reads (who is
+checked before use (`_check_on_checkout`: one round trip, none for a connection given back
+within the last half second). `create_read_engine` is for the web's hot reads (who is
 calling, a page of tasks): autocommit connections (no BEGIN/ROLLBACK around a single
 SELECT) and no ping, so a read costs one round trip; `read` repeats a read once when its
 connection turned out to be broken (a Postgres restart), which a ping would have found.
@@ -19,6 +20,7 @@ statements (its statement cache), so a read that comes back is not compiled agai
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,10 +48,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 #: Where a pooled connection's record notes that it was just opened (nothing to check yet).
 _FRESH = "app.fresh"
+#: Where it notes when it was last given back to the pool (time.monotonic()).
+_RETURNED_AT = "app.returned_at"
+#: A connection given back this recently is not checked again at checkout (HikariCP's
+#: aliveBypassWindowMs, 500 ms): under load a connection goes out again within milliseconds, and
+#: its check was a round trip of three per task. asyncpg still sees a server that went away
+#: (the connection is closed: checked without a round trip); only a connection that died
+#: silently within the window reaches a request, which fails once as it would mid-use.
+ALIVE_WITHOUT_CHECK_SECONDS = 0.5
 
 
 def _mark_fresh(_dbapi_connection: Any, record: Any) -> None:
     record.info[_FRESH] = True
+
+
+def _mark_returned(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_RETURNED_AT] = time.monotonic()
 
 
 def _check_on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
@@ -67,6 +81,8 @@ def _check_on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     driver = dbapi_connection.driver_connection
     if driver.is_closed():
         raise InvalidatePoolError("the connection was closed")
+    if time.monotonic() - record.info.get(_RETURNED_AT, float("-inf")) < ALIVE_WITHOUT_CHECK_SECONDS:
+        return
     try:
         dbapi_connection.run_async(lambda connection: connection.execute("SELECT 1"))
     except Exception as exc:
@@ -99,6 +115,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     else:
         event.listen(engine.sync_engine, "connect", _mark_fresh)
         event.listen(engine.sync_engine, "checkout", _check_on_checkout)
+        event.listen(engine.sync_engine, "checkin", _mark_returned)
     return engine
 
 
