@@ -294,4 +294,4 @@ def wait_task(
         task = task_of(api, task_id)
         return task if until(task) else None
 
-    return eventually(check, timeout=timeout, what=f"task {task_id} {what}", interval=0.05)
+    return eventually(check, timeout=timeout, what=f"task {task_id} {what}", interval=0.1)

@@ -95,10 +95,11 @@ def cancel_all(api: httpx.Client, task_ids: list[str]) -> None:
 
 
 def test_the_next_thread_goes_to_the_user_with_the_fewest_running_tasks(template: str, mode: str) -> None:
-    """A floods 100 long tasks and holds every thread; B's task takes the first thread that frees, not A's next."""
+    """A floods five times the threads with long tasks and holds every thread; B's task takes the first thread
+    that frees, not A's next (100 tasks here cost the run 200 requests more and found nothing more)."""
     settings = {"MAX_ACTIVE_TASKS": "200", "MAX_RUNNING_PER_USER": str(THREADS)}
     with service(template, mode, settings) as url, user_client(url) as a, user_client(url) as b:
-        flood = submit(a, 100, **LONG)
+        flood = submit(a, 5 * THREADS, **LONG)
         try:
             eventually(lambda: len(running(a, flood[: THREADS + 2])) == THREADS, timeout=60, what="A on every thread")
             (mine,) = submit(b, steps=1, step_ms=0)
