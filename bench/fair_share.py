@@ -178,23 +178,17 @@ def _recovery() -> tuple[list[float], float, float]:
 
 def _worker_ids(stack: ServiceStack, pids: set[int]) -> set[str]:
     """Heartbeat ids on the stack's own Redis: of the processes in `pids`, or of every live worker if empty."""
-    import msgspec
     import redis
 
-    from app.workers.heartbeat import WorkerInfo
+    from app.workers.heartbeat import RedisHeartbeats
 
-    client = redis.Redis.from_url(stack.redis.url)
+    heartbeats = RedisHeartbeats(stack.redis.url, prefix=f"{stack.env['REDIS_NAMESPACE']}:workers:")
     try:
-        found = set()
-        for key in client.scan_iter(match="*:workers:*"):
-            raw = client.get(key)
-            if raw and (not pids or msgspec.json.decode(raw, type=WorkerInfo).pid in pids):
-                found.add(key.decode().rsplit(":", 1)[1])
-        return found
+        return {info.id for info in heartbeats.alive() if not pids or info.pid in pids}
     except redis.RedisError:
         return set()
     finally:
-        client.close()
+        heartbeats.close()
 
 
 def _held_by(stack: ServiceStack, worker_ids: set[str], task_id: str) -> bool:
