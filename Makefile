@@ -120,7 +120,11 @@ chaos: install ## Long fault runs: workers killed, Redis and Postgres restarted 
 
 # The bench group adds the peer stack (FastAPI, Celery) that bench/ compares the service with; it is
 # never in the production image (Containerfile: --no-dev, and bench is not a default group).
-bench: install ## Run the benchmarks and write docs/benchmarks.md.
+# The API read benchmark drives its servers with wrk (bench/api_list.py); without it that section says so.
+bench: install ## Run the benchmarks and write docs/benchmarks.md (installs wrk with apt when root).
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }; } \
+	  || echo "No wrk: the API read benchmark will not run. Install it: sudo apt-get install wrk"
 	$(UV) sync --frozen --compile-bytecode --group bench
 	$(RUN) python -m bench
 

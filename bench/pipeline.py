@@ -99,12 +99,20 @@ tasks, whose queue stays shorter, hid it. The claim (`app.domain.tasks.fairness.
 counts the running tasks once, grouped by owner (per capped kind in the same pass), and joins the
 counts to the candidates: the same run does 111 tasks/s with Postgres at 4.5 ms per task.
 
+**Fourth round: the pool's check.** Each of the three transactions began with a `SELECT 1` on the
+connection taken from the pool (`_check_on_checkout`). A connection given back within the last
+half second is now taken as it is (HikariCP's alive bypass window; a connection asyncpg saw close
+is still refused without a round trip), so under load no check is sent: `Postgres transactions`
+per task 5.9 -> 3.0. Full runs of `make bench` before and after (2026-12-04 22:25, 2026-12-05):
+tasks/s end to end 114 -> 126 and 132, CPU per task web 3.70 -> 3.20 and 2.99 ms, worker 5.23 ->
+4.55 and 4.40 ms, Postgres 4.89 -> 4.27 and 4.26 ms.
+
 The target, 25% of raw Dramatiq (about 500 tasks/s here), is still out of reach on two cores: a
 task costs about 10 ms of CPU in all (an authenticated HTTP request, three transactions, four
 events written and published) against 0.2-0.3 ms for a no-op message, which bounds two cores at
-roughly 200 tasks/s with nothing else running. What is left: a ping per pool checkout (three per
-task; `app.domain.database`), one Redis PUBLISH per event, the broker send in a thread, and in the
-web process Litestar's middleware and request body handling, which now outweigh the create itself.
+roughly 200 tasks/s with nothing else running. What is left: one Redis PUBLISH per event, the
+broker send in a thread, and in the web process Litestar's middleware and request body handling,
+which now outweigh the create itself.
 """
 
 
