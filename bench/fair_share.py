@@ -182,7 +182,7 @@ def _worker_ids(stack: ServiceStack, pids: set[int]) -> set[str]:
 
     from app.workers.heartbeat import RedisHeartbeats
 
-    heartbeats = RedisHeartbeats(stack.redis.url, prefix=f"{stack.env['REDIS_NAMESPACE']}:workers:")
+    heartbeats = RedisHeartbeats.of(stack.redis.url, stack.env["REDIS_NAMESPACE"])
     try:
         return {info.id for info in heartbeats.alive() if not pids or info.pid in pids}
     except redis.RedisError:

@@ -335,14 +335,9 @@ def query(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
 
 def worker_ids_of(redis_url: str, pids: set[int]) -> set[str]:
     """The heartbeat ids of the worker processes among `pids`."""
-    from app.config import get_settings
-    from app.workers.heartbeat import RedisHeartbeats
+    from tests.processes import live_workers
 
-    heartbeats = RedisHeartbeats(redis_url, prefix=f"{get_settings().redis_namespace}:workers:")
-    try:
-        return {info.id for info in heartbeats.alive() if info.pid in pids}
-    finally:
-        heartbeats.close()
+    return {info.id for info in live_workers(redis_url) if info.pid in pids}
 
 
 def seconds_until_running_again(database_url: str, task_ids: list[str], since: float, timeout: float = 60) -> float:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dramatiq
 import httpx
@@ -26,6 +26,9 @@ import redis
 
 from tests.accounts import signed_in_headers
 from tests.servers import STARTUP_TIMEOUT, Process, free_port, spawn, spawn_web, worker_command
+
+if TYPE_CHECKING:
+    from app.workers.heartbeat import WorkerInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -161,6 +164,18 @@ def rabbitmq_server() -> Iterator[RabbitmqServer]:
         yield server
     finally:
         server.remove()
+
+
+def live_workers(redis_url: str) -> list[WorkerInfo]:
+    """The worker processes whose heartbeats the run's namespace holds on the Redis at `redis_url`."""
+    from app.config import get_settings
+    from app.workers.heartbeat import RedisHeartbeats
+
+    heartbeats = RedisHeartbeats.of(redis_url, get_settings().redis_namespace)
+    try:
+        return heartbeats.alive()
+    finally:
+        heartbeats.close()
 
 
 def send_message(redis_url: str, actor_name: str, *args: Any) -> None:

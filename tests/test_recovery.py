@@ -17,9 +17,16 @@ from typing import Any
 import httpx
 import pytest
 
-from app.config import get_settings
-from app.workers.heartbeat import RedisHeartbeats
-from tests.processes import FINISHED, eventually, redis_server, stack, task_of, user_client, wait_task
+from tests.processes import (
+    FINISHED,
+    eventually,
+    live_workers,
+    redis_server,
+    stack,
+    task_of,
+    user_client,
+    wait_task,
+)
 
 pytestmark = pytest.mark.services
 
@@ -34,11 +41,7 @@ def submit(api: httpx.Client, **params: Any) -> dict[str, Any]:
 
 
 def live_worker_ids(redis_url: str) -> set[str]:
-    heartbeats = RedisHeartbeats(redis_url, prefix=f"{get_settings().redis_namespace}:workers:")
-    try:
-        return {info.id for info in heartbeats.alive()}
-    finally:
-        heartbeats.close()
+    return {info.id for info in live_workers(redis_url)}
 
 
 def test_a_killed_workers_task_runs_again_on_a_live_worker_within_seconds(migrated: None) -> None:

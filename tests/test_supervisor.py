@@ -17,8 +17,8 @@ import pytest
 
 from app.config import get_settings
 from app.supervisor import read_procfile, with_env_file
-from app.workers.heartbeat import RedisHeartbeats, WorkerInfo
-from tests.processes import ROOT, eventually, live_members
+from app.workers.heartbeat import WorkerInfo
+from tests.processes import ROOT, eventually, live_members, live_workers
 from tests.servers import BIN, LiveServer, free_port, spawn, wait_ready
 
 pytestmark = pytest.mark.services
@@ -41,16 +41,11 @@ def descends_from(pid: int, ancestor: int) -> bool:
 
 def task_workers(supervisor: int) -> dict[int, WorkerInfo]:
     """The live workers of the `tasks` queue that `supervisor` started, by pid, from their heartbeats."""
-    settings = get_settings()
-    heartbeats = RedisHeartbeats(settings.redis_url, prefix=f"{settings.redis_namespace}:workers:")
-    try:
-        return {
-            info.pid: info
-            for info in heartbeats.alive()
-            if info.queues == ("tasks",) and descends_from(info.pid, supervisor)
-        }
-    finally:
-        heartbeats.close()
+    return {
+        info.pid: info
+        for info in live_workers(get_settings().redis_url)
+        if info.queues == ("tasks",) and descends_from(info.pid, supervisor)
+    }
 
 
 def test_the_procfile_is_read_as_honcho_reads_it(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ class Housekeeper:
         self.metrics_url = metrics_url
         self.namespace = namespace
         self.broker = WakingRedisBroker(url=os.environ["REDIS_URL"], namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
-        self.heartbeats = RedisHeartbeats(os.environ["REDIS_URL"], prefix=f"{namespace}:workers:")
+        self.heartbeats = RedisHeartbeats.of(os.environ["REDIS_URL"], namespace)
 
     def metrics(self) -> str:
         response = httpx.get(self.metrics_url, timeout=5)

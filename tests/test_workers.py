@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import dramatiq
@@ -37,86 +39,77 @@ def test_the_worker_defaults_are_dramatiqs_own() -> None:
     assert defaults["worker_timeout"] == dramatiq.worker.WORKER_TIMEOUT
 
 
-@pytest.mark.services
-def test_a_send_wakes_an_idle_redis_worker_long_before_its_next_poll() -> None:
-    """With a 3 s poll, an idle worker still starts a message within a fraction of a second."""
+@contextlib.contextmanager
+def idle_worker(namespace: str, worker_timeout: int) -> Iterator[tuple[WakingRedisBroker, redis.Redis]]:
+    """A started one-thread Dramatiq worker on a `WakingRedisBroker` of a private redis-server, with a client of
+    that server. Actors declared on the broker afterwards get their consumers at once (Dramatiq's worker
+    middleware adds one per declared queue)."""
     from tests.processes import redis_server
 
     with redis_server() as server:
-        woken = WakingRedisBroker(client=redis.Redis.from_url(server.url), namespace="wake-test")
+        client = redis.Redis.from_url(server.url)
+        woken = WakingRedisBroker(client=client, namespace=namespace)
+        worker = dramatiq.Worker(woken, worker_timeout=worker_timeout, worker_threads=1)
+        worker.start()
+        try:
+            yield woken, client
+        finally:
+            worker.stop()
+            woken.close()
+
+
+@pytest.mark.services
+def test_a_send_wakes_an_idle_redis_worker_long_before_its_next_poll() -> None:
+    """With a 3 s poll, an idle worker still starts a message within a fraction of a second."""
+    with idle_worker("wake-test", worker_timeout=3_000) as (woken, _):
         started: list[float] = []
 
         def record() -> None:
             started.append(time.monotonic())
 
         actor = dramatiq.actor(record, actor_name="wake_test_record", queue_name="wake-test", broker=woken)
-        worker = dramatiq.Worker(woken, worker_timeout=3_000, worker_threads=1)  # it stops within two polls
-        worker.start()
-        try:
-            time.sleep(3.5)  # idle past one whole poll: the consumer now waits at its longest
-            for count in range(1, 4):
-                sent = time.monotonic()
-                actor.send()
-                deadline = sent + 5
-                while len(started) < count and time.monotonic() < deadline:
-                    time.sleep(0.005)
-                assert len(started) == count, "the message never started"
-                assert started[-1] - sent < 1.0, f"started {started[-1] - sent:.3f} s after the send"
-                time.sleep(1)
-        finally:
-            worker.stop()
-            woken.close()
+        time.sleep(3.5)  # idle past one whole poll: the consumer now waits at its longest
+        for count in range(1, 4):
+            sent = time.monotonic()
+            actor.send()
+            deadline = sent + 5
+            while len(started) < count and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert len(started) == count, "the message never started"
+            assert started[-1] - sent < 1.0, f"started {started[-1] - sent:.3f} s after the send"
+            time.sleep(1)
 
 
 @pytest.mark.services
 def test_a_delayed_message_starts_on_time_whatever_the_poll() -> None:
     """Dramatiq's loop, which enqueues a delayed message whose time has come, runs at least every 0.1 s
     while the consumer waits: with a 3 s poll the message was up to 3 s late."""
-    from tests.processes import redis_server
-
-    with redis_server() as server:
-        woken = WakingRedisBroker(client=redis.Redis.from_url(server.url), namespace="delay-test")
+    with idle_worker("delay-test", worker_timeout=3_000) as (woken, _):
         started: list[float] = []
         actor = dramatiq.actor(
             lambda: started.append(time.monotonic()), actor_name="delay_test", queue_name="delay-test", broker=woken
         )
-        worker = dramatiq.Worker(woken, worker_timeout=3_000, worker_threads=1)
-        worker.start()
-        try:
-            time.sleep(2)  # idle: the consumers' back-off has grown (to 3 s, had they slept as Dramatiq's do)
-            lateness = []
-            for _ in range(2):
-                due = time.monotonic() + 2.5
-                actor.send_with_options(delay=2_500)
-                while len(started) < len(lateness) + 1 and time.monotonic() < due + 10:
-                    time.sleep(0.005)
-                lateness.append(started[-1] - due)
-            assert max(lateness) < 0.5, f"started {lateness} s after their time"
-        finally:
-            worker.stop()
-            woken.close()
+        time.sleep(2)  # idle: the consumers' back-off has grown (to 3 s, had they slept as Dramatiq's do)
+        lateness = []
+        for _ in range(2):
+            due = time.monotonic() + 2.5
+            actor.send_with_options(delay=2_500)
+            while len(started) < len(lateness) + 1 and time.monotonic() < due + 10:
+                time.sleep(0.005)
+            lateness.append(started[-1] - due)
+        assert max(lateness) < 0.5, f"started {lateness} s after their time"
 
 
 @pytest.mark.services
 def test_an_idle_redis_worker_polls_at_most_twice_a_second_even_with_a_short_poll() -> None:
     """Sends wake idle consumers, so fetching more often finds nothing more: each fetch is a Lua script
     in Redis (an idle worker at a 100 ms poll used 4.3% of a core). Counted in Redis's own statistics."""
-    from tests.processes import redis_server
-
-    with redis_server() as server:
-        client = redis.Redis.from_url(server.url)
-        woken = WakingRedisBroker(client=client, namespace="idle-test")
-        dramatiq.actor(lambda: None, actor_name="idle_test", queue_name="idle-test", broker=woken)
-        worker = dramatiq.Worker(woken, worker_timeout=100, worker_threads=1)  # two consumers: the queue and its DQ
-        worker.start()
-        try:
-            time.sleep(1.5)  # past the back-off after start
-            client.config_resetstat()
-            time.sleep(3)
-            scripts = sum(int(stats["calls"]) for name, stats in client.info("commandstats").items() if "eval" in name)
-        finally:
-            worker.stop()
-            woken.close()
+    with idle_worker("idle-test", worker_timeout=100) as (woken, client):
+        dramatiq.actor(lambda: None, actor_name="idle_test", queue_name="idle-test", broker=woken)  # the queue, its DQ
+        time.sleep(1.5)  # past the back-off after start
+        client.config_resetstat()
+        time.sleep(3)
+        scripts = sum(int(stats["calls"]) for name, stats in client.info("commandstats").items() if "eval" in name)
     assert scripts <= 2 * 6 + 2, f"{scripts} fetches in 3 s by two idle consumers (a 100 ms poll made about 70)"
 
 

@@ -39,6 +39,8 @@ CONSUMER_RESTART_SECONDS = 1.0
 #: sent or that Redis handed back from a dead worker). Each fetch is a Lua script in Redis: polling
 #: every 100 ms, an idle worker used 4.3% of a core.
 IDLE_FETCH_MIN_SECONDS = 1.0
+#: The longest an idle consumer waits before Dramatiq's loop runs again (delayed messages come due, a stop).
+LOOP_SECONDS = 0.1
 
 
 class WakingRedisBroker(RedisBroker):
@@ -71,10 +73,6 @@ class WakingRedisBroker(RedisBroker):
         except redis.RedisError as exc:  # the message is in Redis: the worker's next poll finds it
             log.warning("broker.wake_failed", queue=enqueued.queue_name, error=str(exc))
         return enqueued
-
-
-#: The longest an idle consumer waits before Dramatiq's loop runs again (delayed messages come due, a stop).
-LOOP_SECONDS = 0.1
 
 
 class _WakingConsumer(_RedisConsumer):
@@ -150,7 +148,7 @@ class PollCheck(Middleware):
 def heartbeat_store(settings: Settings) -> HeartbeatStore:
     if settings.embedded_workers:
         return MemoryHeartbeats()
-    return RedisHeartbeats(settings.redis_url, prefix=f"{settings.redis_namespace}:workers:")
+    return RedisHeartbeats.of(settings.redis_url, settings.redis_namespace)
 
 
 def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Broker:

@@ -99,6 +99,11 @@ class RedisHeartbeats:
         self._prefix = prefix
         self._ids = prefix + "ids"
 
+    @classmethod
+    def of(cls, url: str, namespace: str) -> RedisHeartbeats:
+        """The heartbeats of the service whose Redis keys start with `namespace` (REDIS_NAMESPACE)."""
+        return cls(url, prefix=f"{namespace}:workers:")
+
     def beat(self, info: WorkerInfo, ttl: float) -> None:
         with self._client.pipeline(transaction=False) as pipe:
             pipe.set(self._prefix + info.id, msgspec.json.encode(info), px=int(ttl * 1000))
