@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.middleware.prometheus import Prometheus
@@ -30,6 +30,9 @@ from dramatiq.middleware.prometheus import Prometheus
 from app.config import Settings, get_settings
 from app.workers.heartbeat import WorkerInfo
 from app.workers.queues import QUEUES
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 HEARTBEAT_METRIC = "app_worker_heartbeat_timestamp_seconds"
 
@@ -115,21 +118,48 @@ class WorkerMetrics(Prometheus):
     after_skip_message = after_process_message
 
 
+def group_registry(directory: Path) -> CollectorRegistry:
+    """A registry that reads the group's metric files, skipping any file a process is creating.
+
+    prometheus_client creates a process's file (open, then size it) when the process makes its
+    first value of a kind; a scrape that globbed the file in between read no header and failed
+    the whole answer with a 500 (seen in CI). A file without its header holds no value yet.
+    """
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    class WrittenFilesCollector(MultiProcessCollector):
+        def collect(self) -> Any:
+            files = [str(f) for f in directory.glob("*.db") if _has_header(f)]
+            return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+
+    registry = CollectorRegistry()
+    WrittenFilesCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    return registry
+
+
+def _has_header(file: Path) -> bool:
+    """Whether the file is past its creation: sized, so its used-length header can be read."""
+    try:
+        return file.stat().st_size >= 8
+    except FileNotFoundError:  # a dead process's live gauge, removed since the glob
+        return False
+
+
 def serve_worker_metrics() -> int:
     """The exporter: Dramatiq runs it in a process of its own beside the group's worker processes.
 
     Serves the group's metric files until the group stops, then removes the directories that
     earlier runs on this port left behind (only once the port is ours: no live group uses them).
     """
-    from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client import start_http_server
 
     settings = get_settings()
     directory = group_directory(settings)
     directory.mkdir(parents=True, exist_ok=True)
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
-    _server, thread = start_http_server(settings.worker_metrics_port, addr=settings.host, registry=registry)
+    _server, thread = start_http_server(
+        settings.worker_metrics_port, addr=settings.host, registry=group_registry(directory)
+    )
     for earlier in directory.parent.glob(f"{settings.worker_metrics_port}-*"):
         if earlier != directory:
             shutil.rmtree(earlier, ignore_errors=True)
