@@ -25,7 +25,7 @@ import httpx
 import redis
 
 from tests.accounts import signed_in_headers
-from tests.servers import STARTUP_TIMEOUT, Process, free_port, spawn, spawn_web, worker_command
+from tests.servers import STARTUP_TIMEOUT, Process, free_port, spawn, spawn_web, stop_all, worker_command
 
 if TYPE_CHECKING:
     from app.workers.heartbeat import WorkerInfo
@@ -252,8 +252,7 @@ class Stack:
         return "\n".join(f"--- {p.name} ---\n{p.output()[-tail:]}" for p in self.processes())
 
     def stop(self) -> None:
-        for process in [self.web, *self.others, *([self.worker] if self.worker else [])]:
-            process.stop(signal.SIGTERM, timeout=10)
+        stop_all([self.web, *self.others, *([self.worker] if self.worker else [])], timeout=10)
 
 
 @contextlib.contextmanager

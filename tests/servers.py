@@ -84,9 +84,18 @@ class Process:
     log: Path
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        self.signal(sig)
+        return self.wait(timeout)
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the process's whole group (its own children included), if it still runs."""
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        """Its exit status, once it exits; its group is killed if it has not after `timeout` seconds."""
+        if self.popen.poll() is None:
             try:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -96,6 +105,15 @@ class Process:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def stop_all(processes: list[Process], timeout: float = 15) -> None:
+    """SIGTERM to every process at once, then wait for each: a Dramatiq worker takes up to 2 s to stop
+    (its CLI checks its stop flag and its log pipes once a second), so stopping one after another added up."""
+    for process in processes:
+        process.signal(signal.SIGTERM)
+    for process in processes:
+        process.wait(timeout)
 
 
 def spawn(name: str, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Process:
@@ -193,5 +211,4 @@ def start_live_server(root: Path, *, services: bool) -> Iterator[LiveServer]:
         wait_ready(server)
         yield server
     finally:
-        for process in server.processes:
-            process.stop()
+        stop_all(server.processes)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.accounts import PASSWORD, new_identity, token_from_mail
 from tests.processes import eventually, redis_server
-from tests.servers import BIN, STARTUP_TIMEOUT, Process, free_port, spawn, start_worker
+from tests.servers import BIN, STARTUP_TIMEOUT, Process, free_port, spawn, start_worker, stop_all
 from tests.smtp import SmtpServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +50,7 @@ def verbose_service(mode: str) -> Iterator[tuple[str, list[Process]]]:
             eventually(ready, timeout=STARTUP_TIMEOUT, what="the verbose service", interval=0.2)
             yield url, processes
         finally:
-            for process in processes:
-                process.stop()
+            stop_all(processes)
 
 
 def register(client: httpx.Client) -> dict[str, str]:

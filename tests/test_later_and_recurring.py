@@ -27,7 +27,7 @@ from app.domain.clock import utcnow
 from app.domain.schedules.rules import latest_run, next_run, too_frequent
 from tests.accounts import PASSWORD, new_identity, operator_cli, signed_in_headers
 from tests.processes import eventually, task_of
-from tests.servers import LiveServer
+from tests.servers import LiveServer, stop_all
 from tests.test_pages import csrf, is_fragment, post, sign_up
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -663,5 +663,4 @@ def test_two_scheduler_processes_start_one_task_per_due_minute(api: httpx.Client
         assert len(set(minutes)) == len(minutes), runs  # one run per minute
         assert sorted(t["id"] for t in tasks_of(api)) == sorted(r["task_id"] for r in runs)  # one task per run
     finally:
-        for scheduler in schedulers:
-            scheduler.stop()
+        stop_all(schedulers)

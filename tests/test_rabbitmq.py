@@ -38,7 +38,7 @@ from tests.processes import (
     user_client,
     wait_task,
 )
-from tests.servers import BIN, LiveServer, free_port, spawn, spawn_web, unavailable, wait_ready
+from tests.servers import BIN, LiveServer, free_port, spawn, spawn_web, stop_all, unavailable, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 AMQP = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -77,8 +77,7 @@ def test_a_task_runs_through_rabbitmq(migrated: None) -> None:
         # of this namespace was involved (the web app would not have sent it anywhere else).
         assert current["result"] == {"steps": 3}
     finally:
-        for process in (worker, web):
-            process.stop()
+        stop_all([worker, web])
 
 
 # --- RabbitMQ like Redis: queue depth, a broker restart and the recovery ------------------------------------------
