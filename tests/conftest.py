@@ -186,7 +186,6 @@ LONGEST_FILES = {
         "test_revocation.py",  # 28
         "test_recovery.py",  # 24
         "test_supervisor.py",  # 23
-        "test_accessibility.py",  # 22
         "test_workers.py",  # 20
         "test_tasks_ops.py",  # 20
         "test_account_hygiene.py",  # 18

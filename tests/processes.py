@@ -223,6 +223,8 @@ class Stack:
     #: The queues `worker` serves (all when empty); `others` serve the rest.
     queues: tuple[str, ...] = ()
     others: list[Process] = field(default_factory=list)
+    #: Stopped with SIGTERM (a test that checks the stop) rather than killed.
+    graceful: bool = False
 
     def start_worker(self) -> Process:
         assert self.worker is None or self.worker.popen.poll() is not None, "a worker is already running"
@@ -252,22 +254,39 @@ class Stack:
         return "\n".join(f"--- {p.name} ---\n{p.output()[-tail:]}" for p in self.processes())
 
     def stop(self) -> None:
-        stop_all([self.web, *self.others, *([self.worker] if self.worker else [])], timeout=10)
+        """Kill every process of the stack (SIGKILL to each group) once its test is done, unless `graceful`.
+
+        Most of these tests do not study a graceful stop, and it cost each stack ~2 s: a Dramatiq
+        worker's CLI notices SIGTERM within a second, then its log watcher within another. Tests
+        of a stop send SIGTERM themselves (tests/test_workers.py) or ask for `graceful` (the chaos
+        scenario checks that its web process stopped on SIGTERM). A stack's broker is its own or
+        holds nothing another test reads; its rows are the run's, emptied after each test, and a
+        killed process's open transactions are rolled back by the database.
+        """
+        sig = signal.SIGTERM if self.graceful else signal.SIGKILL
+        stop_all([self.web, *self.others, *([self.worker] if self.worker else [])], timeout=10, sig=sig)
 
 
 @contextlib.contextmanager
 def stack(
-    redis_url: str, *, worker: bool = True, settings: dict[str, str] | None = None, split: bool = False
+    redis_url: str,
+    *,
+    worker: bool = True,
+    settings: dict[str, str] | None = None,
+    split: bool = False,
+    graceful: bool = False,
 ) -> Iterator[Stack]:
-    """A web process (and a worker, unless `worker=False`) on `redis_url` with extra `settings`, stopped at the end.
+    """A web process (and a worker, unless `worker=False`) on `redis_url` with extra `settings`, killed at the end.
 
     `split`: as in production, the worker serves only the `tasks` queue, and a second one
-    the `mail` and `maintenance` queues.
+    the `mail` and `maintenance` queues. `graceful`: stopped with SIGTERM instead (`Stack.stop`).
     """
     port = free_port()
     env = {"REDIS_URL": redis_url, **(settings or {})}
     web = spawn_web("web", port, ROOT, env)
-    running = Stack(env=env, url=f"http://127.0.0.1:{port}", web=web, queues=("tasks",) if split else ())
+    running = Stack(
+        env=env, url=f"http://127.0.0.1:{port}", web=web, queues=("tasks",) if split else (), graceful=graceful
+    )
     try:
         if split:
             running.start_other_worker(("mail", "maintenance"))

@@ -107,11 +107,12 @@ class Process:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def stop_all(processes: list[Process], timeout: float = 15) -> None:
-    """SIGTERM to every process at once, then wait for each: a Dramatiq worker takes up to 2 s to stop
-    (its CLI checks its stop flag and its log pipes once a second), so stopping one after another added up."""
+def stop_all(processes: list[Process], timeout: float = 15, sig: int = signal.SIGTERM) -> None:
+    """`sig` to every process at once, then wait for each: a Dramatiq worker takes up to 2 s to stop on
+    SIGTERM (its CLI checks its stop flag and its log pipes once a second), so stopping one after another
+    added up."""
     for process in processes:
-        process.signal(signal.SIGTERM)
+        process.signal(sig)
     for process in processes:
         process.wait(timeout)
 

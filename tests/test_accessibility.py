@@ -9,6 +9,11 @@ same-origin address with the file from node_modules/, so the page's strict CSP s
 Then a person without a mouse signs up, starts a demo task, waits for its notification and
 marks it read with Tab, Shift+Tab, Enter, Space and typing only; at every step the focused
 element must show a focus indicator (an outline or a box-shadow).
+
+Both run once per `make test`, in embedded mode: the pages, their markup and their scripts are
+the same in either mode (no template reads the mode), and these two tests cost ~17 s of CPU
+(mostly Chromium running axe) and half a minute of the services run, its longest part. The
+browser tests of live behaviour (tests/test_browser.py) run in both.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from playwright.async_api import Page, Route, expect
 
 from tests.accounts import new_identity, operator_cli
@@ -26,6 +32,7 @@ if TYPE_CHECKING:
     from tests.browser import OpenTab, Tab
 
 pytest_plugins = ["tests.browser"]  # the fixtures: chromium, open_tab
+pytestmark = pytest.mark.embedded  # the same pages in either mode (above)
 
 AXE = Path(__file__).resolve().parents[1] / "node_modules" / "axe-core" / "axe.min.js"
 AXE_PATH = "/__tests__/axe.min.js"  # answered by the test's browser context, never by the app

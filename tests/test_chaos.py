@@ -133,7 +133,7 @@ async def run_scenario(faults: list[Fault], *, users: int, listeners: int, submi
     with postgres_server(bindir) as database, redis_server() as broker:
         await asyncio.to_thread(migrate, database.url)
         settings = {**SETTINGS, "DATABASE_URL": database.url}
-        with stack(broker.url, settings=settings) as services:
+        with stack(broker.url, settings=settings, graceful=True) as services:
             load = Load(services.url, users=users, listeners_per_user=listeners, submit_every=submit_every)
             await load.start()
             sweeping = asyncio.Event()

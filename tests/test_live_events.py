@@ -312,7 +312,7 @@ async def test_live_events_keep_coming_after_redis_restarts(migrated: None) -> N
     """
     settings = {"SSE_HEARTBEAT_SECONDS": "600"}
     demo = {"kind": "demo", "params": {"steps": 1}}
-    with redis_server() as broker, stack(broker.url, worker=False, settings=settings) as services:
+    with redis_server() as broker, stack(broker.url, worker=False, settings=settings, graceful=True) as services:
         headers = _auth(LiveServer(url=services.url))
         async with (
             httpx.AsyncClient(base_url=services.url, timeout=TIMEOUT, headers=headers) as client,

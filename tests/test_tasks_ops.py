@@ -109,9 +109,12 @@ def test_retry_queues_a_failed_task_again_and_refuses_others(api: httpx.Client, 
         assert again["attempts"] > 3
         assert again["started_at"] > failed["started_at"]
     else:
-        # Embedded, the broker lives in the web process: its sweeper sends the task later.
+        # Embedded, the broker lives in the web process: its sweeper sends the task later. A worker thread
+        # woken by any other message claims the fairest task that may start, not its message's, so the
+        # retried task may already have started again (seen in a full run: "running").
         task = api.get(f"/api/v1/tasks/{failed['id']}").json()
-        assert (task["status"], task["attempts"], task["error"]) == ("queued", 4, None)
+        assert task["attempts"] >= 4
+        assert (task["status"], task["error"]) == ("queued", None) or task["started_at"] > failed["started_at"]
 
     succeeded = wait(api, start(api, steps=1, step_ms=0)["id"])
     refused = operator_cli("tasks", "retry", succeeded["id"])
