@@ -7,6 +7,7 @@ and can be told to fail with HTTP 500 or to stop answering at all.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -40,12 +41,23 @@ class SigningKey:
         return {**jwk, "kid": self.kid, "use": "sig", "alg": self.algorithm}
 
 
+#: RSA keys are slow to make (50-200 ms of CPU each, and the OIDC tests ask for one or more per test): a
+#: process makes RSA_KEYS of them and hands them out in turn, each time under a new kid. A test that asks
+#: for up to RSA_KEYS keys (a provider's, a rotation's, a stranger's) gets different ones.
+RSA_KEYS = 8
+_rsa_keys: list[rsa.RSAPrivateKey] = []
+_rsa_turns = itertools.count()
+
+
+def _rsa_key() -> rsa.RSAPrivateKey:
+    turn = next(_rsa_turns) % RSA_KEYS
+    if turn == len(_rsa_keys):
+        _rsa_keys.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    return _rsa_keys[turn]
+
+
 def new_key(algorithm: Algorithm = "RS256", kid: str | None = None) -> SigningKey:
-    private: PrivateKey
-    if algorithm == "RS256":
-        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    else:
-        private = ec.generate_private_key(ec.SECP256R1())
+    private: PrivateKey = _rsa_key() if algorithm == "RS256" else ec.generate_private_key(ec.SECP256R1())
     return SigningKey(kid=kid or uuid.uuid4().hex[:12], algorithm=algorithm, private=private)
 
 
