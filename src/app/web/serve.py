@@ -55,7 +55,7 @@ def log_config() -> dict[str, Any]:
 
 async def serve() -> int:
     # First: it reads the settings, so a bad one ends the process with its one line before the app's imports.
-    logging = log_config()
+    log_dictconfig = log_config()
     from granian.constants import Interfaces
     from granian.server.embed import Server
 
@@ -69,7 +69,7 @@ async def serve() -> int:
         address=os.environ.get("HOST") or "127.0.0.1",
         port=int(os.environ.get("PORT") or 8000),
         backpressure=int(backpressure) if backpressure else None,
-        log_dictconfig=logging,
+        log_dictconfig=log_dictconfig,
     )
     server.workers_kill_timeout = WORKERS_KILL_TIMEOUT_S
     loop = asyncio.get_running_loop()
