@@ -300,15 +300,23 @@ requests), the list cost 4.09 and 2.29 ms of CPU per request before and 3.26 and
 after (-20 to -24%; `/health/live` 0.17-0.40 ms), and the read's share of the event
 loop's busy samples went from 23% to 8%. The page's count of 10,000 rows is 0.33 ms of
 SQLite (no narrower index counts faster). The credential check no longer goes through
-pathlib for its per-request stat of the CLI's change file (`os.stat` on a string). What
-is left is above the read: a third of the loop's samples are the middleware stack (as in
-services mode), and 15% is `CredentialState.user` building a fresh ORM `User` for every
-request in the authentication middleware (`app.web.http.auth`, not changed here); the read
-itself (in the loop and its thread) is under a tenth. The first full run after the change,
-on a quiet machine, measured 886 against 6,328 requests/s: the ratio is where the loaded
-run before had it (14%), with both routes faster; the CPU per request measured side by
-side is the firmer figure. The 25% target needs the middleware and the per-request
-`User` to cost less.
+pathlib for its per-request stat of the CLI's change file (`os.stat` on a string).
+
+Second round (2026-12-05, quiet machine, `python -m app.web.serve`, the same `wrk` load; CPU
+per thread from /proc, since py-spy's samples of the loop miss the threads that read): the list
+cost 1.08-1.18 ms of CPU per request at 1,110-1,260 requests/s, `/health/live` 0.13-0.14 ms at
+9,100-10,000. Of a list request, the event loop's thread spent 0.44 ms and the four read
+threads 0.64 ms together: the read, not the middleware, is most of it. The statement alone
+(`sqlite3`, no SQLAlchemy) takes 0.25 ms, of which 0.21 ms is counting the user's 10,000 rows
+for the page's `total`; the rest of the threads' time is SQLAlchemy's result handling (text
+dates into datetimes, ids into UUIDs) and waiting for the GIL behind the loop. Tried: one, two
+or four read threads (no difference); the read run on the loop itself, no thread (0.83-0.91 ms
+per request, 1,210-1,310 requests/s: the thread hop is 0.2 ms, but the loop then stalls for as
+long as any read takes, for every stream and request of the process). So 25% of `/health/live`
+(0.5 ms per request) is out of reach while every page carries an exact total (the contract's
+`total`, a count of every matching row) and reads stay off the event loop; a per-user counter
+kept by every task insert and delete would buy it with a write on the submission path, which
+is the hotter one. The middleware, the user check and the response are about 0.4 ms.
 """
 
 #: The cheapest route of the same server: what the framework and the middleware cost alone.

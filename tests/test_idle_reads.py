@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from uuid import UUID
 
@@ -94,7 +95,8 @@ def test_open_streams_users_are_renewed_in_one_group(migrated: None, monkeypatch
             login = client.post("/api/v1/auth/login", json={"username": identity["username"], "password": PASSWORD})
             headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
             me = client.get("/api/v1/users/me", headers=headers).json()
-            watched.append(credentials.watch(Credential(user_id=UUID(me["id"]), version=1)))
+            ended = client.blocking_portal.call(_future)  # a stream's end, on the app's loop
+            watched.append(credentials.watch(Credential(user_id=UUID(me["id"]), version=1), ended))
         assert credentials._due_for_renewal() == []  # all fresh
 
         # Two entries near the end of their life, one past half of it: all three go in one load.
@@ -109,6 +111,10 @@ def test_open_streams_users_are_renewed_in_one_group(migrated: None, monkeypatch
         assert credentials._due_for_renewal() == []
         for watch in watched:
             credentials.unwatch(watch)
+
+
+async def _future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
 
 
 @pytest.mark.services

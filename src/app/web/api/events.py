@@ -34,7 +34,9 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException, ValidationException
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
 from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -95,8 +97,23 @@ Read = tuple[Sequence[EventRecord], bool] | None
 Probe = tuple[int, float] | None
 
 
-def _message(record: EventRecord) -> ServerSentEventMessage:
-    return ServerSentEventMessage(id=record.id, event=record.type, data=msgspec.json.encode(record.data).decode())
+#: The stream's first message: a comment saying it is open, and the browser's reconnect delay (ms).
+_CONNECTED = ServerSentEventMessage(comment="connected", data=None, retry=2000).encode()
+_KEEP_ALIVE = ServerSentEventMessage(comment="keep-alive", data=None).encode()
+
+
+def _message(record: EventRecord) -> bytes:
+    """The event as Litestar's ServerSentEventMessage writes it (`id:`, `event:`, `data:` lines), without its
+    scan of every line: the id is a number and msgspec's JSON has no line break. A type with one (none of
+    ours) goes through Litestar's encoder, which drops it."""
+    if "\n" in record.type or "\r" in record.type:
+        data = msgspec.json.encode(record.data).decode()
+        return ServerSentEventMessage(id=record.id, event=record.type, data=data).encode()
+    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (
+        record.id,
+        record.type.encode(),
+        msgspec.json.encode(record.data),
+    )
 
 
 class EventFeed:
@@ -367,24 +384,27 @@ async def event_stream(
     user_id: UUID | None,
     last_id: int,
     heartbeat: float,
+    end: asyncio.Future[None],
     draining: Draining,
     credentials: CredentialCache,
     credential: Credential | None,
-) -> AsyncGenerator[ServerSentEventMessage, None]:
-    """The reader's events, live, from what `open_feed` returned. With a credential, the stream ends the
-    moment it is revoked (announced: `watch.ended`), and at the latest at a heartbeat after AUTH_CACHE_SECONDS."""
+) -> AsyncGenerator[bytes, None]:
+    """The reader's events, live, from what `open_feed` returned, until `end` is done: the process is stopping
+    (the client reconnects, to another process, and replays), the client has left (`LiveEvents`), or the
+    credential no longer holds (signed out, password changed, deactivated: the reconnect is refused). That
+    is at once when it is revoked (announced: `watch.ended`), and at a heartbeat after AUTH_CACHE_SECONDS at
+    the latest."""
     wakeups = subscriber.iter_events()
     next_wakeup: asyncio.Task[bytes] | None = None
-    stopping = asyncio.ensure_future(draining.wait())
-    watch = credentials.watch(credential) if credential is not None else None
-    revoked = asyncio.ensure_future(watch.ended.wait() if watch is not None else asyncio.Event().wait())
+    draining.end_with(end)
+    watch = credentials.watch(credential, end) if credential is not None else None
     SSE_CONNECTIONS.inc()
     if user_id is not None:
         _open_streams[user_id] += 1
     try:
-        yield ServerSentEventMessage(comment="connected", data=None, retry=2000)
+        yield _CONNECTED
         soon, read = True, first
-        while True:
+        while not end.done():
             if read is None:
                 read = await feed.after(user_id, last_id, soon=soon)
             if read is None:
@@ -398,13 +418,10 @@ async def event_stream(
             if next_wakeup is None:
                 next_wakeup = asyncio.ensure_future(anext(wakeups))
                 next_wakeup.add_done_callback(feed.hurry)
-            done, _ = await asyncio.wait(
-                {next_wakeup, stopping, revoked}, timeout=heartbeat, return_when=FIRST_COMPLETED
-            )
-            if stopping in done:
-                return  # the process is stopping: the client reconnects (to another process) and replays
-            if revoked in done:
-                return  # signed out, password changed, deactivated: the reconnect is refused
+            waits: set[asyncio.Future[Any]] = {next_wakeup, end}
+            done, _ = await asyncio.wait(waits, timeout=heartbeat, return_when=FIRST_COMPLETED)
+            if end.done():
+                return
             soon = bool(done)
             if done:
                 next_wakeup.result()
@@ -412,10 +429,9 @@ async def event_stream(
             else:
                 if credential is not None and not await _still_allowed(credentials, credential):
                     return
-                yield ServerSentEventMessage(comment="keep-alive", data=None)
+                yield _KEEP_ALIVE
     finally:
-        stopping.cancel()
-        revoked.cancel()
+        draining.forget(end)
         if watch is not None:
             credentials.unwatch(watch)
         SSE_CONNECTIONS.dec()
@@ -430,70 +446,100 @@ async def event_stream(
         await channels.unsubscribe(subscriber)
 
 
-#: Where the handler leaves its stream for SlowClientCutoff (in the request's scope state).
-STREAM_STATE_KEY = "event_stream"
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
-class SlowClient(Exception):
-    """A message could not be handed to the client in time."""
+class _LiveEventsBody(ASGIStreamingResponse):
+    """Sends the stream's bytes as they come; sees the client leave; gives up on a client that stops reading.
 
-
-class SlowClientCutoff:
-    """Close a stream whose client does not take a message within SSE_SLOW_CLIENT_SECONDS.
+    Litestar's streaming response sends the body from a task of a task group beside its
+    disconnect listener, and its server-sent events hop to a worker thread once at the start
+    and keep that step's frames, with the exception that ended it, until the stream ends.
+    Here the request's own task sends, and one task listens for the disconnect and sets the
+    stream's `end`, which the stream waits on with its wake-ups (with draining and revocation
+    also setting it, 10 KiB of the 38 KiB of Python objects an open stream held: see
+    docs/benchmarks.md, "Live events").
 
     The server applies backpressure: a client that stops reading blocks only its own
-    stream's send (nothing piles up in memory and no other stream waits). This puts a
-    limit on that wait, so a stalled client does not hold its stream forever; it
-    reconnects with Last-Event-ID and replays from the table.
+    stream's send (nothing piles up in memory and no other stream waits). A send that takes
+    longer than SSE_SLOW_CLIENT_SECONDS ends the stream, so a stalled client does not hold
+    it forever; it reconnects with Last-Event-ID and replays from the table.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(
+        self, body: AsyncGenerator[bytes, None], end: asyncio.Future[None], slow: float, **kwargs: Any
+    ) -> None:
+        super().__init__(iterator=body, **kwargs)
+        self.body_stream = body
+        self.end = end
+        self.slow = slow
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        settings: Settings = scope["app"].state.settings
-        timeout = settings.sse_slow_client_seconds
+    def _client_left(self, _: object) -> None:
+        if not self.end.done():
+            self.end.set_result(None)
 
-        async def send_in_time(message: Message) -> None:
-            # The send itself, under a deadline: granian's send gives way to a cancel. (A task per
-            # message and asyncio.wait around it, as before, took a third of the web process's time
-            # in a broadcast to 1,000 streams.)
-            try:
-                async with asyncio.timeout(timeout):
-                    await send(message)
-            except TimeoutError:
-                raise SlowClient from None
-
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        listener = asyncio.ensure_future(_until_disconnect(receive))
+        listener.add_done_callback(self._client_left)
         try:
-            await self.app(scope, receive, send_in_time)
-        except Exception as exc:
-            # Litestar's handler-level exception middleware wraps it once the response has started.
-            if not _caused_by(exc, SlowClient):
-                raise
-            SSE_SLOW_CLIENTS.inc()
-            log.info("sse.slow_client_closed", timeout=timeout)
-            # Its generator is parked at the yield whose send was abandoned: close it now (frees the
-            # subscription and the stream count) rather than whenever the garbage collector gets to it.
-            stream: AsyncGenerator[Any, None] | None = scope.get("state", {}).get(STREAM_STATE_KEY)
-            if stream is not None:
-                await stream.aclose()
+            async for chunk in self.body_stream:
+                try:
+                    # The send itself under a deadline: granian's send gives way to a cancel. (A task per
+                    # message and asyncio.wait around it took a third of a broadcast's time, 1,000 streams.)
+                    async with asyncio.timeout(self.slow):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except TimeoutError:
+                    SSE_SLOW_CLIENTS.inc()
+                    log.info("sse.slow_client_closed", timeout=self.slow)
+                    return
+            if not listener.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            listener.cancel()
+            await self.body_stream.aclose()  # frees the subscription and the stream count now
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """True when `kind` is `exc`, its cause or context, or inside an exception group among them."""
-    seen: set[int] = set()
-    pending = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, kind):
-            return True
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return False
+class LiveEvents(ServerSentEvent):
+    """GET /api/v1/events' response: `event_stream`'s bytes, sent by `_LiveEventsBody`."""
+
+    def __init__(
+        self, body: AsyncGenerator[bytes, None], *, end: asyncio.Future[None], slow_client_seconds: float
+    ) -> None:
+        super().__init__(body, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self.body_stream = body
+        self.end = end
+        self.slow = slow_client_seconds
+
+    def to_asgi_response(
+        self,
+        app: Any,
+        request: Request[Any, Any, Any],
+        *,
+        background: Any = None,
+        cookies: Any = None,
+        encoded_headers: Any = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: Any = None,
+        status_code: int | None = None,
+        type_encoders: Any = None,
+    ) -> ASGIResponse:
+        return _LiveEventsBody(
+            self.body_stream,
+            self.end,
+            self.slow,
+            background=self.background or background,
+            content_length=0,
+            cookies=self.cookies if cookies is None else [*self.cookies, *cookies],
+            encoded_headers=encoded_headers,
+            encoding=self.encoding,
+            headers={**headers, **self.headers} if headers is not None else self.headers,
+            is_head_response=is_head_response,
+            media_type="text/event-stream",
+            status_code=self.status_code or status_code,
+        )
 
 
 def _last_event_id(header: str | None, query: int | None) -> int:
@@ -536,7 +582,6 @@ class EventsController(Controller):
         guards=[requires_user],
         security=[{"BearerToken": []}],
         raises=[NotAuthorizedException, ValidationException, TooManyRequestsException],
-        middleware=[SlowClientCutoff],
         # Litestar's logging middleware logs the response again at every body message: for a stream,
         # a line (and its cost) per event. The stream logs its start itself instead.
         opt={"skip_logging": True},
@@ -564,6 +609,7 @@ class EventsController(Controller):
         if first is None:
             raise database_down()  # logged by the feed
         log.info("events.stream_opened", path=request.url.path, last_event_id=after)
+        end: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         stream = event_stream(
             channels=channels,
             subscriber=subscriber,
@@ -572,9 +618,9 @@ class EventsController(Controller):
             user_id=request.user.id,
             last_id=after,
             heartbeat=settings.sse_heartbeat_seconds,
+            end=end,
             draining=draining,
             credentials=credentials,
             credential=credential_of(request),
         )
-        request.state[STREAM_STATE_KEY] = stream
-        return ServerSentEvent(stream, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return LiveEvents(stream, end=end, slow_client_seconds=settings.sse_slow_client_seconds)

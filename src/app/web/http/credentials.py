@@ -110,13 +110,17 @@ def credential_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Credential 
 
 
 class StreamWatch:
-    """An open stream's credential, and the event set when it no longer holds."""
+    """An open stream's credential, and the stream's end: a future set done when the credential no longer holds."""
 
     __slots__ = ("credential", "ended")
 
-    def __init__(self, credential: Credential) -> None:
+    def __init__(self, credential: Credential, ended: asyncio.Future[None]) -> None:
         self.credential = credential
-        self.ended = asyncio.Event()
+        self.ended = ended  # the stream's own (it ends for other reasons too): a future, not a task per stream
+
+    def end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
 
 
 class CredentialCache:
@@ -245,8 +249,9 @@ class CredentialCache:
 
     # --- open streams -------------------------------------------------------------------
 
-    def watch(self, credential: Credential) -> StreamWatch:
-        watch = StreamWatch(credential)
+    def watch(self, credential: Credential, ended: asyncio.Future[None]) -> StreamWatch:
+        """Set `ended` done once `credential` no longer holds (revoked, expired, its user deactivated)."""
+        watch = StreamWatch(credential, ended)
         self._watches.setdefault(credential.user_id, set()).add(watch)
         return watch
 
@@ -267,8 +272,8 @@ class CredentialCache:
     async def _check_streams(self, user_id: uuid.UUID) -> None:
         try:
             for watch in list(self._watches.get(user_id, ())):
-                if not watch.ended.is_set() and not await self.allows(watch.credential, check_session=True):
-                    watch.ended.set()
+                if not watch.ended.done() and not await self.allows(watch.credential, check_session=True):
+                    watch.end()
         except Exception as exc:  # noqa: BLE001 - a database or Redis out of reach: the heartbeat checks again
             log.warning("credentials.stream_check_failed", user_id=str(user_id), error=str(exc))
 
