@@ -310,11 +310,14 @@ threads 0.64 ms together: the read, not the middleware, is most of it. The state
 (`sqlite3`, no SQLAlchemy) takes 0.25 ms, of which 0.21 ms is counting the user's 10,000 rows
 for the page's `total`; the rest of the threads' time is SQLAlchemy's result handling (text
 dates into datetimes, ids into UUIDs) and waiting for the GIL behind the loop. Tried: one, two
-or four read threads (no difference); the read run on the loop itself, no thread (0.83-0.91 ms
-per request, 1,210-1,310 requests/s: the thread hop is 0.2 ms, but the loop then stalls for as
-long as any read takes, for every stream and request of the process). So 25% of `/health/live`
-(0.5 ms per request) is out of reach while every page carries an exact total (the contract's
-`total`, a count of every matching row) and reads stay off the event loop; a per-user counter
+or four read threads (no difference); the read run on the loop itself, no thread, also with a
+1 ms budget after which SQLite's progress handler stopped it and a thread ran it again
+(0.83-0.93 ms of CPU per request, the hop being 0.2 ms, but no more requests per second: the
+loop's thread, which every request and stream of the process shares, then does the read too,
+0.85 ms per request instead of 0.44, a lower ceiling wherever there are cores to spare; not
+kept). So 25% of `/health/live` (0.5 ms per request) is out of reach while every page carries
+an exact total (the contract's `total`, a count of every matching row) and reads stay off the
+event loop; a per-user counter
 kept by every task insert and delete would buy it with a write on the submission path, which
 is the hotter one. The middleware, the user check and the response are about 0.4 ms.
 """
