@@ -49,7 +49,7 @@ from app.domain.notifications.models import Event
 from app.web.api.openapi import EVENT_STREAM
 from app.web.http.auth import requires_user
 from app.web.http.credentials import CredentialCache, credential_of
-from app.web.http.draining import Draining
+from app.web.http.draining import Draining, end_stream
 from app.web.http.errors import database_down, database_unavailable
 from app.web.http.metrics import SSE_CONNECTIONS, SSE_SLOW_CLIENTS
 
@@ -472,17 +472,13 @@ class _LiveEventsBody(ASGIStreamingResponse):
         self, body: AsyncGenerator[bytes, None], end: asyncio.Future[None], slow: float, **kwargs: Any
     ) -> None:
         super().__init__(iterator=body, **kwargs)
-        self.body_stream = body
+        self.body_stream = body  # `iterator` too, typed as what it is: a generator, closed at the end
         self.end = end
         self.slow = slow
 
-    def _client_left(self, _: object) -> None:
-        if not self.end.done():
-            self.end.set_result(None)
-
     async def send_body(self, send: Send, receive: Receive) -> None:
         listener = asyncio.ensure_future(_until_disconnect(receive))
-        listener.add_done_callback(self._client_left)
+        listener.add_done_callback(lambda _: end_stream(self.end))
         try:
             async for chunk in self.body_stream:
                 try:

@@ -71,6 +71,7 @@ from app.domain.accounts.revocation import (
     on_users_changed,
 )
 from app.web.http.channels import hears_every_message
+from app.web.http.draining import end_stream
 
 log = structlog.get_logger(__name__)
 
@@ -117,10 +118,6 @@ class StreamWatch:
     def __init__(self, credential: Credential, ended: asyncio.Future[None]) -> None:
         self.credential = credential
         self.ended = ended  # the stream's own (it ends for other reasons too): a future, not a task per stream
-
-    def end(self) -> None:
-        if not self.ended.done():
-            self.ended.set_result(None)
 
 
 class CredentialCache:
@@ -273,7 +270,7 @@ class CredentialCache:
         try:
             for watch in list(self._watches.get(user_id, ())):
                 if not watch.ended.done() and not await self.allows(watch.credential, check_session=True):
-                    watch.end()
+                    end_stream(watch.ended)
         except Exception as exc:  # noqa: BLE001 - a database or Redis out of reach: the heartbeat checks again
             log.warning("credentials.stream_check_failed", user_id=str(user_id), error=str(exc))
 

@@ -25,6 +25,12 @@ log = structlog.get_logger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def end_stream(end: asyncio.Future[None]) -> None:
+    """Set a stream's end (its one future, set by whichever reason comes first: see app.web.api.events)."""
+    if not end.done():
+        end.set_result(None)
+
+
 class Draining:
     """Set once this process has been asked to stop."""
 
@@ -40,8 +46,7 @@ class Draining:
             log.info("web.draining")
         self._event.set()
         for end in self._ends:
-            if not end.done():
-                end.set_result(None)
+            end_stream(end)
 
     def end_with(self, end: asyncio.Future[None]) -> None:
         """Set `end` done when stopping begins (at once if it has); `forget` it once nobody waits for it.
@@ -50,8 +55,7 @@ class Draining:
         tenth of a task waiting on `wait()`, and 10,000 streams held one task each.
         """
         if self._event.is_set():
-            if not end.done():
-                end.set_result(None)
+            end_stream(end)
         else:
             self._ends.add(end)
 
