@@ -8,7 +8,7 @@ from uuid import UUID
 
 from advanced_alchemy.base import DefaultBase, UUIDv7Base
 from advanced_alchemy.types import DateTimeUTC, JsonB
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.domain.clock import utcnow
@@ -29,6 +29,16 @@ class Task(UUIDv7Base):
         Index("ix_task_status_enqueued_at", "status", "enqueued_at"),
         # The active-task cap counts a user's queued and running tasks on every submission.
         Index("ix_task_user_id_status", "user_id", "status"),
+        # The fair claim (app.domain.tasks.fairness) walks the queued tasks only: their owners, and each
+        # owner's oldest first. Partial, so it holds the queue, not the history.
+        Index(
+            "ix_task_queued_user_id_created_at_id",
+            "user_id",
+            "created_at",
+            "id",
+            postgresql_where=text(f"status = '{QUEUED}'"),
+            sqlite_where=text(f"status = '{QUEUED}'"),
+        ),
     )
 
     user_id: Mapped[UUID] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"))

@@ -309,7 +309,7 @@ class TaskRunner:
                     await session.execute(_SQLITE_WRITE_LOCK)
                 now = utcnow()
                 parameters = {"now": now, "due_by": due_by(now), "worker_id": worker_id, "passed_over": passed_over}
-                claim = claim_statement(per_user, per_kind, lock_owner=postgres)
+                claim = claim_statement(per_user, per_kind, postgres=postgres)
                 row = (await session.execute(claim, parameters)).first()
                 if row is None:
                     return None
