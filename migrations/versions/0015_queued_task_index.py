@@ -72,8 +72,8 @@ def schema_upgrades() -> None:
         'task',
         ['user_id', 'created_at', 'id'],
         unique=False,
-        postgresql_where=sa.text("status = 'queued'"),
-        sqlite_where=sa.text("status = 'queued'"),
+        postgresql_where=sa.text("lower(status) = 'queued'"),
+        sqlite_where=sa.text("lower(status) = 'queued'"),
         postgresql_concurrently=True,
     )
 

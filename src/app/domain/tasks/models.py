@@ -17,6 +17,8 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+#: The rows of the partial index of queued tasks; why an expression of the status: app.domain.tasks.fairness._queued.
+QUEUED_INDEX_WHERE = f"lower(status) = '{QUEUED}'"
 
 
 class Task(UUIDv7Base):
@@ -36,8 +38,8 @@ class Task(UUIDv7Base):
             "user_id",
             "created_at",
             "id",
-            postgresql_where=text(f"status = '{QUEUED}'"),
-            sqlite_where=text(f"status = '{QUEUED}'"),
+            postgresql_where=text(QUEUED_INDEX_WHERE),
+            sqlite_where=text(QUEUED_INDEX_WHERE),
         ),
     )
 
