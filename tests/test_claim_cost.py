@@ -10,6 +10,7 @@ counted in rows read by the plan's scans (`EXPLAIN ANALYZE`), not in time.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -111,3 +112,29 @@ async def test_a_claim_reads_the_owners_not_a_greedy_users_queue(migrated: None,
         assert _rows_read(plan["Plan"]) <= MOST_ROWS, plan
     finally:
         await engine.dispose()
+
+
+@pytest.mark.embedded
+async def test_on_sqlite_the_claim_walks_the_queued_tasks_index_and_takes_its_pick_by_id(migrated: None) -> None:
+    """SQLite has no statistics here (nothing runs ANALYZE): its planner, not the data, picks the indexes.
+    The owners' walk and each owner's offer use the partial index of queued tasks, and the pick is read by
+    its id: not the (user_id, status) index, which holds every task of every owner, nor a scan of the
+    queued tasks by status (both were the plan before)."""
+    from sqlalchemy.dialects import sqlite
+
+    per_user, per_kind = limits(get_settings())
+    claim = claim_statement(per_user, per_kind, postgres=False)
+    sql = str(claim.compile(dialect=sqlite.dialect())).replace("__[POSTCOMPILE_passed_over]", "NULL")
+    engine = create_engine(get_settings())
+    try:
+        async with engine.connect() as connection:
+            result = await connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, (None,) * sql.count("?"))
+            steps = [row[3] for row in result]
+    finally:
+        await engine.dispose()
+    read = [(match[1], step) for step in steps if (match := re.match(r"(?:SCAN|SEARCH) (\w+)", step))]
+    walks = [step for name, step in read if name in ("task_1", "task_2", "candidate")]
+    assert len(walks) == 3, steps
+    assert all("ix_task_queued_user_id_created_at_id" in step for step in walks), steps
+    (pick,) = [step for name, step in read if name == "picked"]
+    assert "(id=?)" in pick, steps
