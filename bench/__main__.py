@@ -27,6 +27,7 @@ BENCHMARKS = (
     "bench.peer_pipeline",
     "bench.event_latency",
     "bench.fair_share",
+    "bench.claim_cost",
 )
 
 OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"

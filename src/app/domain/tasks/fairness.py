@@ -69,30 +69,28 @@ def _running(owner: Any, kind: Any = None) -> Any:
     return select(func.count()).select_from(mine).where(*conditions).scalar_subquery()
 
 
-class Startable(NamedTuple):
-    """Queued tasks that may start now: `candidate` joined with its owner's running counts, and the conditions."""
-
-    source: FromClause
-    conditions: list[ColumnElement[bool]]
-    #: How many tasks the candidate's owner runs now.
-    running: ColumnElement[int]
-
-
-def startable(candidate: Any, per_user: int, per_kind: Sequence[tuple[str, int]]) -> Startable:
-    """The queued `candidate` rows (a task table alias) that may start now.
-
-    The owners' running counts come from one pass over the running tasks, grouped by owner
-    (and counted per capped kind), joined to the candidates: a count per candidate row cost
-    a claim 140 ms with 4,500 tasks queued (index entries of finished tasks, not yet
-    vacuumed, were read again for every candidate).
-    """
+def _running_by_owner(per_kind: Sequence[tuple[str, int]]) -> Any:
+    """How many tasks each owner runs now (`n`), and of each capped kind (`n0`, `n1`...): one pass over the
+    running tasks, grouped by owner. A count per queued row instead cost a claim 140 ms with 4,500 tasks
+    queued (index entries of finished tasks, not yet vacuumed, were read again for every candidate)."""
     running = _TASKS.alias()
     counts = [func.count().label("n")]
     counts += [
         func.count().filter(running.c.kind == kind).label(f"n{index}") for index, (kind, _) in enumerate(per_kind)
     ]
-    by_owner = select(running.c.user_id, *counts).where(running.c.status == RUNNING).group_by(running.c.user_id)
-    owners = by_owner.subquery()
+    return select(running.c.user_id, *counts).where(running.c.status == RUNNING).group_by(running.c.user_id).subquery()
+
+
+class Startable(NamedTuple):
+    """Queued tasks that may start now: `candidate` joined with its owner's running counts, and the conditions."""
+
+    source: FromClause
+    conditions: list[ColumnElement[bool]]
+
+
+def startable(candidate: Any, per_user: int, per_kind: Sequence[tuple[str, int]]) -> Startable:
+    """The queued `candidate` rows (a task table alias) that may start now: what the sweeps count and send."""
+    owners = _running_by_owner(per_kind)
     mine = func.coalesce(owners.c.n, 0)
     conditions: list[ColumnElement[bool]] = [
         candidate.c.status == QUEUED,
@@ -102,7 +100,7 @@ def startable(candidate: Any, per_user: int, per_kind: Sequence[tuple[str, int]]
     for index, (kind, limit) in enumerate(per_kind):
         conditions.append(or_(candidate.c.kind != kind, func.coalesce(owners.c[f"n{index}"], 0) < limit))
     source = candidate.outerjoin(owners, owners.c.user_id == candidate.c.user_id)
-    return Startable(source=source, conditions=conditions, running=mine)
+    return Startable(source=source, conditions=conditions)
 
 
 def limits(settings: Settings) -> tuple[int, tuple[tuple[str, int], ...]]:
@@ -111,7 +109,7 @@ def limits(settings: Settings) -> tuple[int, tuple[tuple[str, int], ...]]:
     return per_user, tuple(sorted((kind, min(limit, per_user)) for kind, limit in settings.running_per_kind.items()))
 
 
-#: `status = 'queued'` written into the SQL, not bound: the planners use the partial index of queued tasks
+#: 'queued' written into the SQL, not bound: the planners use the partial index of queued tasks
 #: (`ix_task_queued_user_id_created_at_id`) only for a condition they can see is its own.
 _IS_QUEUED: ColumnElement[str] = literal_column(f"'{QUEUED}'")
 
@@ -174,14 +172,7 @@ def claim_statement(per_user: int, per_kind: tuple[tuple[str, int], ...], *, pos
     first. SQLite has one writer: each owner offers its first task.
     """
     owners = _owners_of_queued()
-    running = _TASKS.alias()
-    counts = [func.count().label("n")]
-    counts += [
-        func.count().filter(running.c.kind == kind).label(f"n{index}") for index, (kind, _) in enumerate(per_kind)
-    ]
-    by_owner = (
-        select(running.c.user_id, *counts).where(running.c.status == RUNNING).group_by(running.c.user_id).subquery()
-    )
+    by_owner = _running_by_owner(per_kind)
     mine = func.coalesce(by_owner.c.n, 0)
     room = (
         select(
