@@ -51,10 +51,10 @@ CLAIMS = 200
 PER_USER = 4
 RUNNING_GREEDY = 3
 
-_QUEUE = """
+_ADD = """
 INSERT INTO task (id, user_id, kind, title, status, params, attempts, progress_current, progress_total,
                   cancel_requested, created_at, enqueued_at, first_attempt)
-SELECT gen_random_uuid(), $1, 'demo', 'queued', 'queued', '{}', 0, 0, 0, false,
+SELECT gen_random_uuid(), $1, 'demo', $3, $3, '{}', 0, 0, 0, false,
        now() - interval '1 hour' + g * interval '1 ms', now() - interval '1 hour', 1
 FROM generate_series(1, $2) AS g
 """
@@ -117,22 +117,13 @@ async def _median_claim_ms(url: str, statement: Any) -> float:
     return statistics.median(samples[len(samples) // 10 :])  # the first claims prepare the statement
 
 
-async def _run(url: str, owner: uuid.UUID, count: int) -> None:
+async def _add(url: str, owner: uuid.UUID, count: int, status: str) -> None:
+    """`count` tasks of `owner` in `status` (queued ones: due an hour ago), then fresh statistics."""
     import asyncpg
 
     connection = await asyncpg.connect(url)
     try:
-        await connection.execute(_QUEUE.replace("'queued', 'queued'", "'running', 'running'"), owner, count)
-    finally:
-        await connection.close()
-
-
-async def _queue(url: str, owner: uuid.UUID, count: int) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(url)
-    try:
-        await connection.execute(_QUEUE, owner, count)
+        await connection.execute(_ADD, owner, count, status)
         await connection.execute("ANALYZE task")
     finally:
         await connection.close()
@@ -145,12 +136,12 @@ def run() -> Section:
         run_cli(environment(name, url, REDIS_URL, var_dir, {}), "database", "upgrade", "--no-prompt")
         greedy, *others = seed(url, [f"claim{index}" for index in range(OWNERS + 1)], HISTORY)
         for owner in others:
-            asyncio.run(_queue(url, owner, 1))
-        asyncio.run(_run(url, greedy, RUNNING_GREEDY))
+            asyncio.run(_add(url, owner, 1, "queued"))
+        asyncio.run(_add(url, greedy, RUNNING_GREEDY, "running"))
         statements = _statements()
         queued = 0
         for depth in (QUEUED_SHALLOW, QUEUED_DEEP):
-            asyncio.run(_queue(url, greedy, depth - queued))
+            asyncio.run(_add(url, greedy, depth - queued, "queued"))
             queued = depth
             for label, statement in statements.items():
                 medians[label, depth] = asyncio.run(_median_claim_ms(url, statement))

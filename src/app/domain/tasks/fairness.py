@@ -25,7 +25,7 @@ read and sorted every queued task, 1-2 ms and ~500 buffers now (Postgres, 20 own
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple, cast
@@ -81,6 +81,14 @@ def _running_by_owner(per_kind: Sequence[tuple[str, int]]) -> Any:
     return select(running.c.user_id, *counts).where(running.c.status == RUNNING).group_by(running.c.user_id).subquery()
 
 
+def _kind_caps(
+    kind: Any, running_of_kind: Callable[[int], Any], per_kind: Sequence[tuple[str, int]]
+) -> list[ColumnElement[bool]]:
+    """For each capped kind: the task is of another kind, or its owner runs fewer of that kind than the cap
+    (`running_of_kind(index)`: the owner's count of the index-th capped kind, `n{index}` of `_running_by_owner`)."""
+    return [or_(kind != name, running_of_kind(index) < limit) for index, (name, limit) in enumerate(per_kind)]
+
+
 class Startable(NamedTuple):
     """Queued tasks that may start now: `candidate` joined with its owner's running counts, and the conditions."""
 
@@ -96,9 +104,8 @@ def startable(candidate: Any, per_user: int, per_kind: Sequence[tuple[str, int]]
         candidate.c.status == QUEUED,
         candidate.c.enqueued_at <= bindparam("due_by", type_=_TASKS.c.enqueued_at.type),
         mine < per_user,
+        *_kind_caps(candidate.c.kind, lambda index: func.coalesce(owners.c[f"n{index}"], 0), per_kind),
     ]
-    for index, (kind, limit) in enumerate(per_kind):
-        conditions.append(or_(candidate.c.kind != kind, func.coalesce(owners.c[f"n{index}"], 0) < limit))
     source = candidate.outerjoin(owners, owners.c.user_id == candidate.c.user_id)
     return Startable(source=source, conditions=conditions)
 
@@ -195,10 +202,7 @@ def claim_statement(per_user: int, per_kind: tuple[tuple[str, int], ...], *, pos
             candidate.c.user_id == room.c.user_id,
             _queued(candidate),
             candidate.c.enqueued_at <= bindparam("due_by", type_=_TASKS.c.enqueued_at.type),
-            *(
-                or_(candidate.c.kind != kind, room.c[f"n{index}"] < limit)
-                for index, (kind, limit) in enumerate(per_kind)
-            ),
+            *_kind_caps(candidate.c.kind, lambda index: room.c[f"n{index}"], per_kind),
         )
         .order_by(candidate.c.created_at, candidate.c.id)
     )
