@@ -19,7 +19,6 @@ import redis.asyncio
 import structlog
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware
-from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings, get_settings
@@ -37,16 +36,19 @@ def channels_key_prefix(namespace: str) -> str:
 
 
 class RedisPublisher:
-    """Publishes through the same Redis channels backend the web processes listen on."""
+    """Publishes on the Redis pub/sub channels that the web processes' channels backend listens on.
 
-    def __init__(self, url: str, namespace: str) -> None:
+    A plain PUBLISH: Litestar's backend sends a Lua script (EVALSHA) so that one message reaches
+    several channels at once, and an event goes to one (its pub/sub channel names carry no prefix).
+    """
+
+    def __init__(self, url: str) -> None:
         self._client = redis.asyncio.Redis.from_url(url)
-        self._backend = RedisChannelsPubSubBackend(redis=self._client, key_prefix=channels_key_prefix(namespace))
 
     async def publish(self, channel: str, data: bytes) -> None:
         """Publish, or log why not: the event is in the table, so a lost publish is only late."""
         try:
-            await self._backend.publish(data, [channel])
+            await self._client.publish(channel, data)
         except (redis.RedisError, OSError) as exc:
             log.warning("events.publish_failed", channel=channel, error=str(exc))
 
@@ -99,7 +101,7 @@ def _build(settings: Settings, loop: asyncio.AbstractEventLoop) -> WorkerRuntime
             raise RuntimeError("Embedded workers need the web app's publisher; start them through the web app.")
         publisher = embedded_publisher
     else:
-        publisher = RedisPublisher(settings.redis_url, settings.redis_namespace)
+        publisher = RedisPublisher(settings.redis_url)
     engine = create_engine(settings)
     return WorkerRuntime(engine=engine, sessions=session_factory(engine), publisher=publisher, loop=loop)
 

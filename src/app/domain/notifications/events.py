@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Protocol, cast, runtime_checkable
 from uuid import UUID
 
 import msgspec
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Integer,
     Table,
     Text,
@@ -39,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import BIT
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningInsert
 
 from app.domain.clock import utcnow
 from app.domain.notifications.models import Event
@@ -136,6 +139,27 @@ _TAKE_SQLITE_WRITE_LOCK = text("UPDATE event SET id = id WHERE 0")
 _TAKE_EVERYONE_LOCK = text(_EVERYONE_LOCK)
 
 
+@lru_cache(maxsize=8)
+def _insert_unless(refused: ColumnElement[bool]) -> ReturningInsert[tuple[int]]:
+    """Postgres: `_USER_INSERT`, writing nothing when `refused` holds (see `EventLog.record_unless`)."""
+    columns = _EVENTS.c
+    locks = select(
+        func.pg_advisory_xact_lock_shared(bindparam("everyone", type_=BigInteger)).label("everyone"),
+        func.pg_advisory_xact_lock(bindparam("space", type_=Integer), bindparam("key", type_=Integer)).label("mine"),
+    ).cte("locks")
+    row = (
+        select(
+            bindparam("user_id", type_=columns.user_id.type),
+            bindparam("type", type_=columns.type.type),
+            bindparam("payload", type_=columns.payload.type),
+            bindparam("created_at", type_=columns.created_at.type),
+        )
+        .select_from(locks)
+        .where(~refused)
+    )
+    return insert(_EVENTS).from_select(["user_id", "type", "payload", "created_at"], row).returning(columns.id)
+
+
 BROADCAST_CHANNEL = "events.all"
 #: What a batch of events for many users publishes instead of a message per event (see `record_many`).
 WAKE_UP = b"{}"
@@ -195,6 +219,34 @@ class EventLog:
         else:
             result = await self.session.execute(insert(Event).values(**values).returning(Event.id))
         event_id = int(result.scalar_one())
+        record = EventRecord(id=event_id, type=event_type, data=data, created_at=values["created_at"], user_id=user_id)
+        self.pending.append(record)
+        return record
+
+    async def record_unless(
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        user_id: UUID,
+        refused: ColumnElement[bool],
+        parameters: dict[str, Any],
+    ) -> EventRecord | None:
+        """`record` on Postgres, by a statement that writes nothing when `refused` (with `parameters`) holds:
+        None then, and the caller rolls back.
+
+        A check and the event in one round trip. `refused` sees what was committed when this statement
+        began, so a check that `user_id`'s locks must serialise needs them taken by an earlier statement
+        of the transaction: the task claim's RETURNING takes them, and its event counts the owner's running
+        tasks again this way (app.domain.tasks.runner). A parameter of `refused` named `user_id` is the
+        event's user.
+        """
+        await self.session.flush()
+        values: dict[str, Any] = {"user_id": user_id, "type": event_type, "payload": data, "created_at": utcnow()}
+        result = await self.session.execute(_insert_unless(refused), {**parameters, **values, **_lock_keys(user_id)})
+        event_id = result.scalar_one_or_none()
+        if event_id is None:
+            return None
         record = EventRecord(id=event_id, type=event_type, data=data, created_at=values["created_at"], user_id=user_id)
         self.pending.append(record)
         return record
@@ -293,13 +345,17 @@ class EventLog:
         return records
 
     async def publish(self, publisher: EventPublisher) -> None:
-        """Publish what this log recorded; call after the transaction committed.
+        """Wake the readers of what this log recorded; call after the transaction committed.
 
-        A publish that fails is only late: readers re-check the table on every heartbeat.
+        One message per channel, the newest event of that channel: a message is only a wake-up
+        (readers read the table after it), so the end of a task, which records its `task.updated`
+        and its `notification.created`, costs one publish, not two. A publish that fails is only
+        late: readers re-check the table on every heartbeat.
         """
         pending, self.pending = self.pending, []
-        for record in pending:
-            await publisher.publish(channel_for(record.user_id), msgspec.json.encode(record))
+        newest = {channel_for(record.user_id): record for record in pending}
+        for channel, record in newest.items():
+            await publisher.publish(channel, msgspec.json.encode(record))
 
     async def after(self, after_id: int, *, user_id: UUID | None, limit: int = 500) -> Sequence[EventRecord]:
         """Events a reader may see with an id above `after_id`, oldest first."""

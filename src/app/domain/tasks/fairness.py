@@ -15,7 +15,8 @@ subquery picks the row with `FOR UPDATE SKIP LOCKED` on Postgres (concurrent cla
 never wait for each other and never pick the same row; SQLite has one writer at a time,
 where the statement alone is atomic). Two claimers picking two tasks of one user at once
 could both see the user below the cap; on Postgres the claim then takes the user's lock
-(in the claim's own RETURNING) and counts again in its next statement (`over_cap`), and
+(in the claim's own RETURNING) and counts again in its next statement, the insert of its
+`running` event (`over_cap`), which writes nothing when the user went over, and
 gives its pick back if the user went over.
 
 The claim costs what the owners of queued tasks and the running tasks cost, not what the
@@ -49,8 +50,10 @@ from app.config import Settings
 from app.domain.notifications.events import user_lock_expressions
 from app.domain.tasks.models import QUEUED, RUNNING, Task
 from app.domain.tasks.reads import COLUMNS
+from app.domain.webhooks.models import TaskWebhook
 
 _TASKS = cast(Table, Task.__table__)
+_HOOKS = cast(Table, TaskWebhook.__table__)
 #: How far the clocks of the processes that queue tasks and claim them may differ.
 CLOCK_SKEW = timedelta(seconds=1)
 
@@ -164,7 +167,9 @@ def _owners_of_queued() -> Any:
 
 @lru_cache(maxsize=8)
 def claim_statement(per_user: int, per_kind: tuple[tuple[str, int], ...], *, postgres: bool) -> ReturningUpdate[Any]:
-    """Mark the fairest task that may start as running; returns a TaskOut's columns, the owner and the first attempt.
+    """Mark the fairest task that may start as running; returns a TaskOut's columns, the owner, the first attempt
+    and whether the task has a webhook (a task gets its webhook with its submission or never, so the end of an
+    attempt of a task without one skips the outbox's statement).
 
     Parameters: `now` (the claim's time), `due_by` (`due_by(now)`), `worker_id`, and `passed_over` (owners to skip: a
     pick given back because its owner went over a cap). Built once per set of limits and dialect.
@@ -175,8 +180,8 @@ def claim_statement(per_user: int, per_kind: tuple[tuple[str, int], ...], *, pos
     order), and the fairest offer wins. Postgres: each owner offers up to MAX_RUNNING_PER_USER tasks
     (LATERAL), so a claimer that finds the first locked by another claimer (SKIP LOCKED) takes the next;
     and the RETURNING also takes the owner's event locks (two more columns, after the claimed row is
-    written), so the count that follows (`over_cap_statement`) needs no round trip of its own to lock
-    first. SQLite has one writer: each owner offers its first task.
+    written), so the count that follows (`over_cap`, read by the claim's event insert) needs no round trip
+    of its own to lock first. SQLite has one writer: each owner offers its first task.
     """
     owners = _owners_of_queued()
     by_owner = _running_by_owner(per_kind)
@@ -247,16 +252,22 @@ def claim_statement(per_user: int, per_kind: tuple[tuple[str, int], ...], *, pos
             *(_TASKS.c[column.key] for column in COLUMNS),
             _TASKS.c.user_id,
             _TASKS.c.first_attempt,
+            # The claimed row's id named in full: SQLite's RETURNING names columns bare, and a bare `id` here
+            # would be the webhook's own the day task_webhook has one.
+            select(_HOOKS.c.task_id)
+            .where(_HOOKS.c.task_id == literal_column(f"{_TASKS.name}.id"))
+            .exists()
+            .label("has_webhook"),
             *(user_lock_expressions(_TASKS.c.user_id) if postgres else ()),
         )
     )
 
 
 @lru_cache(maxsize=8)
-def over_cap_statement(per_user: int, per_kind: tuple[tuple[str, int], ...]) -> Any:
-    """True when user `user_id` runs more tasks than a cap allows (of all, or of `kind`)."""
+def over_cap(per_user: int, per_kind: tuple[tuple[str, int], ...]) -> ColumnElement[bool]:
+    """True when user `user_id` runs more tasks than a cap allows (of all, or of `kind`); parameters: the two."""
     owner = bindparam("user_id", type_=_TASKS.c.user_id.type)
     checks: list[ColumnElement[bool]] = [_running(owner) > per_user]
     for kind, limit in per_kind:
         checks.append(and_(bindparam("kind", type_=_TASKS.c.kind.type) == kind, _running(owner, kind) > limit))
-    return select(or_(*checks))
+    return or_(*checks)

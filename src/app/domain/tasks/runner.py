@@ -43,7 +43,7 @@ from app.domain.clock import utcnow
 from app.domain.notifications.events import EventLog, EventPublisher
 from app.domain.notifications.services import NOTIFICATION_CREATED, NewNotification, add_notification_once
 from app.domain.tasks.artifacts import ArtifactStore
-from app.domain.tasks.fairness import claim_statement, due_by, limits, over_cap_statement
+from app.domain.tasks.fairness import claim_statement, due_by, limits, over_cap
 from app.domain.tasks.kinds import get_kind
 from app.domain.tasks.kinds.base import ArtifactSink, TaskCancelled
 from app.domain.tasks.logs import LogBuffer, LogLevel, Staged
@@ -80,11 +80,13 @@ class Ended:
 
 @dataclass(frozen=True)
 class _Claimed:
-    """A task just claimed: what its `running` event shows, whose it is, and the first attempt of its round."""
+    """A task just claimed: what its `running` event shows, whose it is, the first attempt of its round, and
+    whether it has a webhook."""
 
     task: TaskOut
     user_id: UUID
     first_attempt: int
+    webhook: bool
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class _Context:
     task_id: UUID
     user_id: UUID
     attempt: int
+    #: Whether the task has a webhook, to be told of the attempt's end (the outbox).
+    webhook: bool = True
     artifact_key: str | None = None
     #: When the task row was last written (the claim, a progress write), monotonic.
     last_write: float = field(default_factory=time.monotonic)
@@ -241,7 +245,7 @@ class TaskRunner:
         last_try = round_attempt >= self.settings.task_max_attempts
         retry_in = backoff(self.settings, round_attempt)
         structlog.contextvars.bind_contextvars(task_id=str(task_id), user_id=str(claimed.user_id))
-        context = _Context(self, task_id, claimed.user_id, attempt)
+        context = _Context(self, task_id, claimed.user_id, attempt, claimed.webhook)
         keeper = asyncio.create_task(self._keep(context))
         try:
             ending = await self._attempt(task, context, last_try, retry_in)
@@ -294,9 +298,10 @@ class TaskRunner:
     async def _claim(self, worker_id: str | None) -> _Claimed | None:
         """The fair claim (app.domain.tasks.fairness), recorded with its `running` event.
 
-        Postgres: the claim's RETURNING takes the owner's event locks, the next statement counts
-        again under them, the event is the third; with the BEGIN and COMMIT, five round trips.
-        SQLite: the write lock first, then the claim and its event (one writer: no count again).
+        Postgres: the claim's RETURNING takes the owner's event locks, and the event's insert counts
+        the owner's running tasks again under them (`over_cap`), writing nothing when the owner went
+        over; with the BEGIN and COMMIT, four round trips. SQLite: the write lock first, then the claim
+        and its event (one writer: no count again).
         """
         per_user, per_kind = limits(self.settings)
         passed_over: list[UUID] = []
@@ -314,17 +319,27 @@ class TaskRunner:
                 if row is None:
                     return None
                 width = len(COLUMNS)
-                claimed = _Claimed(task=row_out(row[:width]), user_id=row[width], first_attempt=row[width + 1])
+                claimed = _Claimed(
+                    task=row_out(row[:width]),
+                    user_id=row[width],
+                    first_attempt=row[width + 1],
+                    webhook=bool(row[width + 2]),
+                )
+                events = EventLog(session)
+                if not postgres:
+                    await record_task_out(events, claimed.task, claimed.user_id)
                 # Under the owner's lock (taken by the claim), count again: a claim of another of this user's
-                # tasks that committed meanwhile is counted now. SQLite: one writer, no race.
-                if postgres and await session.scalar(
-                    over_cap_statement(per_user, per_kind), {"user_id": claimed.user_id, "kind": claimed.task.kind}
+                # tasks that committed meanwhile is counted now, and over a cap the pick is given back.
+                elif not await events.record_unless(
+                    TASK_UPDATED,
+                    msgspec.to_builtins(claimed.task),
+                    user_id=claimed.user_id,
+                    refused=over_cap(per_user, per_kind),
+                    parameters={"kind": claimed.task.kind},
                 ):
                     await session.rollback()
                     passed_over.append(claimed.user_id)
                     continue
-                events = EventLog(session)
-                await record_task_out(events, claimed.task, claimed.user_id)
             await events.publish(self.publisher)
             return claimed
         return None
@@ -434,7 +449,8 @@ class TaskRunner:
             staged = await context.logs.stage(session)  # the lines first: they came before the end
             recorded = _log_events(context, staged)
             recorded.append((TASK_UPDATED, msgspec.to_builtins(task)))
-            webhook = await record_end(session, task)  # the task's webhook is told of this end (the outbox)
+            # The task's webhook is told of this end (the outbox); a task without one has no statement to run.
+            webhook = await record_end(session, task) if context.webhook else None
             if status in (SUCCEEDED, FAILED):
                 created = await _notify(session, task, user_id)
                 if created is not None:

@@ -75,8 +75,12 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
             self._out_of_step = True
 
     async def publish(self, data: bytes, channels: Iterable[str]) -> None:
+        targets = set(channels)
         try:
-            await super().publish(data, channels)
+            if len(targets) == 1:  # an event's wake-up: a plain PUBLISH, not Litestar's Lua script for several
+                await self._redis.publish(targets.pop(), data)
+            else:
+                await super().publish(data, targets)
         except REDIS_DOWN as exc:
             log.warning("channels.publish_failed", error=str(exc))
 
