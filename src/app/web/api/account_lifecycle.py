@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import ResponseHeader
@@ -34,6 +33,7 @@ from app.domain.tasks.artifacts import ArtifactStore
 from app.web.api.accounts import AUTH_ERRORS, BEARER, AlreadyRegistered
 from app.web.http.audit import audit_context
 from app.web.http.auth import requires_user
+from app.web.http.blocking import in_thread
 from app.web.http.errors import BreaksARule, Conflicting, TooMany
 from app.web.http.limits import Limiter
 from app.workers.actors.mail import enqueue_email
@@ -82,7 +82,7 @@ async def request_email_change(
         email_change_email(email, username, link, valid_hours=settings.verification_token_hours),
         email_change_notice(old_email, username, email),
     ):
-        await anyio.to_thread.run_sync(enqueue_email, message)  # the broker client blocks
+        await in_thread(enqueue_email, message)  # the broker client blocks
     return email
 
 
@@ -94,7 +94,7 @@ async def resend_verification(service: AccountService, user: User, limiter: Limi
     settings = service.settings
     link = verification_link(settings.base_url, raw)
     email = verification_email(user.email, user.username, link, valid_hours=settings.verification_token_hours)
-    await anyio.to_thread.run_sync(enqueue_email, email)
+    await in_thread(enqueue_email, email)
 
 
 async def close_account(

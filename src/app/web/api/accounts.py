@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import anyio
 import msgspec
 from litestar import Controller, Request, get, patch, post
 from litestar.di import NamedDependency
@@ -35,6 +34,7 @@ from app.domain.audit.recording import record
 from app.domain.audit.schemas import AuditContext
 from app.web.http.audit import audit_context, record_login_failure
 from app.web.http.auth import AccessTokens, requires_user, sign_in_browser
+from app.web.http.blocking import in_thread
 from app.web.http.credentials import credential_of
 from app.web.http.errors import BreaksARule, TooMany
 from app.web.http.limits import Limiter
@@ -215,7 +215,7 @@ class AuthController(Controller):
         result = user_out(user)
         await db_session.commit()  # the account exists before its email is sent
         email = verification_email(user.email, user.username, verification_link(settings.base_url, raw))
-        await anyio.to_thread.run_sync(enqueue_email, email)  # the broker client blocks
+        await in_thread(enqueue_email, email)  # the broker client blocks
         return result
 
     @post(
@@ -371,7 +371,7 @@ class AuthController(Controller):
     ) -> None:
         """The same work whether or not the address is an account's (a worker looks it up): no timing tells."""
         await limiter.reset_request(client_address(request))
-        await anyio.to_thread.run_sync(enqueue_password_reset, data.email)  # the broker client blocks
+        await in_thread(enqueue_password_reset, data.email)  # the broker client blocks
 
     @post(
         "/reset-password",

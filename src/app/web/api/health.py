@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import anyio
 import dramatiq
 import structlog
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -22,6 +21,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.web.http.blocking import in_thread
 from app.web.http.metrics import rabbitmq_counts
 from app.workers.heartbeat import HeartbeatStore
 from app.workers.queues import TASKS
@@ -45,14 +45,14 @@ async def _check_database(engine: AsyncEngine) -> str:
 
 async def _check_broker(broker: dramatiq.Broker) -> str:
     if isinstance(broker, RabbitmqBroker):
-        await anyio.to_thread.run_sync(rabbitmq_counts, broker, TASKS)
+        await in_thread(rabbitmq_counts, broker, TASKS)
     elif (client := getattr(broker, "client", None)) is not None:  # Redis; the in-memory broker has none
-        await anyio.to_thread.run_sync(client.ping)
+        await in_thread(client.ping)
     return "ok"
 
 
 async def _check_workers(heartbeats: HeartbeatStore) -> str:
-    alive = await anyio.to_thread.run_sync(heartbeats.alive)
+    alive = await in_thread(heartbeats.alive)
     if not alive:
         raise _NoWorker
     return "ok"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-import anyio
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
@@ -32,6 +31,7 @@ from app.domain.notifications.services import (
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page
 from app.web.http.audit import audit_context
 from app.web.http.auth import requires_superuser, requires_user
+from app.web.http.blocking import in_thread
 from app.web.http.errors import BreaksARule
 from app.workers.actors.notifications import send_broadcast
 
@@ -178,5 +178,5 @@ class AdminNotificationsController(Controller):
         recipients = await count_recipients(db_session, broadcast.user_id)
         record_broadcast(db_session, audit_context(request), broadcast, recipients)
         await db_session.commit()  # recorded before it is handed on
-        await anyio.to_thread.run_sync(send_broadcast, broadcast)  # the broker client blocks
+        await in_thread(send_broadcast, broadcast)  # the broker client blocks
         return BroadcastAccepted(recipients=recipients)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-import anyio
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.channels import ChannelsPlugin
@@ -32,6 +31,7 @@ from app.web.api.openapi import ResultDownload
 from app.web.api.task_waits import requested_wait, wait_for_end
 from app.web.http.audit import audit_context
 from app.web.http.auth import requires_user
+from app.web.http.blocking import in_thread
 from app.web.http.downloads import task_result
 from app.web.http.draining import Draining
 from app.web.http.errors import BreaksARule, Conflicting, TooMany
@@ -121,7 +121,7 @@ class TasksController(Controller):
         if created:
             # The message first (the broker client blocks: in a thread), so the worker can start on
             # the task while this process wakes the task's live streams.
-            await anyio.to_thread.run_sync(send_new_task, body)
+            await in_thread(send_new_task, body)
             await service.events.publish(publisher)
         headers = {"Location": f"/api/v1/tasks/{body.id}"}
         if seconds := requested_wait(prefer):
@@ -210,7 +210,7 @@ class TasksController(Controller):
         await db_session.commit()
         await service.events.publish(publisher)
         if service.webhook_delivery is not None:
-            await anyio.to_thread.run_sync(queue_delivery, service.webhook_delivery)
+            await in_thread(queue_delivery, service.webhook_delivery)
         return body
 
     @post(
@@ -239,7 +239,7 @@ class TasksController(Controller):
         await service.events.publish(publisher)
         if old_artifact:
             await artifacts.delete(old_artifact)
-        await anyio.to_thread.run_sync(send_task, *task_message_args(task))
+        await in_thread(send_task, *task_message_args(task))
         return body
 
     @delete(

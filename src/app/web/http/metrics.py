@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import dramatiq
 import pika.exceptions  # type: ignore[import-untyped]
 import structlog
@@ -29,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.domain.tasks.models import STATUSES
 from app.domain.tasks.stats import Durations, task_stats
 from app.web.http.background import in_background
+from app.web.http.blocking import in_thread
 
 log = structlog.get_logger(__name__)
 
@@ -126,9 +126,9 @@ async def queue_depth(broker: dramatiq.Broker) -> dict[str, int]:
             for queue in queues
         }
     if hasattr(broker, "client") and hasattr(broker, "namespace"):  # RedisBroker
-        return await anyio.to_thread.run_sync(_redis_depth, broker, queues)
+        return await in_thread(_redis_depth, broker, queues)
     if isinstance(broker, RabbitmqBroker):
-        return await anyio.to_thread.run_sync(_rabbitmq_depth, broker, queues)
+        return await in_thread(_rabbitmq_depth, broker, queues)
     return {}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-import anyio
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
@@ -38,6 +37,7 @@ from app.web.api.accounts import caller_family, client_address, record_email_con
 from app.web.http.access_tokens import TokenIndex
 from app.web.http.audit import audit_context, record_login_failure
 from app.web.http.auth import sign_in_browser, sign_out_browser
+from app.web.http.blocking import in_thread
 from app.web.http.credentials import CredentialCache, credential_of
 from app.web.http.limits import Limiter
 from app.web.http.sign_ins import SignInUses
@@ -111,7 +111,7 @@ class SignInPages(Controller):
         )
         await db_session.commit()  # the account exists before its email is sent
         email = verification_email(user.email, user.username, verification_link(settings.base_url, raw))
-        await anyio.to_thread.run_sync(enqueue_email, email)  # the broker client blocks
+        await in_thread(enqueue_email, email)  # the broker client blocks
         sign_in_browser(request, user, sign_in)
         return go(request, "/dashboard", f"Welcome, {user.username}! We sent a link to {user.email} to confirm it.")
 
@@ -189,7 +189,7 @@ class SignInPages(Controller):
             return await page(request, db_session, "forgot_password.html", context, 422)
         await limiter.reset_request(client_address(request))
         # Only queued, the same work for any address: the worker looks it up (no timing tells).
-        await anyio.to_thread.run_sync(enqueue_password_reset, email_address)
+        await in_thread(enqueue_password_reset, email_address)
         sent = "If an account has this address, we have sent it a link to set a new password."
         if is_htmx(request):
             return fragment("partials/forgot_form.html", {"form": {}, "errors": {}, "sent": sent})

@@ -6,7 +6,6 @@ import time
 from typing import Annotated, Any
 from uuid import UUID
 
-import anyio
 import dramatiq
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -31,6 +30,7 @@ from app.domain.tasks.schemas import task_out
 from app.domain.tasks.services import TaskService, task_message_args
 from app.domain.tasks.stats import count_by_status, list_tasks, load_by_user, task_owner
 from app.web.http.audit import audit_context
+from app.web.http.blocking import in_thread
 from app.web.http.metrics import queue_depth
 from app.web.pages.rendering import field_errors, form_data, fragment, go, is_htmx, page, requires_admin, say
 from app.workers.actors.notifications import send_broadcast
@@ -43,7 +43,7 @@ FAILED_SHOWN = 50
 
 async def _workers(heartbeats: HeartbeatStore) -> list[dict[str, Any]]:
     now = time.time()
-    alive = await anyio.to_thread.run_sync(heartbeats.alive)
+    alive = await in_thread(heartbeats.alive)
     return [
         {
             "host": w.hostname,
@@ -172,7 +172,7 @@ class AdminPages(Controller):
         await service.events.publish(publisher)
         if old_artifact:
             await artifacts.delete(old_artifact)
-        await anyio.to_thread.run_sync(send_task, *message_args)
+        await in_thread(send_task, *message_args)
         if is_htmx(request):
             return Response(content="", media_type="text/html", status_code=200)  # the failed task's row goes away
         return go(request, "/admin", f"Trying “{title}” again.")
@@ -200,7 +200,7 @@ class AdminPages(Controller):
         recipients = await count_recipients(db_session, None)
         record_broadcast(db_session, audit_context(request), item, recipients)
         await db_session.commit()  # recorded before it is handed on
-        await anyio.to_thread.run_sync(send_broadcast, item)  # the broker client blocks
+        await in_thread(send_broadcast, item)  # the broker client blocks
         message = f"Broadcast sent to {recipients} user{'' if recipients == 1 else 's'}."
         if is_htmx(request):
             return fragment("partials/broadcast_form.html", {"broadcast": {"form": {}, "errors": {}, "saved": message}})

@@ -6,7 +6,6 @@ import uuid
 from typing import Annotated, Any
 from uuid import UUID
 
-import anyio
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
@@ -27,6 +26,7 @@ from app.domain.tasks.models import Task
 from app.domain.tasks.schemas import TaskRequest, task_out
 from app.domain.tasks.services import TaskService, task_message_args
 from app.web.http.audit import audit_context
+from app.web.http.blocking import in_thread
 from app.web.http.downloads import task_result
 from app.web.pages.rendering import (
     field_errors,
@@ -141,7 +141,7 @@ class TaskPages(Controller):
                 await db_session.commit()  # the task exists before its message does
                 if created:
                     await service.events.publish(publisher)
-                    await anyio.to_thread.run_sync(send_new_task, task)
+                    await in_thread(send_new_task, task)
                 message = f"Started “{task.title}”."
                 if task.run_at is not None:
                     message = f"“{task.title}” starts at {task.run_at:%Y-%m-%d %H:%M:%S} UTC."
@@ -283,7 +283,7 @@ class TaskPages(Controller):
         await service.events.publish(publisher)
         if old_artifact:
             await artifacts.delete(old_artifact)
-        await anyio.to_thread.run_sync(send_task, *message_args)
+        await in_thread(send_task, *message_args)
         return await self._after_action(request, task_id, db_session, settings, view, f"Trying “{title}” again.")
 
     @post("/tasks/{task_id:uuid}/delete")
