@@ -311,6 +311,29 @@ ORM transactions per task (`session.get`, the UPDATE, the commit) and six Redis 
 loop, was a few per cent of it."""
 
 
+#: Why the ratio is what it is, and what 2x would take: a CPU account of both sides.
+THE_GAP = """\
+**Where the gap to 2x is (2026-12-05).** Both sides keep the two cores busy (`/proc/stat`
+during the service's rounds: 10% idle), so the end-to-end ratio is close to the ratio of the
+machine's CPU per task, and that includes what both sides pay alike: the client, the
+kernel's loopback traffic and Postgres' own background work, about 1.5 ms a task. In runs
+of this benchmark alone after the seventh round of "Job pipeline throughput" the service's
+processes took 7.2-7.9 ms a task against the peer's 13.8-14.8 (1.9x), and the ratio of
+rates was 1.69-1.74x; 2x would need the service at about 6.2 ms. Where its 7.2 ms go:
+web 2.5 (Litestar's request handling, dependency injection and middleware are most of it;
+the peer's FastAPI process takes 3.6), worker 2.7, Postgres 1.8 (three transactions, the
+fair claim and four event rows with their locks; the peer writes no events and takes no
+locks, 1.25), Redis 0.2. The largest share left that no guarantee needs is SQLAlchemy's
+execution around each statement: a third of the worker's busy time (`py-spy --gil`: session,
+parameter processing, greenlet, the asyncpg adapter) and a fifth of the web's. Measured by
+hand, a transaction of an UPDATE ... RETURNING and an INSERT costs the client 0.63 ms of CPU
+through an `AsyncSession`, 0.57-0.60 through a Core `AsyncConnection` and 0.24-0.27 through
+asyncpg's prepared statements directly; the hot statements (claim, end, submission) run
+through asyncpg directly, the same Core statements compiled once, would save about 0.7 ms of
+the worker's and 0.3 of the web's per task: the next step, not taken yet (it needs a second
+way to run them beside SQLite's)."""
+
+
 GUARANTEES = """\
 **What each side guarantees.** The service commits the task row and its `task.updated`
 event in one transaction before it sends the message; a sweeper re-sends a task that
@@ -403,6 +426,8 @@ shared the machine, and both sides met it, in alternating rounds.
 {RUNS_SO_FAR}
 
 {PEER_PROFILE}
+
+{THE_GAP}
 
 {GUARANTEES}
 """

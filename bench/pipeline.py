@@ -148,6 +148,27 @@ carry no `status = 'queued'` to drive such a scan (1.5 ms with the same stale st
 `tests/test_claim_cost.py` counts the rows the plan reads). The pipeline alone, before and
 after: 126 -> 195 tasks/s end to end, Postgres 4.27 -> 2.13 ms of CPU per task, worker 4.55 ->
 3.22 ms.
+
+**Seventh round (2026-12-05): round trips and publishes.** `pg_stat_statements` (with
+`track_planning`) over 3,000 tasks: the claim is not planned again per execution in the
+pipeline (54 plans for 3,016 calls: generic plans after each connection's first five), so
+forcing generic plans would save nothing here; what `pg_stat_activity` sampled instead were
+transactions `idle in transaction` while holding a user's event lock (the web process's event
+loop, busy with 32 connections, slow to send its next statement) and others waiting for that
+lock. `py-spy --gil` on the worker: SQLAlchemy's execution (session, compiled parameters,
+greenlet, the asyncpg adapter) about a third of its busy time, the Redis publishes a ninth.
+Changed, every guarantee kept: a transaction publishes one wake-up per channel (the end of a
+task recorded `task.updated` and `notification.created` and published both; readers read the
+table at any message), as a plain PUBLISH (Litestar's backend sends a Lua script, meant for
+several channels); the claim's recount of its owner's running tasks is read by the insert of
+its `running` event (`EventLog.record_unless`: nothing written over a cap, and the pick is
+given back), one round trip fewer; the claim returns whether the task has a webhook (a task
+gets one with its submission or never), so an end without one skips the outbox's statement;
+JSON is written with msgspec; the web's commits no longer copy the engine for
+advanced-alchemy's cache listener (2% of a submission); blocking broker sends go through
+asyncio's executor (45 instead of anyio's 90 us of CPU a call). Before and after, the same
+runs of 3,000 tasks: worker 3.3 -> 2.8-2.9 ms of CPU per task, its drain alone 310-330 ->
+350-385 tasks/s; the peer benchmark alone 1.57x -> 1.69-1.74x.
 """
 
 
