@@ -16,8 +16,8 @@ never wait for each other and never pick the same row; SQLite has one writer at 
 where the statement alone is atomic). Two claimers picking two tasks of one user at once
 could both see the user below the cap; on Postgres the claim then takes the user's lock
 (in the claim's own RETURNING) and counts again in its next statement, the insert of its
-`running` event (`over_cap`), which writes nothing when the user went over, and
-gives its pick back if the user went over.
+`running` event (`over_cap`), which writes nothing if the user went over: the claim then
+gives its pick back.
 
 The claim costs what the owners of queued tasks and the running tasks cost, not what the
 queue holds: with one user's 8,000 tasks queued, 16 ms and ~3,000 buffers per claim when it
