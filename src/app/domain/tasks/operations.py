@@ -100,8 +100,11 @@ class TaskFollower:
         Sets `gone` when the task no longer exists.
         """
         async with self.sessions() as session:
-            events = await self._events_since(EventLog(session))
+            # The row first, then the events: every event of a write that the row shows was committed with it,
+            # so it is read too. The other way round, a progress write and the end committing between the two
+            # reads were both missed by the events and the row showed the end: the last progress never showed.
             task = await session.scalar(select(Task).where(Task.id == self.task_id))
+            events = await self._events_since(EventLog(session))
         states = [msgspec.convert(event.data, TaskState) for event in events if self._is_mine(event)]
         if self._shown is not None and self._shown_from_row:
             states = _after_last(states, self._shown)
