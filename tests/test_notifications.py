@@ -10,13 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import get_settings
 from app.domain.clock import utcnow
 from app.domain.database import create_engine, session_factory
 from app.domain.notifications.events import EventLog
-from app.domain.notifications.services import Broadcast, deliver_broadcast, notify_once
+from app.domain.notifications.models import Event
+from app.domain.notifications.services import Broadcast, add_notification_once, deliver_broadcast, notify_once
 from tests.accounts import PASSWORD, new_identity, operator_cli, signed_in_headers
 from tests.servers import LiveServer
 from tests.sse import collect
@@ -88,6 +90,37 @@ async def notify(sessions: async_sessionmaker[AsyncSession], owner: uuid.UUID, c
                 message=f"Message {i}",
                 dedupe_key=f"test:{owner}:{i}",
             )
+
+
+async def test_a_task_end_notification_is_written_once_after_its_events(
+    api: httpx.Client, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """What every task's end does (app.domain.tasks.runner): the notification with the end's events, its
+    `notification.created` last (one statement on Postgres). Again with the same key: the events only."""
+    owner = user_id(api)
+    before = [("task.updated", {"step": 1}), ("task.updated", {"step": 2})]
+    logs = []
+    for _ in range(2):
+        async with sessions() as session, session.begin():
+            events = EventLog(session)
+            created = await add_notification_once(
+                events, before, user_id=owner, category="task", title="Once", message="m", dedupe_key=f"t:{owner}"
+            )
+            logs.append((created, events.pending))
+    (first, first_events), (again, again_events) = logs
+    assert first is not None
+    assert again is None
+    assert first.email_pending  # the user wants email (the default): the same statement marked it pending
+    assert [e.type for e in first_events] == ["task.updated", "task.updated", "notification.created"]
+    assert first_events[-1].data["id"] == str(first.out.id)
+    assert [e.type for e in again_events] == ["task.updated", "task.updated"]
+    ids = [e.id for e in first_events + again_events]
+    assert ids == sorted(ids)
+    async with sessions() as session:
+        query = select(Event.id, Event.type).where(Event.user_id == owner).order_by(Event.id)
+        stored = (await session.execute(query)).all()
+    assert [(row[0], row[1]) for row in stored] == [(e.id, e.type) for e in first_events + again_events]
+    assert [n["title"] for n in api.get("/api/v1/notifications").json()["items"]] == ["Once"]
 
 
 def start(api: httpx.Client, **params: Any) -> str:

@@ -23,6 +23,7 @@ from uuid import UUID
 import msgspec
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     ColumnElement,
     Integer,
     Table,
@@ -103,15 +104,16 @@ _EVERYONE_INSERT = (
 
 #: Several events of one user in one statement, in the order given: the rows come out of `unnest ... WITH
 #: ORDINALITY` sorted, and each draws its id as it reaches the insert, after the locks are held.
-_USER_INSERT_SEVERAL = (
-    "WITH locks AS (SELECT pg_advisory_xact_lock_shared(CAST(:everyone AS bigint)) AS everyone, "
+_USER_LOCKS_CTE = (
+    "locks AS (SELECT pg_advisory_xact_lock_shared(CAST(:everyone AS bigint)) AS everyone, "
     "pg_advisory_xact_lock(:space, :key) AS mine) "
+)
+_INSERT_FROM_ARRAYS = (
     "INSERT INTO event (user_id, type, payload, created_at) "
     "SELECT CAST(:user_id AS uuid), e.type, CAST(e.payload AS jsonb), CAST(:created_at AS timestamptz) "
     "FROM locks, unnest(CAST(:types AS text[]), CAST(:payloads AS text[])) WITH ORDINALITY AS e(type, payload, n) "
-    "ORDER BY e.n "
-    "RETURNING id"
 )
+_USER_INSERT_SEVERAL = f"WITH {_USER_LOCKS_CTE}{_INSERT_FROM_ARRAYS}ORDER BY e.n RETURNING id"
 
 
 def _typed(sql: str) -> TextClause:
@@ -132,6 +134,24 @@ _INSERT_SEVERAL_FOR_USER = text(_USER_INSERT_SEVERAL).bindparams(
 )
 #: SQLite: several rows, their ids returned in the order of the rows given.
 _EVENTS = cast(Table, Event.__table__)
+
+
+def several_after(insert_sql: str, parameters: Sequence[BindParameter[Any]]) -> TextClause:
+    """Postgres: `insert_sql` (an INSERT that returns one column of the row it writes, or no row) and a
+    user's events in one statement, the last event only when the insert wrote its row; each row it returns
+    is an event's id and the insert's value. For `EventLog.record_several_after`; `parameters` are the
+    insert's, typed."""
+    # SQL text of this module and of the caller's, put together once at import; every value is bound.
+    sql = (
+        f"WITH written AS ({insert_sql}), {_USER_LOCKS_CTE}{_INSERT_FROM_ARRAYS}"  # noqa: S608
+        "WHERE e.n < cardinality(CAST(:types AS text[])) OR EXISTS (SELECT FROM written) "
+        "ORDER BY e.n RETURNING id, (SELECT * FROM written)"
+    )
+    columns = _EVENTS.c
+    typed = (bindparam("user_id", type_=columns.user_id.type), bindparam("created_at", type_=columns.created_at.type))
+    return text(sql).bindparams(*parameters, *typed)
+
+
 _INSERT_SEVERAL = insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True)
 _TAKE_USER_LOCKS = text(_USER_LOCKS)
 #: SQLite: a write that changes nothing, which takes the database's write lock until commit.
@@ -286,6 +306,38 @@ class EventLog:
         ]
         self.pending.extend(records)
         return records
+
+    async def record_several_after(
+        self,
+        user_id: UUID,
+        events: Sequence[tuple[str, dict[str, Any]]],
+        statement: TextClause,
+        parameters: dict[str, Any],
+    ) -> tuple[list[EventRecord], bool, Any]:
+        """Postgres: `record_several` in one statement with an insert of another table (`statement`, built by
+        `several_after`, with `parameters` for its insert): the last of `events` is recorded only when that
+        insert wrote its row, as the event of that row (a notification written once, and its
+        `notification.created`). Returns the records, whether the insert wrote its row, and the value it
+        returned (None when it wrote nothing).
+        """
+        await self.session.flush()
+        now = utcnow()
+        values = {
+            "user_id": user_id,
+            "created_at": now,
+            "types": [event_type for event_type, _ in events],
+            "payloads": [msgspec.json.encode(data).decode() for _, data in events],
+            **_lock_keys(user_id),
+        }
+        rows = (await self.session.execute(statement, {**parameters, **values})).all()
+        wrote = len(rows) == len(events)
+        ids = sorted(int(row[0]) for row in rows)
+        records = [
+            EventRecord(id=event_id, type=event_type, data=data, created_at=now, user_id=user_id)
+            for event_id, (event_type, data) in zip(ids, events if wrote else events[:-1], strict=True)
+        ]
+        self.pending.extend(records)
+        return records, wrote, rows[0][1] if wrote else None
 
     def written(self, record: EventRecord) -> None:
         """An event the caller inserted itself, to publish with the others after commit.

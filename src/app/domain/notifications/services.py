@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID, uuid4
 
 import msgspec
@@ -22,7 +22,7 @@ from app.domain.accounts.models import User
 from app.domain.clock import utcnow
 from app.domain.errors import InvalidInput, NotFound
 from app.domain.notifications.emails import PENDING
-from app.domain.notifications.events import EventLog, EventPublisher, wake_everyone
+from app.domain.notifications.events import EventLog, EventPublisher, several_after, wake_everyone
 from app.domain.notifications.models import Notification
 from app.domain.notifications.schemas import NotificationOut, notification_out
 from app.domain.text import control_problem
@@ -73,7 +73,7 @@ _NOTIFICATIONS = cast("Table", Notification.__table__)
 #: the same SQL on Postgres and SQLite. Text, not the dialects' `insert(...).on_conflict_do_nothing()`: those
 #: constructs are not cacheable (`inherit_cache = False`), so SQLAlchemy compiled one for every task's end.
 #: Returns the new row's email_status (no row when the key existed).
-_INSERT_ONCE = text(
+_INSERT_ONCE_SQL = (
     "INSERT INTO notification (id, user_id, category, title, message, is_read, task_id, dedupe_key, created_at, "
     "email_status, email_due_at, email_attempts) "
     "VALUES (:id, :owner, :category, :title, :message, :is_read, :task_id, :dedupe_key, :now, "
@@ -81,7 +81,8 @@ _INSERT_ONCE = text(
     "CASE WHEN (SELECT email_notifications FROM user_account WHERE id = :owner) THEN :now END, 0) "
     "ON CONFLICT (dedupe_key) DO NOTHING "
     "RETURNING email_status"
-).bindparams(
+)
+_INSERT_ONCE_PARAMETERS = (
     bindparam("id", type_=_NOTIFICATIONS.c.id.type),
     bindparam("owner", type_=_NOTIFICATIONS.c.user_id.type),
     bindparam("category", type_=_NOTIFICATIONS.c.category.type),
@@ -93,6 +94,10 @@ _INSERT_ONCE = text(
     bindparam("now", type_=_NOTIFICATIONS.c.created_at.type),
     bindparam("pending", type_=_NOTIFICATIONS.c.email_status.type),
 )
+_INSERT_ONCE = text(_INSERT_ONCE_SQL).bindparams(*_INSERT_ONCE_PARAMETERS)
+#: Postgres: the same insert and the user's events in one statement, `notification.created` (the last event)
+#: only when the notification is new (`EventLog.record_several_after`).
+_INSERT_ONCE_WITH_EVENTS = several_after(_INSERT_ONCE_SQL, _INSERT_ONCE_PARAMETERS)
 
 
 class NewNotification(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,7 +108,8 @@ class NewNotification(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def add_notification_once(
-    session: AsyncSession,
+    events: EventLog,
+    before: Sequence[tuple[str, dict[str, Any]]],
     *,
     user_id: UUID,
     category: str,
@@ -112,17 +118,27 @@ async def add_notification_once(
     dedupe_key: str,
     task_id: UUID | None = None,
 ) -> NewNotification | None:
-    """`notify_once` in one Core statement, without its event: None when `dedupe_key` already existed.
+    """`notify_once` without an ORM object, recorded after the user's events `before`: None when `dedupe_key`
+    already existed (then only `before` is recorded).
 
-    The caller records the `notification.created` event (with its others, `EventLog.record_several`).
-    The email is marked pending in the same statement when the owner wants email, so no second
-    read of the user and no second write of the row. No ORM object is built: the hot path of every
-    task's end (app.domain.tasks.runner).
+    The email is marked pending in the same statement when the owner wants email, so no second read of
+    the user and no second write of the row. On Postgres the notification, `before` and its
+    `notification.created` are one statement (`EventLog.record_several_after`); on SQLite, two. The hot
+    path of every task's end (app.domain.tasks.runner).
     """
     now = utcnow()
-    notification_id = uuid7()
+    out = NotificationOut(
+        id=uuid7(),
+        category=category,
+        title=title,
+        message=message,
+        is_read=False,
+        task_id=task_id,
+        created_at=now,
+        read_at=None,
+    )
     parameters = {
-        "id": notification_id,
+        "id": out.id,
         "is_read": False,
         "pending": PENDING,
         "owner": user_id,
@@ -133,20 +149,15 @@ async def add_notification_once(
         "dedupe_key": dedupe_key,
         "now": now,
     }
-    row = (await session.execute(_INSERT_ONCE, parameters)).first()
-    if row is None:
-        return None
-    out = NotificationOut(
-        id=notification_id,
-        category=category,
-        title=title,
-        message=message,
-        is_read=False,
-        task_id=task_id,
-        created_at=now,
-        read_at=None,
-    )
-    return NewNotification(out=out, email_pending=row[0] == PENDING)
+    created = (NOTIFICATION_CREATED, msgspec.to_builtins(out))
+    if events.postgres:
+        statement, every = _INSERT_ONCE_WITH_EVENTS, [*before, created]
+        _, wrote, email_status = await events.record_several_after(user_id, every, statement, parameters)
+    else:
+        row = (await events.session.execute(_INSERT_ONCE, parameters)).first()
+        wrote, email_status = row is not None, row[0] if row is not None else None
+        await events.record_several(user_id, [*before, created] if wrote else before)
+    return NewNotification(out=out, email_pending=email_status == PENDING) if wrote else None
 
 
 NOTIFICATION_UPDATED = "notification.updated"

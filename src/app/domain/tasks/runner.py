@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.domain.clock import utcnow
 from app.domain.notifications.events import EventLog, EventPublisher
-from app.domain.notifications.services import NOTIFICATION_CREATED, NewNotification, add_notification_once
+from app.domain.notifications.services import NewNotification, add_notification_once
 from app.domain.tasks.artifacts import ArtifactStore
 from app.domain.tasks.fairness import claim_statement, due_by, limits, over_cap
 from app.domain.tasks.kinds import get_kind
@@ -425,8 +425,9 @@ class TaskRunner:
     ) -> Ended:
         """Write how the attempt ended, its `task.updated` event and (succeeded, failed) the owner's notification.
 
-        One transaction of three statements: the task's UPDATE, the notification's INSERT (which
-        also marks its email pending when the owner wants one) and both events in one INSERT.
+        One transaction: the task's UPDATE; its log lines, if any wait; its webhook's delivery, if it has a
+        webhook; then the notification (its email marked pending when the owner wants one) with the events,
+        one statement on Postgres (`add_notification_once`), two on SQLite.
         """
         email: UUID | None = None
         values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "result": result}
@@ -452,11 +453,11 @@ class TaskRunner:
             # The task's webhook is told of this end (the outbox); a task without one has no statement to run.
             webhook = await record_end(session, task) if context.webhook else None
             if status in (SUCCEEDED, FAILED):
-                created = await _notify(session, task, user_id)
-                if created is not None:
-                    recorded.append((NOTIFICATION_CREATED, msgspec.to_builtins(created.out)))
-                    email = created.out.id if created.email_pending else None
-            await events.record_several(user_id, recorded)
+                # The owner's notification, recorded with the events (on Postgres, in their statement).
+                created = await _notify(events, recorded, task, user_id)
+                email = created.out.id if created is not None and created.email_pending else None
+            else:
+                await events.record_several(user_id, recorded)
         context.logs.written(staged)
         await events.publish(self.publisher)
         if status != SUCCEEDED:
@@ -549,13 +550,16 @@ def _log_events(context: _Context, staged: Staged | None) -> list[tuple[str, dic
     return [staged.event(context.task_id)] if staged is not None and staged.lines else []
 
 
-async def _notify(session: AsyncSession, task: TaskOut, user_id: UUID) -> NewNotification | None:
-    """One notification per ended attempt (its event is the caller's to record); None when it existed."""
+async def _notify(
+    events: EventLog, before: list[tuple[str, dict[str, Any]]], task: TaskOut, user_id: UUID
+) -> NewNotification | None:
+    """One notification per ended attempt, recorded after the events `before`; None when it existed."""
     ok = task.status == SUCCEEDED
     title = "Task completed" if ok else "Task failed"
     message = f"“{task.title}” {'completed' if ok else 'failed'}" + ("." if ok else f": {task.error}")
     return await add_notification_once(
-        session,
+        events,
+        before,
         user_id=user_id,
         category="task",
         title=title,
