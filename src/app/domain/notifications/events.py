@@ -102,8 +102,6 @@ _EVERYONE_INSERT = (
 )
 
 
-#: Several events of one user in one statement, in the order given: the rows come out of `unnest ... WITH
-#: ORDINALITY` sorted, and each draws its id as it reaches the insert, after the locks are held.
 _USER_LOCKS_CTE = (
     "locks AS (SELECT pg_advisory_xact_lock_shared(CAST(:everyone AS bigint)) AS everyone, "
     "pg_advisory_xact_lock(:space, :key) AS mine) "
@@ -113,6 +111,8 @@ _INSERT_FROM_ARRAYS = (
     "SELECT CAST(:user_id AS uuid), e.type, CAST(e.payload AS jsonb), CAST(:created_at AS timestamptz) "
     "FROM locks, unnest(CAST(:types AS text[]), CAST(:payloads AS text[])) WITH ORDINALITY AS e(type, payload, n) "
 )
+#: Several events of one user in one statement, in the order given: the rows come out of `unnest ... WITH
+#: ORDINALITY` sorted, and each draws its id as it reaches the insert, after the locks are held.
 _USER_INSERT_SEVERAL = f"WITH {_USER_LOCKS_CTE}{_INSERT_FROM_ARRAYS}ORDER BY e.n RETURNING id"
 
 
@@ -128,12 +128,13 @@ def _typed(sql: str) -> TextClause:
 
 _INSERT_FOR_USER = _typed(_USER_INSERT)
 _INSERT_FOR_EVERYONE = _typed(_EVERYONE_INSERT)
-_INSERT_SEVERAL_FOR_USER = text(_USER_INSERT_SEVERAL).bindparams(
-    bindparam("user_id", type_=Event.__table__.c.user_id.type),
-    bindparam("created_at", type_=Event.__table__.c.created_at.type),
-)
-#: SQLite: several rows, their ids returned in the order of the rows given.
 _EVENTS = cast(Table, Event.__table__)
+#: The types of the parameters of an insert of several events that SQL does not cast itself.
+_SEVERAL_TYPES = (
+    bindparam("user_id", type_=_EVENTS.c.user_id.type),
+    bindparam("created_at", type_=_EVENTS.c.created_at.type),
+)
+_INSERT_SEVERAL_FOR_USER = text(_USER_INSERT_SEVERAL).bindparams(*_SEVERAL_TYPES)
 
 
 def several_after(insert_sql: str, parameters: Sequence[BindParameter[Any]]) -> TextClause:
@@ -147,11 +148,10 @@ def several_after(insert_sql: str, parameters: Sequence[BindParameter[Any]]) -> 
         "WHERE e.n < cardinality(CAST(:types AS text[])) OR EXISTS (SELECT FROM written) "
         "ORDER BY e.n RETURNING id, (SELECT * FROM written)"
     )
-    columns = _EVENTS.c
-    typed = (bindparam("user_id", type_=columns.user_id.type), bindparam("created_at", type_=columns.created_at.type))
-    return text(sql).bindparams(*parameters, *typed)
+    return text(sql).bindparams(*parameters, *_SEVERAL_TYPES)
 
 
+#: SQLite: several rows, their ids returned in the order of the rows given.
 _INSERT_SEVERAL = insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True)
 _TAKE_USER_LOCKS = text(_USER_LOCKS)
 #: SQLite: a write that changes nothing, which takes the database's write lock until commit.
