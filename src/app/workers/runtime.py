@@ -35,20 +35,30 @@ def channels_key_prefix(namespace: str) -> str:
     return f"{namespace.upper()}_CHANNELS"
 
 
+def pubsub_name(key_prefix: str, channel: str) -> str:
+    """`channel` (an event channel, the revocations') as Redis pub/sub knows it: after the deployment's prefix.
+
+    Litestar's pub/sub backend names Redis channels as the app does, so deployments and test runs
+    sharing one Redis heard each other: another's revocations cleared this process's credential cache.
+    """
+    return f"{key_prefix}:{channel}"
+
+
 class RedisPublisher:
     """Publishes on the Redis pub/sub channels that the web processes' channels backend listens on.
 
     A plain PUBLISH: Litestar's backend sends a Lua script (EVALSHA) so that one message reaches
-    several channels at once, and an event goes to one (its pub/sub channel names carry no prefix).
+    several channels at once, and an event goes to one.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, namespace: str) -> None:
         self._client = redis.asyncio.Redis.from_url(url)
+        self._prefix = channels_key_prefix(namespace)
 
     async def publish(self, channel: str, data: bytes) -> None:
         """Publish, or log why not: the event is in the table, so a lost publish is only late."""
         try:
-            await self._client.publish(channel, data)
+            await self._client.publish(pubsub_name(self._prefix, channel), data)
         except (redis.RedisError, OSError) as exc:
             log.warning("events.publish_failed", channel=channel, error=str(exc))
 
@@ -101,7 +111,7 @@ def _build(settings: Settings, loop: asyncio.AbstractEventLoop) -> WorkerRuntime
             raise RuntimeError("Embedded workers need the web app's publisher; start them through the web app.")
         publisher = embedded_publisher
     else:
-        publisher = RedisPublisher(settings.redis_url)
+        publisher = RedisPublisher(settings.redis_url, settings.redis_namespace)
     engine = create_engine(settings)
     return WorkerRuntime(engine=engine, sessions=session_factory(engine), publisher=publisher, loop=loop)
 

@@ -88,7 +88,7 @@ async def announce_revoked_users(user_ids: set[UUID], settings: Settings) -> Non
     if settings.embedded_workers:
         touch_changed_file(settings)
         return
-    publisher = RedisPublisher(settings.redis_url)
+    publisher = RedisPublisher(settings.redis_url, settings.redis_namespace)
     try:
         await announce_revoked(publisher, user_ids)
     finally:
@@ -112,7 +112,7 @@ async def live_publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
     if settings.embedded_workers:
         yield NoPublisher()
         return
-    publisher = RedisPublisher(settings.redis_url)
+    publisher = RedisPublisher(settings.redis_url, settings.redis_namespace)
     try:
         yield publisher  # RedisPublisher logs a publish that fails: it is only late
     finally:

@@ -14,7 +14,7 @@ from litestar.channels.backends.memory import MemoryChannelsBackend
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 
 from app.config import Settings
-from app.workers.runtime import channels_key_prefix
+from app.workers.runtime import channels_key_prefix, pubsub_name
 
 log = structlog.get_logger(__name__)
 
@@ -53,12 +53,16 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
         #: meanwhile messages may be missed (see app.web.http.credentials).
         self.connected = True
 
+    def _names(self, channels: Iterable[str]) -> set[str]:
+        """The Redis names of `channels` (`pubsub_name`: after this deployment's prefix)."""
+        return {pubsub_name(self._key_prefix, channel) for channel in channels}
+
     async def subscribe(self, channels: Iterable[str]) -> None:
         channels = set(channels)
         self._wanted |= channels
         try:
             async with self._commands:
-                await super().subscribe(channels)
+                await super().subscribe(self._names(channels))
         except REDIS_DOWN as exc:
             log.warning("channels.subscribe_failed", error=str(exc))
             self._out_of_step = True
@@ -69,13 +73,13 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
         self._wanted -= channels
         try:
             async with self._commands:
-                await super().unsubscribe(channels)
+                await super().unsubscribe(self._names(channels))
         except REDIS_DOWN as exc:
             log.warning("channels.unsubscribe_failed", error=str(exc))
             self._out_of_step = True
 
     async def publish(self, data: bytes, channels: Iterable[str]) -> None:
-        targets = set(channels)
+        targets = self._names(channels)
         try:
             if len(targets) == 1:  # an event's wake-up: a plain PUBLISH, not Litestar's Lua script for several
                 await self._redis.publish(targets.pop(), data)
@@ -110,7 +114,8 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
                 log.info("channels.redis_back", channels=len(self._wanted))
                 for channel in sorted(self._wanted):
                     yield channel, WAKE_UP
-            if message is not None and (channel := message["channel"].decode()) in self._wanted:
+            prefix = pubsub_name(self._key_prefix, "")
+            if message is not None and (channel := message["channel"].decode().removeprefix(prefix)) in self._wanted:
                 yield channel, message["data"]
 
     async def _resubscribe(self) -> None:
@@ -118,9 +123,10 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
         self._out_of_step = True
         async with self._commands:
             held = {channel.decode() if isinstance(channel, bytes) else channel for channel in self._pub_sub.channels}
-            if missing := self._wanted - held:
+            wanted = self._names(self._wanted)
+            if missing := wanted - held:
                 await self._pub_sub.subscribe(*missing)
-            if extra := held - self._wanted:
+            if extra := held - wanted:
                 await self._pub_sub.unsubscribe(*extra)
         self._out_of_step = False
 
