@@ -11,7 +11,8 @@ import importlib.util
 import logging
 import logging.config
 import sys
-from typing import Any
+import threading
+from typing import Any, TextIO
 
 import structlog
 from structlog.typing import Processor
@@ -61,24 +62,48 @@ def stdlib_formatter(settings: Settings) -> dict[str, Any]:
     }
 
 
-def stdlib_logging_config(settings: Settings) -> dict[str, Any]:
+def stdlib_logging_config(settings: Settings, stream: Any = "ext://sys.stderr") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"standard": stdlib_formatter(settings)},
-        "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "standard", "stream": "ext://sys.stderr"}
-        },
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "standard", "stream": stream}},
         "root": {"handlers": ["stderr"], "level": level(settings)},
     }
 
 
+class OneWriterAtATime:
+    """A stream whose writes hold one lock, for structlog's logger and logging's handler alike.
+
+    Each of them locks only itself. In a `dramatiq` worker process stderr is a pipe to the CLI whose
+    every write is a message: a long one (a traceback over 16 KiB) is sent in two parts, and another
+    thread's line sent between them broke the stream, so the CLI lost every later line of that
+    process (a test waiting for a warning saw none; stray bytes of a message's length in the log).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
 def configure_logging(settings: Settings) -> None:
     """Configure structlog and route the standard library's logging through it (workers, CLI)."""
+    stream = OneWriterAtATime(sys.stderr)
     structlog.configure(
         processors=structlog_processors(settings),
         wrapper_class=structlog.make_filtering_bound_logger(level(settings)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    logging.config.dictConfig(stdlib_logging_config(settings))
+    logging.config.dictConfig(stdlib_logging_config(settings, stream))
