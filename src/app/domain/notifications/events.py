@@ -163,13 +163,11 @@ _TAKE_EVERYONE_LOCK = text(_EVERYONE_LOCK)
 def _insert_unless(refused: ColumnElement[bool]) -> ReturningInsert[tuple[int]]:
     """Postgres: `_USER_INSERT`, writing nothing when `refused` holds (see `EventLog.record_unless`)."""
     columns = _EVENTS.c
-    locks = select(
-        func.pg_advisory_xact_lock_shared(bindparam("everyone", type_=BigInteger)).label("everyone"),
-        func.pg_advisory_xact_lock(bindparam("space", type_=Integer), bindparam("key", type_=Integer)).label("mine"),
-    ).cte("locks")
+    user = bindparam("user_id", type_=columns.user_id.type)
+    locks = select(*user_lock_expressions(user)).cte("locks")
     row = (
         select(
-            bindparam("user_id", type_=columns.user_id.type),
+            user,
             bindparam("type", type_=columns.type.type),
             bindparam("payload", type_=columns.payload.type),
             bindparam("created_at", type_=columns.created_at.type),
@@ -178,6 +176,17 @@ def _insert_unless(refused: ColumnElement[bool]) -> ReturningInsert[tuple[int]]:
         .where(~refused)
     )
     return insert(_EVENTS).from_select(["user_id", "type", "payload", "created_at"], row).returning(columns.id)
+
+
+def _several_parameters(user_id: UUID, events: Sequence[tuple[str, dict[str, Any]]], now: datetime) -> dict[str, Any]:
+    """Postgres: the parameters of `_USER_INSERT_SEVERAL` (and of `several_after`'s events)."""
+    return {
+        "user_id": user_id,
+        "created_at": now,
+        "types": [event_type for event_type, _ in events],
+        "payloads": [msgspec.json.encode(data).decode() for _, data in events],
+        **_lock_keys(user_id),
+    }
 
 
 BROADCAST_CHANNEL = "events.all"
@@ -263,7 +272,7 @@ class EventLog:
         """
         await self.session.flush()
         values: dict[str, Any] = {"user_id": user_id, "type": event_type, "payload": data, "created_at": utcnow()}
-        result = await self.session.execute(_insert_unless(refused), {**parameters, **values, **_lock_keys(user_id)})
+        result = await self.session.execute(_insert_unless(refused), {**parameters, **values})
         event_id = result.scalar_one_or_none()
         if event_id is None:
             return None
@@ -282,13 +291,7 @@ class EventLog:
         await self.session.flush()
         now = utcnow()
         if self._postgres:
-            parameters = {
-                "user_id": user_id,
-                "created_at": now,
-                "types": [event_type for event_type, _ in events],
-                "payloads": [msgspec.json.encode(data).decode() for _, data in events],
-                **_lock_keys(user_id),
-            }
+            parameters = _several_parameters(user_id, events, now)
             # Drawn in the order of the rows: ascending ids are the events in the order given.
             ids = sorted(
                 int(event_id)
@@ -300,12 +303,7 @@ class EventLog:
                 for event_type, data in events
             ]
             ids = [int(event_id) for event_id in (await self.session.execute(_INSERT_SEVERAL, rows)).scalars()]
-        records = [
-            EventRecord(id=event_id, type=event_type, data=data, created_at=now, user_id=user_id)
-            for event_id, (event_type, data) in zip(ids, events, strict=True)
-        ]
-        self.pending.extend(records)
-        return records
+        return self._pending(user_id, ids, events, now)
 
     async def record_several_after(
         self,
@@ -322,22 +320,23 @@ class EventLog:
         """
         await self.session.flush()
         now = utcnow()
-        values = {
-            "user_id": user_id,
-            "created_at": now,
-            "types": [event_type for event_type, _ in events],
-            "payloads": [msgspec.json.encode(data).decode() for _, data in events],
-            **_lock_keys(user_id),
-        }
+        values = _several_parameters(user_id, events, now)
         rows = (await self.session.execute(statement, {**parameters, **values})).all()
         wrote = len(rows) == len(events)
         ids = sorted(int(row[0]) for row in rows)
+        records = self._pending(user_id, ids, events if wrote else events[:-1], now)
+        return records, wrote, rows[0][1] if wrote else None
+
+    def _pending(
+        self, user_id: UUID, ids: Sequence[int], events: Sequence[tuple[str, dict[str, Any]]], now: datetime
+    ) -> list[EventRecord]:
+        """The records of `events` written with `ids` (in their order), kept to publish after commit."""
         records = [
             EventRecord(id=event_id, type=event_type, data=data, created_at=now, user_id=user_id)
-            for event_id, (event_type, data) in zip(ids, events if wrote else events[:-1], strict=True)
+            for event_id, (event_type, data) in zip(ids, events, strict=True)
         ]
         self.pending.extend(records)
-        return records, wrote, rows[0][1] if wrote else None
+        return records
 
     def written(self, record: EventRecord) -> None:
         """An event the caller inserted itself, to publish with the others after commit.

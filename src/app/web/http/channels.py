@@ -43,6 +43,7 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
     def __init__(self, *, redis: redis.asyncio.Redis, key_prefix: str) -> None:
         super().__init__(redis=redis, key_prefix=key_prefix)
         self._wanted: set[str] = set()
+        self._prefix = pubsub_name(key_prefix, "")  # what Redis' names of this deployment's channels start with
         self._out_of_step = False  # Redis' subscriptions may differ from `_wanted`
         # redis-py's PubSub takes a connection of its own on its first command. Streams that
         # subscribe at the same moment would each take one: their channels would be subscribed
@@ -114,8 +115,10 @@ class ResilientRedisChannelsBackend(RedisChannelsPubSubBackend):
                 log.info("channels.redis_back", channels=len(self._wanted))
                 for channel in sorted(self._wanted):
                     yield channel, WAKE_UP
-            prefix = pubsub_name(self._key_prefix, "")
-            if message is not None and (channel := message["channel"].decode().removeprefix(prefix)) in self._wanted:
+            if (
+                message is not None
+                and (channel := message["channel"].decode().removeprefix(self._prefix)) in self._wanted
+            ):
                 yield channel, message["data"]
 
     async def _resubscribe(self) -> None:
