@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from litestar.testing import TestClient
 from app.config import get_settings
 from app.web.app import create_app
 from tests.accounts import PASSWORD, new_identity, operator_cli
+from tests.processes import live_members
 from tests.servers import BIN, LiveServer, free_port, spawn, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +105,9 @@ def test_services_mode_runs_web_worker_and_scheduler_and_stops_them_together(mig
     output = honcho.output()
     for name in ("web", "worker", "mailer", "housekeeper", "scheduler"):
         assert f"{name} stopped" in output, output
+    # Nothing any line started is left running (a `dramatiq` CLI outlived its line's shell before).
+    groups = {name: int(pid) for name, pid in re.findall(r"started (\w+) \(pid (\d+)\)", output)}
+    assert {name: members for name, group in groups.items() if (members := live_members(group))} == {}
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.url + "/health/live", timeout=2)
     assert code is not None

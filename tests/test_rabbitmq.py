@@ -211,16 +211,20 @@ def test_rabbitmq_queue_depth_grows_without_a_worker_and_drains_with_one(
 def test_a_queue_count_after_a_rabbitmq_restart_uses_a_new_connection(rabbit: RabbitmqServer) -> None:
     """Dramatiq keeps a connection per thread and only its `enqueue` replaces a broken one: counted with
     Dramatiq alone, a thread that counted before a restart fails for good afterwards (the health check
-    said the broker was down, the task load had no depths). `rabbitmq_counts` connects again."""
+    said the broker was down, the task load had no depths). `rabbitmq_counts` connects again.
+
+    Counted on a queue of its own: the module's other tests share the node and may leave messages in
+    `tasks` (counting declares the queue, so a new name starts empty)."""
     broker = RabbitmqBroker(url=rabbit.url)
+    queue = f"restart-{uuid.uuid4().hex[:8]}"
     try:
-        assert rabbitmq_counts(broker, TASKS) == (0, 0, 0)
+        assert rabbitmq_counts(broker, queue) == (0, 0, 0)
         rabbit.stop()
         with pytest.raises(pika.exceptions.AMQPError):
-            rabbitmq_counts(broker, TASKS)
+            rabbitmq_counts(broker, queue)
         rabbit.start()
-        assert rabbitmq_counts(broker, TASKS) == (0, 0, 0)
-        assert rabbitmq_counts(broker, TASKS) == (0, 0, 0)
+        assert rabbitmq_counts(broker, queue) == (0, 0, 0)
+        assert rabbitmq_counts(broker, queue) == (0, 0, 0)
     finally:
         broker.close()
 

@@ -8,6 +8,7 @@ again and logs it; the others are left alone.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from app.config import get_settings
-from app.supervisor import read_procfile, with_env_file
+from app.supervisor import STOP_SECONDS, read_procfile, with_env_file
 from app.workers.heartbeat import WorkerInfo
 from tests.processes import ROOT, eventually, live_members, live_workers
 from tests.servers import BIN, LiveServer, free_port, spawn, wait_ready
@@ -98,3 +99,36 @@ def test_a_killed_worker_is_started_again_and_the_web_app_keeps_serving(migrated
     finally:
         supervisor.stop(signal.SIGINT, timeout=30)
     assert "web stopped" in supervisor.output()
+
+
+def test_stopping_waits_for_every_process_a_line_started_and_kills_what_stays(tmp_path: Path) -> None:
+    """A Procfile line runs in a shell that ends at once on SIGTERM while what it started may still be
+    stopping (a Dramatiq CLI and its workers): the supervisor waits for the whole process group, and
+    kills what still runs after STOP_SECONDS. Seen before: `make run` (and every test run) left the
+    housekeeper's `dramatiq` running after the supervisor had said "housekeeper stopped"."""
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(
+        # Stops 2 s after its SIGTERM, saying so.
+        "slow: sh -c 'trap \"sleep 2; echo slow is done; exit 0\" TERM; while :; do sleep 0.1; done'\n"
+        # Ignores SIGTERM (as does `sleep`, which inherits that).
+        "stubborn: sh -c 'trap \"\" TERM; while :; do sleep 0.1; done'\n"
+    )
+    supervisor = spawn("supervisor-stop", [str(BIN / "python"), "-m", "app.supervisor", str(procfile)], tmp_path)
+    try:
+        groups = eventually(
+            lambda: (
+                (found := dict(re.findall(r"started (\w+) \(pid (\d+)\)", supervisor.output()))).keys()
+                == {"slow", "stubborn"}
+                and all(len(live_members(int(pid))) >= 2 for pid in found.values())  # the shell and what it started
+                and {name: int(pid) for name, pid in found.items()}
+            ),
+            timeout=30,
+            what="both lines started",
+        )
+        assert supervisor.stop(signal.SIGINT, timeout=STOP_SECONDS + 20) == 0
+    finally:
+        supervisor.stop(signal.SIGKILL)
+    output = supervisor.output()
+    assert output.index("slow is done") < output.index("slow stopped"), output
+    assert "stubborn did not stop within" in output, output
+    assert {name: live_members(group) for name, group in groups.items()} == {"slow": [], "stubborn": []}

@@ -4,8 +4,10 @@ What `make run` uses in services mode instead of `honcho start`, which stops eve
 process (the web app included) as soon as one of them exits: here a worker or the
 scheduler that dies (a crash, the OOM killer, `kill -9`) is logged and started again,
 after a pause that doubles while it keeps dying at once (1 s, up to 30 s), and everything
-else keeps running. Ctrl-C or SIGTERM stops them all: SIGTERM to each process group, and
-SIGKILL to what is left after STOP_SECONDS.
+else keeps running (what the dead one started and left running is killed first). Ctrl-C or
+SIGTERM stops them all: SIGTERM to each process group, a wait until every process of each
+group has ended (not only the shell of each line), and SIGKILL to what is left after
+STOP_SECONDS.
 
 Each line a process writes is printed with its name in front, as honcho does. Commands
 run with `/bin/sh -c`, so the Procfile's `${VAR:-default}` works; the environment is
@@ -90,9 +92,27 @@ class Child:
             say(self.name, raw.decode(errors="replace").rstrip("\n"))
 
     def signal(self, signum: int) -> None:
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        """`signum` to every process of its group, including those left after the shell of its line ended."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):  # every process of the group ended meanwhile
                 os.killpg(self.process.pid, signum)
+
+    def wait_stopped(self, deadline: float) -> bool:
+        """Whether every process of its group ended by `deadline` (time.monotonic()).
+
+        The Procfile line's shell ends as soon as its signal reaches it, while what it started
+        (a Dramatiq CLI and its worker processes) may still be stopping: the group is over when
+        the output pipe they all share is closed, so the pump ends (a process could only keep
+        running unseen by closing its output, which none of ours does).
+        """
+        assert self.process is not None
+        try:
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+        for pump in self.pumps:
+            pump.join(timeout=max(0.0, deadline - time.monotonic()))
+        return not any(pump.is_alive() for pump in self.pumps)
 
 
 class Supervisor:
@@ -119,6 +139,7 @@ class Supervisor:
             wait = RESTART_MIN_SECONDS if ran >= STEADY_SECONDS else child.pause
             child.pause = min(RESTART_MAX_SECONDS, wait * 2)
             child.due = now + wait
+            child.signal(signal.SIGKILL)  # what it started and left running (a Dramatiq CLI killed, its workers not)
             child.process = None
             say("supervisor", f"{child.name} exited with code {code} after {ran:.0f} s; restarting in {wait:.0f} s")
             return
@@ -133,16 +154,13 @@ class Supervisor:
         for child in self.children:
             if child.process is None:
                 continue
-            try:
-                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if not child.wait_stopped(deadline):
                 say("supervisor", f"{child.name} did not stop within {STOP_SECONDS:.0f} s: killing it")
                 child.signal(signal.SIGKILL)
                 child.process.wait()
+                for pump in child.pumps:
+                    pump.join(timeout=2)
             say("supervisor", f"{child.name} stopped (code {child.process.returncode})")
-        for child in self.children:
-            for pump in child.pumps:
-                pump.join(timeout=2)
         return 0
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
