@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningInsert
 
 from app.domain.clock import utcnow
+from app.domain.driver import Executor, is_postgres
 from app.domain.notifications.models import Event
 
 #: Arbitrary constant naming the advisory lock that orders events for everyone against all others.
@@ -231,11 +232,13 @@ def _record(row: Event) -> EventRecord:
 
 
 class EventLog:
-    """Events of one session. `record` joins the caller's transaction; `publish` runs after its commit."""
+    """Events of one transaction (a session's, or a driver's on a hot path: app.domain.driver). `record`
+    joins the caller's transaction; `publish` runs after its commit."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Executor) -> None:
         self.session = session
         self.pending: list[EventRecord] = []
+        self._is_postgres = is_postgres(session)
 
     async def record(self, event_type: str, data: dict[str, Any], *, user_id: UUID | None = None) -> EventRecord:
         await self.session.flush()  # the caller's pending changes go first, as with an ORM insert
@@ -350,7 +353,14 @@ class EventLog:
     @property
     def postgres(self) -> bool:
         """Whether this log's session is on Postgres (advisory locks; statements SQLite cannot run)."""
-        return self.session.bind is not None and self.session.bind.dialect.name == "postgresql"
+        return self._is_postgres
+
+    @property
+    def _orm(self) -> AsyncSession:
+        """The session, for the reads that return ORM rows (never on a hot path's driver transaction)."""
+        if not isinstance(self.session, AsyncSession):
+            raise TypeError("this read needs a session")
+        return self.session
 
     @property
     def _postgres(self) -> bool:
@@ -413,7 +423,7 @@ class EventLog:
         audience = (
             Event.user_id.is_(None) if user_id is None else or_(Event.user_id == user_id, Event.user_id.is_(None))
         )
-        rows = await self.session.scalars(
+        rows = await self._orm.scalars(
             select(Event).where(Event.id > after_id, audience).order_by(Event.id).limit(limit)
         )
         return [_record(row) for row in rows]
@@ -429,9 +439,9 @@ class EventLog:
             select(func.max(Event.id).label("id")).where(Event.user_id == user_id),
             select(func.max(Event.id).label("id")).where(Event.user_id.is_(None)),
         ).subquery()
-        return int(await self.session.scalar(select(func.coalesce(func.max(newest.c.id), 0))) or 0)
+        return int(await self._orm.scalar(select(func.coalesce(func.max(newest.c.id), 0))) or 0)
 
     async def purge(self, older_than: datetime) -> int:
         """Delete events created before `older_than`; returns how many."""
-        result = await self.session.execute(delete(Event).where(Event.created_at < older_than))
+        result = await self._orm.execute(delete(Event).where(Event.created_at < older_than))
         return int(getattr(result, "rowcount", 0) or 0)

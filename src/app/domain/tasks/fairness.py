@@ -35,6 +35,8 @@ from sqlalchemy import (
     ColumnElement,
     FromClause,
     Table,
+    Uuid,
+    all_,
     and_,
     bindparam,
     func,
@@ -44,6 +46,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from app.config import Settings
@@ -165,6 +168,14 @@ def _owners_of_queued() -> Any:
     return owners.union_all(select(after.label("user_id")).where(owners.c.user_id.is_not(None)))
 
 
+def _not_passed_over(user_id: ColumnElement[Any], *, postgres: bool) -> ColumnElement[bool]:
+    """`user_id` is not among parameter `passed_over` (a list): on Postgres one array parameter, so the
+    statement's text is the same whatever the list's length (one prepared statement, app.domain.driver)."""
+    if postgres:
+        return user_id != all_(bindparam("passed_over", type_=ARRAY(Uuid())))
+    return user_id.not_in(bindparam("passed_over", expanding=True))
+
+
 @lru_cache(maxsize=8)
 def claim_statement(per_user: int, per_kind: tuple[tuple[str, int], ...], *, postgres: bool) -> ReturningUpdate[Any]:
     """Mark the fairest task that may start as running; returns a TaskOut's columns, the owner, the first attempt
@@ -196,7 +207,7 @@ def claim_statement(per_user: int, per_kind: tuple[tuple[str, int], ...], *, pos
         .where(
             owners.c.user_id.is_not(None),
             mine < per_user,
-            owners.c.user_id.not_in(bindparam("passed_over", expanding=True)),
+            _not_passed_over(owners.c.user_id, postgres=postgres),
         )
         .subquery("room")
     )

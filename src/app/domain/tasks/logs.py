@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.domain.clock import utcnow
 from app.domain.database import read
+from app.domain.driver import Executor
 from app.domain.errors import NotFound
 from app.domain.tasks.models import Task, TaskLog
 
@@ -147,7 +148,7 @@ class LogBuffer:
         """Enough waits to be written now rather than with the next progress write."""
         return len(self._waiting) >= FLUSH_LINES or self._chars >= FLUSH_CHARS
 
-    async def stage(self, session: AsyncSession) -> Staged | None:
+    async def stage(self, session: Executor) -> Staged | None:
         """Insert the waiting lines in the caller's transaction, which must hold the task's row (see above).
 
         None when no line waits. The lines stay in the buffer until `written` (after commit):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,11 +35,12 @@ from uuid import UUID
 
 import msgspec
 import structlog
-from sqlalchemy import Row, Table, Update, and_, bindparam, case, select, text, update
+from sqlalchemy import Table, Update, and_, bindparam, case, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.clock import utcnow
+from app.domain.driver import is_postgres, writing
 from app.domain.notifications.events import EventLog, EventPublisher
 from app.domain.notifications.services import NewNotification, add_notification_once
 from app.domain.tasks.artifacts import ArtifactStore
@@ -306,8 +307,8 @@ class TaskRunner:
         per_user, per_kind = limits(self.settings)
         passed_over: list[UUID] = []
         for _ in range(CLAIM_TRIES):
-            async with self.sessions() as session, session.begin():
-                postgres = session.bind is not None and session.bind.dialect.name == "postgresql"
+            async with writing(self.sessions) as session:
+                postgres = is_postgres(session)
                 if not postgres:
                     # One writer at a time: wait for the write lock first, then read the clock, so a task
                     # committed while this claim waited is not taken for one queued in the future.
@@ -346,7 +347,7 @@ class TaskRunner:
 
     async def _write_progress(self, context: _Context, report: _Progress | None) -> bool:
         """Store progress (if reported), waiting log lines and the heartbeat; True when the user asked to cancel."""
-        async with self.sessions() as session, session.begin():
+        async with writing(self.sessions) as session:
             if report is None:
                 row = (await session.execute(_TOUCH, {**_mine(context), "now": utcnow()})).first()
             else:
@@ -382,7 +383,7 @@ class TaskRunner:
                     await context.due.wait()
             except TimeoutError:
                 try:
-                    async with context.writing, self.sessions() as session, session.begin():
+                    async with context.writing, writing(self.sessions) as session:
                         await session.execute(_HEARTBEAT, {**_mine(context), "now": utcnow()})
                 except Exception as exc:  # noqa: BLE001 - a missed heartbeat is not the task's failure
                     log.warning("task.heartbeat_failed", attempt=context.attempt, error=str(exc))
@@ -397,7 +398,7 @@ class TaskRunner:
 
     async def _requeue(self, context: _Context, error: str, retry_in: timedelta) -> Ended:
         values = {"error": error, "next_attempt": context.attempt + 1, "enqueued_at": utcnow() + retry_in}
-        async with self.sessions() as session, session.begin():
+        async with writing(self.sessions) as session:
             row = (await session.execute(_REQUEUE, {**_mine(context), **values})).first()
             if row is None:
                 return Ended(Outcome.SKIPPED, context.task_id)
@@ -440,7 +441,7 @@ class TaskRunner:
             values["artifact"] = context.artifact_key
         fill_up = status == SUCCEEDED and context.pending is None
         parameters = _mine(context) | {f"{_END}{column}": value for column, value in values.items()}
-        async with self.sessions() as session, session.begin():
+        async with writing(self.sessions) as session:
             statement = _end_statement(tuple(values), fill_up=fill_up)
             row = (await session.execute(statement, parameters)).first()
             if row is None:
@@ -539,7 +540,7 @@ _REQUEUE = (
 )
 
 
-async def _record_row(events: EventLog, row: Row[Any]) -> None:
+async def _record_row(events: EventLog, row: Sequence[Any]) -> None:
     """The `task.updated` event of a row that starts with `_OUT`."""
     width = len(COLUMNS)
     await record_task_out(events, row_out(row[:width]), row[width])

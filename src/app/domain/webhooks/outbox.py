@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.domain.clock import utcnow
+from app.domain.driver import Executor
 from app.domain.errors import NotFound
 from app.domain.tasks.models import Task
 from app.domain.tasks.schemas import TaskOut
@@ -95,7 +96,7 @@ async def attach(session: AsyncSession, user_id: UUID, task_id: UUID, webhook: W
     await _secret_row(session, user_id)
 
 
-async def record_end(session: AsyncSession, task: TaskOut) -> UUID | None:
+async def record_end(session: Executor, task: TaskOut) -> UUID | None:
     """In the transaction that writes a task's end: its delivery, if its webhook wants this end; the id to send."""
     now = utcnow()
     delivery_id = uuid7()

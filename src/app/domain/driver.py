@@ -1,0 +1,239 @@
+"""The hot paths' transactions on Postgres, run straight through asyncpg.
+
+SQLAlchemy's execution of a statement (its cache key, execution context and result, the
+greenlet hops of its asyncpg adapter, the session around it) cost the client more CPU than
+asyncpg's own work: a transaction of an UPDATE ... RETURNING and an INSERT took 1.0 ms of
+client CPU through an AsyncSession and 0.55 ms straight through asyncpg (docs/benchmarks.md,
+issue 19). A worker runs two such transactions per task (the claim and the end).
+
+`transaction(engine)` takes a connection from the engine's pool (checked as any checkout
+is) and runs an asyncpg transaction on it; `Transaction.execute` runs the same Core
+statements a session would, compiled once per statement object: the SQL SQLAlchemy would
+send (`$n` parameters with their casts), the parameters' order, and the bind and result
+processors of their types (JSON, GUID, DateTimeUTC...), so values go in and come out as
+through a session. asyncpg keeps the connection's prepared statements. Errors are
+SQLAlchemy's (`DBAPIError.instance`), and a connection that broke is invalidated, as a
+session would do. Only for statements built once (module constants or cached builders):
+the compiled form is kept per statement object.
+
+SQLite keeps its sessions: `writing(sessions)` gives a session with its transaction there,
+so the same code runs on both (see `Executor`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from sqlalchemy import Executable
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, NoResultFound
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+_NO_PARAMETERS: Mapping[str, Any] = MappingProxyType({})
+#: How many statements keep their compiled form; far above what the hot paths use (a dozen).
+_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    statement: Any  # kept, so that its id is not reused while this entry lives
+    sql: str
+    names: tuple[str, ...]
+    binds: tuple[Callable[[Any], Any] | None, ...]
+    results: tuple[Callable[[Any], Any] | None, ...]
+    defaults: Mapping[str, Any]  # the values of bound literals (`literal(...)`), by name
+
+
+_compiled: dict[tuple[int, tuple[str, ...]], _Compiled] = {}
+
+
+def _compile(statement: Any, dialect: Dialect, keys: tuple[str, ...]) -> _Compiled:
+    key = (id(statement), keys)
+    found = _compiled.get(key)
+    if found is not None and found.statement is statement:
+        return found
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys) or None)
+    sql = compiled.string
+    if "POSTCOMPILE" in sql or getattr(compiled, "insert_prefetch", None):
+        raise ValueError(f"not a statement for the driver (expanding or Python-side defaults): {sql[:200]}")
+    names = tuple(compiled.positiontup or ())
+    binds = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
+    results = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None) for column in compiled._result_columns
+    )
+    defaults = {name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required}
+    if len(_compiled) >= _CACHE_SIZE:
+        _compiled.clear()
+    entry = _Compiled(statement, sql, names, binds, results, defaults)
+    _compiled[key] = entry
+    return entry
+
+
+class Rows:
+    """The rows of one statement, with the part of SQLAlchemy's Result that the hot paths use."""
+
+    def __init__(self, rows: list[tuple[Any, ...]], rowcount: int = -1) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def all(self) -> list[tuple[Any, ...]]:
+        return self.rows
+
+    def first(self) -> tuple[Any, ...] | None:
+        return self.rows[0] if self.rows else None
+
+    def one(self) -> tuple[Any, ...]:
+        if len(self.rows) != 1:
+            raise NoResultFound(f"{len(self.rows)} rows where one was expected")
+        return self.rows[0]
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalar_one_or_none(self) -> Any:
+        return self.rows[0][0] if self.rows else None
+
+    def scalars(self) -> Iterator[Any]:
+        return (row[0] for row in self.rows)
+
+
+class Transaction:
+    """A Postgres transaction on one asyncpg connection; statements as `AsyncSession.execute` takes them."""
+
+    postgres = True
+
+    def __init__(self, connection: AsyncConnection, driver: Any, dialect: Dialect) -> None:
+        self._connection = connection
+        self._driver = driver
+        self._dialect = dialect
+        self.rolled_back = False
+
+    async def execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] = _NO_PARAMETERS
+    ) -> Rows:
+        """Run `statement` with `parameters` (a mapping; a list of them: once per item, no rows returned)."""
+        if isinstance(parameters, Mapping):
+            compiled = _compile(statement, self._dialect, ())
+            arguments = self._arguments(compiled, parameters)
+            records = await self._run(compiled.sql, arguments, self._driver.fetch(compiled.sql, *arguments))
+            results = compiled.results
+            if results and len(results) == (len(records[0]) if records else 0):
+                rows = [
+                    tuple(
+                        value if process is None else process(value)
+                        for process, value in zip(results, record, strict=True)
+                    )
+                    for record in records
+                ]
+            else:
+                rows = [tuple(record) for record in records]
+            return Rows(rows)
+        if not parameters:
+            return Rows([])
+        compiled = _compile(statement, self._dialect, tuple(parameters[0]))
+        many = [self._arguments(compiled, item) for item in parameters]
+        await self._run(compiled.sql, many, self._driver.executemany(compiled.sql, many))
+        return Rows([], rowcount=len(many))
+
+    async def scalar(self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS) -> Any:
+        return (await self.execute(statement, parameters)).scalar_one_or_none()
+
+    async def flush(self) -> None:
+        """Nothing waits to be written: there is no unit of work (for code shared with sessions)."""
+
+    async def rollback(self) -> None:
+        """Undo everything: the transaction is rolled back at the end of its block, not committed."""
+        self.rolled_back = True
+
+    @staticmethod
+    def _arguments(compiled: _Compiled, parameters: Mapping[str, Any]) -> list[Any]:
+        values = {**compiled.defaults, **parameters} if compiled.defaults else parameters
+        return [
+            values[name] if process is None else process(values[name])
+            for name, process in zip(compiled.names, compiled.binds, strict=True)
+        ]
+
+    async def _run(self, sql: str, arguments: Any, call: Any) -> Any:
+        try:
+            return await call
+        except Exception as exc:
+            raise await _translated(self._connection, self._dialect, sql, arguments, exc) from exc
+
+
+async def _translated(
+    connection: AsyncConnection, dialect: Dialect, sql: str, arguments: Any, exc: Exception
+) -> Exception:
+    """`exc` of asyncpg as SQLAlchemy raises it (IntegrityError, OperationalError...); a broken connection
+    is invalidated, so the pool does not hand it out again."""
+    raw = await connection.get_raw_connection()
+    adapted = raw.dbapi_connection
+    try:
+        adapted._handle_exception(exc)  # type: ignore[union-attr]  # raises the DBAPI error of the adapter
+    except Exception as dbapi_error:  # noqa: BLE001 - translated below
+        error = dbapi_error
+    else:  # pragma: no cover - it always raises
+        error = exc
+    dbapi = dialect.loaded_dbapi
+    disconnect = isinstance(error, dbapi.Error) and dialect.is_disconnect(error, adapted, None)
+    if disconnect:
+        await connection.invalidate()
+    if not isinstance(error, dbapi.Error):
+        return error
+    return DBAPIError.instance(sql, arguments, error, dbapi.Error, connection_invalidated=disconnect, dialect=dialect)
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[Transaction]:
+    """A transaction on a connection of `engine`'s pool (Postgres): committed at the end of the block,
+    rolled back if the block raises or called `Transaction.rollback`.
+
+    SQLAlchemy does not know of this transaction (its pool rolls back only the transactions it began), so
+    a connection whose rollback fails (broken, or cut off by a cancel) is invalidated, never given back
+    to the pool in the middle of a transaction.
+    """
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection
+        tx = Transaction(connection, driver, engine.dialect)
+        started = driver.transaction()
+        await tx._run("BEGIN", (), started.start())
+        try:
+            yield tx
+        except BaseException:
+            try:
+                await started.rollback()
+            except BaseException:  # noqa: BLE001 - whatever stopped the rollback, the connection is not reused
+                await connection.invalidate()
+            raise
+        if tx.rolled_back:
+            await tx._run("ROLLBACK", (), started.rollback())
+        else:
+            await tx._run("COMMIT", (), started.commit())
+
+
+#: What the hot paths write with: a driver transaction on Postgres, a session in a transaction on SQLite.
+Executor = AsyncSession | Transaction
+
+
+def is_postgres(executor: Executor) -> bool:
+    if isinstance(executor, Transaction):
+        return True
+    return executor.bind is not None and executor.bind.dialect.name == "postgresql"
+
+
+@asynccontextmanager
+async def writing(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Executor]:
+    """A transaction for a hot path: through the driver on Postgres (`transaction`), a session's on SQLite.
+
+    Committed at the end of the block; `rollback()` ends it early (a session then begins no other)."""
+    engine = sessions.kw["bind"]
+    if isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql":
+        async with transaction(engine) as tx:
+            yield tx
+        return
+    async with sessions() as session, session.begin():
+        yield session
