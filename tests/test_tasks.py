@@ -6,14 +6,17 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
 from litestar.testing import TestClient
+from sqlalchemy import text
 
 from app.config import get_settings
+from app.domain.tasks.models import Task
 from app.web.app import create_app
 from tests.accounts import signed_in_headers
 from tests.servers import LiveServer, diagnosis
@@ -247,6 +250,29 @@ def test_idempotency_key(api: httpx.Client) -> None:
     other_key = api.post("/api/v1/tasks", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
     assert other_key.status_code == 202
     assert api.get("/api/v1/tasks").json()["total"] == 2
+
+
+async def test_an_idempotency_key_names_a_new_task_once_its_window_has_passed(
+    api: httpx.Client, db_session: Any
+) -> None:
+    """After IDEMPOTENCY_WINDOW (24 h) the key is free again: a request with it, even another body, starts a
+    new task, and the old task no longer answers to the key."""
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    body = {"kind": "demo", "params": {"steps": 1, "step_ms": 0}}
+    first = api.post("/api/v1/tasks", json=body, headers=key).json()
+    wait(api, first["id"])
+    task = await db_session.get(Task, uuid.UUID(first["id"]))
+    task.created_at -= timedelta(hours=25)
+    await db_session.commit()
+    later = api.post("/api/v1/tasks", json={**body, "title": "later"}, headers=key)
+    assert later.status_code == 202, later.text
+    assert later.json()["id"] != first["id"]
+    again = api.post("/api/v1/tasks", json={**body, "title": "later"}, headers=key)
+    assert (again.status_code, again.json()["id"]) == (200, later.json()["id"])
+    old = await db_session.scalar(
+        text("SELECT count(*) FROM task WHERE idempotency_key = :key"), {"key": key["Idempotency-Key"]}
+    )
+    assert old == 1  # the new task's; the first one's key was forgotten
 
 
 def test_too_many_active_tasks_is_a_429(migrated: None) -> None:

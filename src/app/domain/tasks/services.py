@@ -15,19 +15,21 @@ from uuid import UUID
 
 import msgspec
 from advanced_alchemy.mixins.uuid import uuid7  # type: ignore[attr-defined]  # the models' own id default
-from sqlalchemy import Table, bindparam, func, insert, literal, select
+from sqlalchemy import Table, bindparam, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.clock import utcnow
+from app.domain.driver import Executor
 from app.domain.errors import Conflict, InvalidInput, LimitReached, NotFound
 from app.domain.notifications.events import EventLog, EventRecord
 from app.domain.notifications.models import Event
 from app.domain.tasks.fairness import CLOCK_SKEW
 from app.domain.tasks.kinds import KINDS, get_kind
 from app.domain.tasks.models import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, Task
+from app.domain.tasks.reads import COLUMNS, row_out
 from app.domain.tasks.schemas import TaskOut, TaskRequest, progress_of, task_out
 from app.domain.text import control_problem
 from app.domain.webhooks.outbox import attach, record_end, webhook_problems
@@ -40,11 +42,16 @@ RUN_AT_MAX_AHEAD = timedelta(days=366)
 
 _TASKS = cast(Table, Task.__table__)
 _EVENTS = cast(Table, Event.__table__)
-#: A user's unfinished tasks, counted on every submission: built once, in Core.
+#: A user's unfinished tasks, counted on every submission: built once, in Core. The statuses are one bound
+#: value each: a list of values is an "expanding" parameter, whose SQL SQLAlchemy renders again at every
+#: execution (2.5% of the web's CPU under a submission load, py-spy).
 _ACTIVE_COUNT = (
     select(func.count())
     .select_from(_TASKS)
-    .where(_TASKS.c.user_id == bindparam("user_id"), _TASKS.c.status.in_(ACTIVE))
+    .where(
+        _TASKS.c.user_id == bindparam("user_id"),
+        _TASKS.c.status.in_([literal(status, _TASKS.c.status.type) for status in ACTIVE]),
+    )
 )
 #: The columns a submission writes; every other column keeps its default (`_new_row`).
 _SUBMITTED = (
@@ -188,11 +195,30 @@ def _text_problems(title: str, description: str | None, idempotency_key: str | N
     return problems
 
 
-def _replay(earlier: Task, print_: str) -> Task:
+@dataclass(frozen=True)
+class _Keyed:
+    """The task an Idempotency-Key names, and the fingerprint of the request that made it."""
+
+    out: TaskOut
+    fingerprint: str | None
+
+
+#: The caller's task with an Idempotency-Key (parameters user_id, key): a TaskOut's columns, then the fingerprint.
+_BY_KEY = select(*(_TASKS.c[column.key] for column in COLUMNS), _TASKS.c.request_fingerprint).where(
+    _TASKS.c.user_id == bindparam("user_id", type_=_TASKS.c.user_id.type),
+    _TASKS.c.idempotency_key == bindparam("key", type_=_TASKS.c.idempotency_key.type),
+)
+#: A key whose window has passed names no task any more (parameter task_id).
+_FORGET_KEY = (
+    update(_TASKS).where(_TASKS.c.id == bindparam("task_id", type_=_TASKS.c.id.type)).values(idempotency_key=None)
+)
+
+
+def _replay(earlier: _Keyed, print_: str) -> TaskOut:
     """The task an Idempotency-Key already names, if this request is the same one; Conflict if not."""
-    if earlier.request_fingerprint != print_:
+    if earlier.fingerprint != print_:
         raise Conflict("This Idempotency-Key was used with a different request.", "Idempotency-Key")
-    return earlier
+    return earlier.out
 
 
 async def record_task_event(events: EventLog, task: Task) -> None:
@@ -205,7 +231,10 @@ async def record_task_out(events: EventLog, task: TaskOut, user_id: UUID) -> Non
 
 
 class TaskService:
-    def __init__(self, session: AsyncSession, settings: Settings) -> None:
+    """Task rules in the caller's transaction: a session's, or for a submission a driver transaction
+    (app.domain.driver: `create` runs Core statements only); the other rules need a session."""
+
+    def __init__(self, session: Executor, settings: Settings) -> None:
         self.session = session
         self.settings = settings
         self.events = EventLog(session)
@@ -227,12 +256,12 @@ class TaskService:
         # the same key finds the first one's task (Postgres), and the cap holds under concurrency.
         await self.events.lock(user.id)
         if idempotency_key:
-            earlier = await self._by_key(user, idempotency_key)
+            earlier = await self._by_key(user.id, idempotency_key)
             if earlier is not None:
-                if earlier.created_at > utcnow() - IDEMPOTENCY_WINDOW:
-                    return task_out(_replay(earlier, print_)), False
-                earlier.idempotency_key = None  # the window has passed: the key may name a new task
-                await self.session.flush()
+                if earlier.out.created_at > utcnow() - IDEMPOTENCY_WINDOW:
+                    return _replay(earlier, print_), False
+                # The window has passed: the key may name a new task.
+                await self.session.execute(_FORGET_KEY, {"task_id": earlier.out.id})
 
         row = _new_row(user.id, valid.kind, valid.title, request.description, valid.params, valid.run_at)
         row |= {"idempotency_key": idempotency_key or None, "request_fingerprint": print_}
@@ -243,10 +272,10 @@ class TaskService:
             # Another request with this key committed its task after our look-up (SQLite has no lock to
             # queue on): nothing of ours is worth keeping, and that task answers as a replay.
             await self.session.rollback()
-            winner = await self._by_key(user, idempotency_key) if idempotency_key else None
+            winner = await self._by_key(user.id, idempotency_key) if idempotency_key else None
             if winner is None:
                 raise
-            return task_out(_replay(winner, print_)), False
+            return _replay(winner, print_), False
         if request.webhook is not None:
             await attach(self.session, user.id, task.id, request.webhook)
         return task, True
@@ -286,13 +315,19 @@ class TaskService:
     def _over_cap(self, active: int) -> LimitReached:
         return LimitReached(f"You have {active} unfinished tasks; the limit is {self.settings.max_active_tasks}.")
 
-    async def _by_key(self, user: User, idempotency_key: str) -> Task | None:
-        query = select(Task).where(Task.user_id == user.id, Task.idempotency_key == idempotency_key)
-        task: Task | None = await self.session.scalar(query)
-        return task
+    async def _by_key(self, user_id: UUID, idempotency_key: str) -> _Keyed | None:
+        row = (await self.session.execute(_BY_KEY, {"user_id": user_id, "key": idempotency_key})).first()
+        return None if row is None else _Keyed(out=row_out(row[:-1]), fingerprint=row[-1])
+
+    @property
+    def _orm(self) -> AsyncSession:
+        """The session, for the rules that load and change ORM objects (all but `create`)."""
+        if not isinstance(self.session, AsyncSession):
+            raise TypeError("this rule needs a session")
+        return self.session
 
     async def get(self, user: User, task_id: UUID) -> Task:
-        task = await self.session.scalar(select(Task).where(Task.id == task_id, Task.user_id == user.id))
+        task = await self._orm.scalar(select(Task).where(Task.id == task_id, Task.user_id == user.id))
         if task is None:
             raise NotFound("No such task.")
         return task
@@ -302,13 +337,13 @@ class TaskService:
         task = await self.get(user, task_id)
         if task.status == QUEUED:
             task.status, task.finished_at = CANCELLED, utcnow()
-            await self.session.flush()
+            await self._orm.flush()
             await record_task_event(self.events, task)
             # Its webhook's delivery, sent by the caller after commit (`queue_delivery`) or by the sweeper.
             self.webhook_delivery = await record_end(self.session, task_out(task))
         elif task.status == RUNNING:
             task.cancel_requested = True
-            await self.session.flush()
+            await self._orm.flush()
         else:
             raise Conflict(f"The task has already {task.status}.")
         return task
@@ -336,7 +371,7 @@ class TaskService:
         task.cancel_requested = False
         task.enqueued_at = utcnow()
         task.run_at = None  # a retry starts at once, whatever time the task first asked for
-        await self.session.flush()
+        await self._orm.flush()
         await record_task_event(self.events, task)
         return task, old_artifact
 
@@ -346,8 +381,8 @@ class TaskService:
         if task.status in ACTIVE:
             raise Conflict(f"A {task.status} task cannot be deleted; cancel it first.")
         artifact = task.artifact
-        await self.session.delete(task)
-        await self.session.flush()
+        await self._orm.delete(task)
+        await self._orm.flush()
         return artifact
 
 

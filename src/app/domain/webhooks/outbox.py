@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.domain.clock import utcnow
-from app.domain.driver import Executor
+from app.domain.driver import Executor, is_postgres
 from app.domain.errors import NotFound
 from app.domain.tasks.models import Task
 from app.domain.tasks.schemas import TaskOut
@@ -77,6 +77,22 @@ _RECORD_END = (
 )
 
 
+_ATTACH = insert(_HOOKS).values(
+    task_id=bindparam("task_id", type_=_HOOKS.c.task_id.type),
+    url=bindparam("url", type_=_HOOKS.c.url.type),
+    events=bindparam("events", type_=_HOOKS.c.events.type),
+)
+_SECRETS = cast(Table, WebhookSecret.__table__)
+_SECRET_VALUES = {
+    "user_id": bindparam("user_id", type_=_SECRETS.c.user_id.type),
+    "secret": bindparam("secret", type_=_SECRETS.c.secret.type),
+    "created_at": bindparam("created_at", type_=_SECRETS.c.created_at.type),
+}
+#: The user's secret, made unless it exists (parameters user_id, secret, created_at).
+_NEW_SECRET_POSTGRES = postgres_insert(_SECRETS).values(_SECRET_VALUES).on_conflict_do_nothing()
+_NEW_SECRET_SQLITE = sqlite_insert(_SECRETS).values(_SECRET_VALUES).on_conflict_do_nothing()
+
+
 def webhook_problems(webhook: WebhookIn | None, settings: Settings) -> dict[str, str]:
     """A submission's `webhook` against the rules (app.domain.webhooks.guard); empty when it passes."""
     if webhook is None:
@@ -89,11 +105,16 @@ def webhook_problems(webhook: WebhookIn | None, settings: Settings) -> dict[str,
     return problems
 
 
-async def attach(session: AsyncSession, user_id: UUID, task_id: UUID, webhook: WebhookIn) -> None:
-    """Keep a new task's webhook (checked by `webhook_problems`) and make sure its owner has a secret."""
+async def attach(session: Executor, user_id: UUID, task_id: UUID, webhook: WebhookIn) -> None:
+    """Keep a new task's webhook (checked by `webhook_problems`) and make sure its owner has a secret.
+
+    Core statements built once, so a submission runs them in a driver transaction too (app.domain.driver);
+    a secret made by a concurrent first use is kept (the insert does nothing then).
+    """
     events = ALL_EVENTS if webhook.events is None else tuple(e for e in ALL_EVENTS if e in webhook.events)
-    await session.execute(insert(_HOOKS).values(task_id=task_id, url=webhook.url, events=",".join(events)))
-    await _secret_row(session, user_id)
+    await session.execute(_ATTACH, {"task_id": task_id, "url": webhook.url, "events": ",".join(events)})
+    secret = {"user_id": user_id, "secret": new_secret(), "created_at": utcnow()}
+    await session.execute(_NEW_SECRET_POSTGRES if is_postgres(session) else _NEW_SECRET_SQLITE, secret)
 
 
 async def record_end(session: Executor, task: TaskOut) -> UUID | None:

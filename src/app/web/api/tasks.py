@@ -15,11 +15,12 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.audit.admin import record_task_retry
+from app.domain.driver import writing
 from app.domain.notifications.events import EventPublisher
 from app.domain.pagination import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, CursorPage
 from app.domain.tasks.artifacts import ArtifactStore
@@ -106,7 +107,7 @@ class TasksController(Controller):
         self,
         request: Request[User, Any, Any],
         data: JSONBody[TaskRequest],
-        db_session: NamedDependency[AsyncSession],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         publisher: NamedDependency[EventPublisher],
         settings: NamedDependency[Settings],
         channels: NamedDependency[ChannelsPlugin],
@@ -115,9 +116,11 @@ class TasksController(Controller):
         idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)] = None,
         prefer: PreferHeader = None,
     ) -> Response[TaskOut]:
-        service = TaskService(db_session, settings)
-        body, created = await service.create(request.user, data, idempotency_key)
-        await db_session.commit()  # the task exists before its message does
+        # The hot path of submissions: on Postgres a driver transaction (app.domain.driver), no session.
+        async with writing(sessions) as transaction:
+            service = TaskService(transaction, settings)
+            body, created = await service.create(request.user, data, idempotency_key)
+        # Committed: the task exists before its message does.
         if created:
             # The message first (the broker client blocks: in a thread), so the worker can start on
             # the task while this process wakes the task's live streams.
