@@ -313,25 +313,28 @@ loop, was a few per cent of it."""
 
 #: Why the ratio is what it is, and what 2x would take: a CPU account of both sides.
 THE_GAP = """\
-**Where the gap to 2x is (2026-12-05).** Both sides keep the two cores busy (`/proc/stat`
+**Where the time goes (2026-12-05).** Both sides keep the two cores busy (`/proc/stat`
 during the service's rounds: 10% idle), so the end-to-end ratio is close to the ratio of the
 machine's CPU per task, and that includes what both sides pay alike: the client, the
-kernel's loopback traffic and Postgres' own background work, about 1.5 ms a task. In runs
-of this benchmark alone after the seventh round of "Job pipeline throughput" the service's
-processes took 7.2-7.9 ms a task against the peer's 13.8-14.8 (1.9x), and the ratio of
-rates was 1.69-1.74x; 2x would need the service at about 6.2 ms. Where its 7.2 ms go:
-web 2.5 (Litestar's request handling, dependency injection and middleware are most of it;
-the peer's FastAPI process takes 3.6), worker 2.7, Postgres 1.8 (three transactions, the
-fair claim and four event rows with their locks; the peer writes no events and takes no
-locks, 1.25), Redis 0.2. The largest share left that no guarantee needs is SQLAlchemy's
-execution around each statement: a third of the worker's busy time (`py-spy --gil`: session,
-parameter processing, greenlet, the asyncpg adapter) and a fifth of the web's. Measured by
-hand, a transaction of an UPDATE ... RETURNING and an INSERT costs the client 0.63 ms of CPU
-through an `AsyncSession`, 0.57-0.60 through a Core `AsyncConnection` and 0.24-0.27 through
-asyncpg's prepared statements directly; the hot statements (claim, end, submission) run
-through asyncpg directly, the same Core statements compiled once, would save about 0.7 ms of
-the worker's and 0.3 of the web's per task: the next step, not taken yet (it needs a second
-way to run them beside SQLite's)."""
+kernel's loopback traffic and Postgres' own background work, about 1.5 ms a task. After the
+seventh round of "Job pipeline throughput" the service was at 1.69-1.74x in runs of this
+benchmark alone (its processes 7.2-7.9 ms a task against the peer's 13.8-14.8); 2x needed
+it at about 6.2 ms. The largest share left that no guarantee needed was SQLAlchemy's
+execution around each statement: a third of the worker's busy time (`py-spy --gil`:
+session, parameter processing, greenlet, the asyncpg adapter) and a fifth of the web's.
+Measured by hand on this machine, a transaction of an UPDATE ... RETURNING and an INSERT
+cost the client 1.0 ms of CPU through an `AsyncSession`, 0.86 through a Core
+`AsyncConnection` and 0.55-0.59 through asyncpg directly. The eighth round runs the hot
+transactions (the worker's claim, progress and end; the API's submission) straight through
+asyncpg (`app.domain.driver`: the same Core statements, compiled once with SQLAlchemy's
+dialect and types, SQLite keeping its sessions), every guarantee as before. Runs of this
+benchmark alone, before and after, on the same machine the same hour: web 3.63 -> 2.75-2.88
+ms of CPU a task, worker 3.35 -> 2.12-2.29, the service's processes 9.45 -> 7.21-7.77 ms
+against the peer's 18.4-19.5; end to end 1.82x before (1.69-1.88x with only the worker's
+change), 2.01x and 2.23x after. What is left per task: Litestar's request handling and
+middleware (14 layers; most of the web's 2.8 ms), Postgres 2.1-2.4 (three transactions,
+the fair claim, four event rows with their locks: the peer writes no events and takes no
+locks, 1.6), and Redis 0.2."""
 
 
 GUARANTEES = """\
