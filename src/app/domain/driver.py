@@ -4,7 +4,7 @@ SQLAlchemy's execution of a statement (its cache key, execution context and resu
 greenlet hops of its asyncpg adapter, the session around it) cost the client more CPU than
 asyncpg's own work: a transaction of an UPDATE ... RETURNING and an INSERT took 1.0 ms of
 client CPU through an AsyncSession and 0.55 ms straight through asyncpg (docs/benchmarks.md,
-issue 19). A worker runs two such transactions per task (the claim and the end).
+issue 19). Every task costs three: its submission, its claim and its end.
 
 `transaction(engine)` takes a connection from the engine's pool (checked as any checkout
 is) and runs an asyncpg transaction on it; `Transaction.execute` runs the same Core
@@ -22,6 +22,7 @@ so the same code runs on both (see `Executor`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -103,8 +104,6 @@ class Rows:
 
 class Transaction:
     """A Postgres transaction on one asyncpg connection; statements as `AsyncSession.execute` takes them."""
-
-    postgres = True
 
     def __init__(self, connection: AsyncConnection, driver: Any, dialect: Dialect) -> None:
         self._connection = connection
@@ -192,27 +191,29 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Transaction]:
     rolled back if the block raises or called `Transaction.rollback`.
 
     SQLAlchemy does not know of this transaction (its pool rolls back only the transactions it began), so
-    a connection whose rollback fails (broken, or cut off by a cancel) is invalidated, never given back
-    to the pool in the middle of a transaction.
+    a connection still in it after its end failed (broken, or cut off by a cancel) is invalidated, never
+    given back to the pool in the middle of a transaction.
     """
     async with engine.connect() as connection:
         raw = await connection.get_raw_connection()
         driver: Any = raw.driver_connection
         tx = Transaction(connection, driver, engine.dialect)
         started = driver.transaction()
-        await tx._run("BEGIN", (), started.start())
         try:
-            yield tx
-        except BaseException:
+            await tx._run("BEGIN", (), started.start())
             try:
-                await started.rollback()
-            except BaseException:  # noqa: BLE001 - whatever stopped the rollback, the connection is not reused
+                yield tx
+            except BaseException:
+                with contextlib.suppress(BaseException):  # the block's error is the one raised
+                    await started.rollback()
+                raise
+            if tx.rolled_back:
+                await tx._run("ROLLBACK", (), started.rollback())
+            else:
+                await tx._run("COMMIT", (), started.commit())
+        finally:
+            if driver.is_in_transaction():
                 await connection.invalidate()
-            raise
-        if tx.rolled_back:
-            await tx._run("ROLLBACK", (), started.rollback())
-        else:
-            await tx._run("COMMIT", (), started.commit())
 
 
 #: What the hot paths write with: a driver transaction on Postgres, a session in a transaction on SQLite.
@@ -229,7 +230,7 @@ def is_postgres(executor: Executor) -> bool:
 async def writing(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Executor]:
     """A transaction for a hot path: through the driver on Postgres (`transaction`), a session's on SQLite.
 
-    Committed at the end of the block; `rollback()` ends it early (a session then begins no other)."""
+    Committed at the end of the block, unless it raises or called `rollback()`."""
     engine = sessions.kw["bind"]
     if isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql":
         async with transaction(engine) as tx:
