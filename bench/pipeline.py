@@ -189,6 +189,23 @@ benchmark alone, before and after: worker 3.35 -> 2.20-2.67 ms of CPU per task; 
 now bounds the run). Then the API's submission too (`POST /api/v1/tasks` in a driver transaction, no
 session; the count of a user's unfinished tasks no longer an "expanding" IN, whose SQL SQLAlchemy
 rendered again at every execution: 2.5% of the web's CPU).
+
+**Where the time goes after the eighth round** (`py-spy record --gil`, 25 s of each process during
+the peer benchmark's service rounds; shares of the process's GIL-holding samples). The web, 2.8-3.2
+ms of CPU a submission: granian and the event loop around the app 24%; Litestar's 14 middleware
+layers 14% (Prometheus 3.5, the authentication middleware 2.9, logging 1.4, session 1.6, security
+headers 1.3: each a feature, none a guarantee); routing, dependency injection and the body's
+parsing 8%; the handler 20%, of which the submission's transaction 9% (7% in `app.domain.driver`
+and asyncpg), the broker's send 7.7% (Dramatiq's enqueue Lua script, in a thread) and the wake-up
+publish 3.7%; sending the answer 6%. The worker, 2.1-2.5 ms a task: the claim 25%, the end 23%
+(the statements themselves 18%, SQLAlchemy's pool checkout and checkin 6%), the Redis publishes
+12% (redis-py's asyncio client), Dramatiq's consumer 11%. Postgres, 2.1-2.5 ms a task, is the three
+transactions, the fair claim and four event rows under their advisory locks. So the pipeline's
+25% of raw Dramatiq (about 500 tasks/s on two cores, about 4 ms of machine CPU a task) is out of
+reach while every task keeps its event rows and locks (Postgres alone is half of that) and the
+web serves through Litestar's middleware; what remains to cut without touching a guarantee is
+small per item: the pool's checkout (a pool of raw asyncpg connections), redis-py's publish
+path, middleware that a bearer-authenticated API request does not need (session, CSRF).
 """
 
 
