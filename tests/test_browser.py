@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
@@ -350,6 +351,30 @@ async def test_the_page_opens_a_new_stream_after_the_old_one_was_refused(
     await stream_open(page)
     assert await page.evaluate(SAME_PAGE), "the page was reloaded"
     await tab.shot("caught-up")
+
+
+async def test_a_rows_link_stays_in_place_when_its_task_starts(open_tab: OpenTab, live_server: LiveServer) -> None:
+    """A task's row is updated in place when the task starts (its buttons stay the same): the link a user may be
+    clicking is not swapped for a copy, which loses a click whose press and release straddle the swap."""
+    tab = await open_tab()
+    page = tab.page
+    identity = await register(tab)
+    token = await api_token(live_server, identity)
+    run_at = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
+    body = {"kind": "demo", "title": "Soon", "params": {"steps": 30, "step_ms": 200}, "run_at": run_at}
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=20) as client:
+        started = await client.post("/api/v1/tasks", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert started.status_code == 202, started.text
+    row = page.locator(".task-row", has=page.get_by_role("link", name="Soon", exact=True))
+    await expect(row.locator(".status")).to_have_text("queued")  # listed by the page when its event came
+    await expect(row.locator(".task-starts")).to_be_visible()
+    link = row.get_by_role("link", name="Soon", exact=True)
+    await link.evaluate("element => { element.dataset.marked = 'yes'; }")
+    await expect(row.locator(".status")).to_have_text("running", timeout=30_000)
+    await expect(row.locator(".task-starts")).to_have_count(0)
+    assert await link.get_attribute("data-marked") == "yes", "the row was swapped when its task started"
+    await link.click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Soon")
 
 
 async def test_the_task_page_shows_its_output_lines_as_they_are_written(open_tab: OpenTab) -> None:

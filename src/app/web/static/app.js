@@ -4,7 +4,8 @@
 // stream of a signed-in user. This script listens to its events and applies them by id:
 //   task.updated          -> the task's row or panel: status, progress bar, message; when the
 //                            status changes, the server's fragment is fetched again (its buttons
-//                            change); a task that ends shows a toast.
+//                            change; not for a row whose task just started: same buttons); a task
+//                            that ends shows a toast.
 //   notification.created  -> the bell's count is fetched again; the notifications page reloads its list.
 //   notification.updated  -> the bell shows the unread count the event carries.
 //   task.log              -> the task page's output panel appends the lines it has not shown yet (by seq).
@@ -122,6 +123,10 @@
     if (message) message.textContent = task.error || (task.progress && task.progress.message) || "";
   }
 
+  function startedRow(element, task) {
+    return element.id !== "task-panel" && element.dataset.status === "queued" && task.status === "running";
+  }
+
   function refetch(element, taskId) {
     const isPanel = element.id === "task-panel";
     const url = "/tasks/" + taskId + (isPanel ? "/panel" : "/row");
@@ -144,7 +149,16 @@
     elements.forEach((element) => {
       const changed = element.dataset.status !== task.status;
       applyTask(element, task);
-      if (changed) refetch(element, task.id);
+      if (changed && startedRow(element, task)) {
+        // A row's buttons are the same for a queued task and a running one: updated in place, not
+        // swapped. A task starts moments after it is created, when its row's link is likely clicked,
+        // and a click whose press and release straddle a swap is lost.
+        element.dataset.status = task.status;
+        const starts = element.querySelector(".task-starts");
+        if (starts) starts.remove();
+      } else if (changed) {
+        refetch(element, task.id);
+      }
     });
     if (!elements.length && document.getElementById("task-list")) refreshTaskList();
     if (FINAL.includes(task.status)) {
