@@ -7,12 +7,14 @@ TEST_MODE changes nothing: the module runs once, in the embedded run of `make te
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from app.config.logging import OneWriterAtATime
 from app.config.settings import ConfigurationError, load_settings
 
 pytestmark = pytest.mark.embedded
@@ -171,3 +173,41 @@ def test_every_entry_point_refuses_a_bad_secret_with_one_line_and_no_traceback(
     assert len(errors) == 1, output
     assert "SECRET_KEY" in errors[0]
     assert "32 bytes" in errors[0]
+
+
+def test_a_signal_handler_that_logs_during_a_write_waits_for_it_and_does_not_deadlock() -> None:
+    """Dramatiq's SIGTERM handler logs, in the thread the signal interrupts, maybe in the middle of that
+    thread's own write to the shared stream: its line must come after that write, whole, and neither
+    wait for the lock the interrupted write holds (a deadlock: the worker never exited) nor cut into it."""
+    events: list[tuple[str, str]] = []
+
+    class Pipe:
+        """stderr as a worker process has it: every write a message; the signal arrives inside the first."""
+
+        def write(self, text: str) -> int:
+            events.append(("begins", text))
+            if len(events) == 1:
+                signal.raise_signal(signal.SIGUSR1)  # Python runs its handler here, inside this write
+            events.append(("ends", text))
+            return len(text)
+
+        def flush(self) -> None:
+            events.append(("flush", ""))
+
+        def isatty(self) -> bool:
+            return False
+
+    stream = OneWriterAtATime(Pipe())  # type: ignore[arg-type]
+    previous = signal.signal(signal.SIGUSR1, lambda *_: stream.write("from the handler\n"))
+    try:
+        stream.write("a long message\n")
+        stream.flush()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert events == [
+        ("begins", "a long message\n"),
+        ("ends", "a long message\n"),
+        ("begins", "from the handler\n"),
+        ("ends", "from the handler\n"),
+        ("flush", ""),
+    ]

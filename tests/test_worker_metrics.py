@@ -8,9 +8,11 @@ be one of those two really exposes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from app.supervisor import read_procfile
 from app.workers.brokers import WakingRedisBroker
 from app.workers.heartbeat import RedisHeartbeats
 from app.workers.metrics import group_registry
-from tests.processes import ROOT, eventually
+from tests.processes import ROOT, eventually, live_members
 from tests.servers import STARTUP_TIMEOUT, Process, free_port, spawn
 
 ALERTS = ROOT / "docs" / "prometheus" / "alerts.yml"
@@ -125,6 +127,14 @@ def housekeeper(migrated: None) -> Iterator[Housekeeper]:
         yield worker
     finally:
         process.stop()  # its keys start with the run's namespace: the run forgets them at its end
+        # Not only the line's shell: the dramatiq under it and its processes end too (a deadlock in the logging of
+        # its SIGTERM handler once kept the metrics fork process, and so the worker, running for good).
+        group = process.popen.pid
+        try:
+            eventually(lambda: not live_members(group), timeout=30, what="every process of the housekeeper's group")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -79,19 +79,47 @@ class OneWriterAtATime:
     every write is a message: a long one (a traceback over 16 KiB) is sent in two parts, and another
     thread's line sent between them broke the stream, so the CLI lost every later line of that
     process (a test waiting for a warning saw none; stray bytes of a message's length in the log).
+
+    A signal handler that logs (Dramatiq's, on SIGTERM) runs in the thread it interrupts, maybe in the
+    middle of that thread's own write: it must neither wait for the lock that thread holds (with a plain
+    lock, a worker's metrics fork process whose SIGTERM came during a write deadlocked, and the worker
+    never exited: test runs and `make run` left it behind) nor write inside the message being sent. Its
+    line waits (`_pending`) and goes right after that message.
     """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._writing = False  # this lock's holder is inside a write of the stream
+        self._pending: list[str] = []
 
     def write(self, text: str) -> int:
         with self._lock:
-            return self._stream.write(text)
+            if self._writing:  # a signal handler interrupted this thread's write: after it, not inside it
+                self._pending.append(text)
+                return len(text)
+            self._writing = True
+            try:
+                written = self._stream.write(text)
+                self._write_pending()
+            finally:
+                self._writing = False
+            return written
 
     def flush(self) -> None:
         with self._lock:
-            self._stream.flush()
+            if self._writing:
+                return
+            self._writing = True
+            try:
+                self._write_pending()
+                self._stream.flush()
+            finally:
+                self._writing = False
+
+    def _write_pending(self) -> None:
+        while self._pending:
+            self._stream.write(self._pending.pop(0))
 
     def isatty(self) -> bool:
         return self._stream.isatty()
