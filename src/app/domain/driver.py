@@ -77,9 +77,8 @@ def _compile(statement: Any, dialect: Dialect, keys: tuple[str, ...]) -> _Compil
 class Rows:
     """The rows of one statement, with the part of SQLAlchemy's Result that the hot paths use."""
 
-    def __init__(self, rows: list[tuple[Any, ...]], rowcount: int = -1) -> None:
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
         self.rows = rows
-        self.rowcount = rowcount
 
     def all(self) -> list[tuple[Any, ...]]:
         return self.rows
@@ -136,7 +135,7 @@ class Transaction:
         compiled = _compile(statement, self._dialect, tuple(parameters[0]))
         many = [self._arguments(compiled, item) for item in parameters]
         await self._run(compiled.sql, many, self._driver.executemany(compiled.sql, many))
-        return Rows([], rowcount=len(many))
+        return Rows([])
 
     async def scalar(self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS) -> Any:
         return (await self.execute(statement, parameters)).scalar_one_or_none()
@@ -224,6 +223,13 @@ def is_postgres(executor: Executor) -> bool:
     if isinstance(executor, Transaction):
         return True
     return executor.bind is not None and executor.bind.dialect.name == "postgresql"
+
+
+def orm_session(executor: Executor) -> AsyncSession:
+    """`executor` as a session, for the work that loads and changes ORM objects (never a hot path's)."""
+    if not isinstance(executor, AsyncSession):
+        raise TypeError("this needs a session, not a driver transaction")
+    return executor
 
 
 @asynccontextmanager

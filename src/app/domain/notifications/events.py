@@ -41,11 +41,10 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import BIT
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningInsert
 
 from app.domain.clock import utcnow
-from app.domain.driver import Executor, is_postgres
+from app.domain.driver import Executor, is_postgres, orm_session
 from app.domain.notifications.models import Event
 
 #: Arbitrary constant naming the advisory lock that orders events for everyone against all others.
@@ -238,12 +237,13 @@ class EventLog:
     def __init__(self, session: Executor) -> None:
         self.session = session
         self.pending: list[EventRecord] = []
-        self._is_postgres = is_postgres(session)
+        #: Whether this log's transaction is on Postgres (advisory locks; statements SQLite cannot run).
+        self.postgres = is_postgres(session)
 
     async def record(self, event_type: str, data: dict[str, Any], *, user_id: UUID | None = None) -> EventRecord:
         await self.session.flush()  # the caller's pending changes go first, as with an ORM insert
         values: dict[str, Any] = {"user_id": user_id, "type": event_type, "payload": data, "created_at": utcnow()}
-        if self._postgres:
+        if self.postgres:
             # One round trip: the locks (taken again if already held), then the insert.
             # The statement is built once: its values go as parameters, not bound into a copy of it.
             locked_insert = _INSERT_FOR_EVERYONE if user_id is None else _INSERT_FOR_USER
@@ -293,7 +293,7 @@ class EventLog:
             return []
         await self.session.flush()
         now = utcnow()
-        if self._postgres:
+        if self.postgres:
             parameters = _several_parameters(user_id, events, now)
             # Drawn in the order of the rows: ascending ids are the events in the order given.
             ids = sorted(
@@ -350,22 +350,6 @@ class EventLog:
         """
         self.pending.append(record)
 
-    @property
-    def postgres(self) -> bool:
-        """Whether this log's session is on Postgres (advisory locks; statements SQLite cannot run)."""
-        return self._is_postgres
-
-    @property
-    def _orm(self) -> AsyncSession:
-        """The session, for the reads that return ORM rows (never on a hot path's driver transaction)."""
-        if not isinstance(self.session, AsyncSession):
-            raise TypeError("this read needs a session")
-        return self.session
-
-    @property
-    def _postgres(self) -> bool:
-        return self.postgres
-
     async def lock(self, user_id: UUID | None) -> None:
         """Take now, until commit, the locks that an event for `user_id` takes (Postgres; see above).
 
@@ -374,7 +358,7 @@ class EventLog:
         SQLite has one writer at a time: there, this begins the transaction's write now, so
         the check and the writes go together before any other writer's.
         """
-        if self._postgres:
+        if self.postgres:
             locks = _TAKE_EVERYONE_LOCK if user_id is None else _TAKE_USER_LOCKS
             await self.session.execute(locks, _lock_keys(user_id))
         else:
@@ -393,7 +377,7 @@ class EventLog:
         if not items:
             return []
         await self.session.flush()
-        if self._postgres:
+        if self.postgres:
             await self.session.execute(_TAKE_EVERYONE_LOCK, _lock_keys(None))
         now = utcnow()
         rows = [{"user_id": user_id, "type": event_type, "payload": data, "created_at": now} for user_id, data in items]
@@ -423,7 +407,7 @@ class EventLog:
         audience = (
             Event.user_id.is_(None) if user_id is None else or_(Event.user_id == user_id, Event.user_id.is_(None))
         )
-        rows = await self._orm.scalars(
+        rows = await orm_session(self.session).scalars(
             select(Event).where(Event.id > after_id, audience).order_by(Event.id).limit(limit)
         )
         return [_record(row) for row in rows]
@@ -439,9 +423,9 @@ class EventLog:
             select(func.max(Event.id).label("id")).where(Event.user_id == user_id),
             select(func.max(Event.id).label("id")).where(Event.user_id.is_(None)),
         ).subquery()
-        return int(await self._orm.scalar(select(func.coalesce(func.max(newest.c.id), 0))) or 0)
+        return int(await orm_session(self.session).scalar(select(func.coalesce(func.max(newest.c.id), 0))) or 0)
 
     async def purge(self, older_than: datetime) -> int:
         """Delete events created before `older_than`; returns how many."""
-        result = await self._orm.execute(delete(Event).where(Event.created_at < older_than))
+        result = await orm_session(self.session).execute(delete(Event).where(Event.created_at < older_than))
         return int(getattr(result, "rowcount", 0) or 0)

@@ -17,12 +17,11 @@ import msgspec
 from advanced_alchemy.mixins.uuid import uuid7  # type: ignore[attr-defined]  # the models' own id default
 from sqlalchemy import Table, bindparam, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.domain.accounts.models import User
 from app.domain.clock import utcnow
-from app.domain.driver import Executor
+from app.domain.driver import Executor, orm_session
 from app.domain.errors import Conflict, InvalidInput, LimitReached, NotFound
 from app.domain.notifications.events import EventLog, EventRecord
 from app.domain.notifications.models import Event
@@ -319,15 +318,8 @@ class TaskService:
         row = (await self.session.execute(_BY_KEY, {"user_id": user_id, "key": idempotency_key})).first()
         return None if row is None else _Keyed(out=row_out(row[:-1]), fingerprint=row[-1])
 
-    @property
-    def _orm(self) -> AsyncSession:
-        """The session, for the rules that load and change ORM objects (all but `create`)."""
-        if not isinstance(self.session, AsyncSession):
-            raise TypeError("this rule needs a session")
-        return self.session
-
     async def get(self, user: User, task_id: UUID) -> Task:
-        task = await self._orm.scalar(select(Task).where(Task.id == task_id, Task.user_id == user.id))
+        task = await orm_session(self.session).scalar(select(Task).where(Task.id == task_id, Task.user_id == user.id))
         if task is None:
             raise NotFound("No such task.")
         return task
@@ -337,13 +329,13 @@ class TaskService:
         task = await self.get(user, task_id)
         if task.status == QUEUED:
             task.status, task.finished_at = CANCELLED, utcnow()
-            await self._orm.flush()
+            await orm_session(self.session).flush()
             await record_task_event(self.events, task)
             # Its webhook's delivery, sent by the caller after commit (`queue_delivery`) or by the sweeper.
             self.webhook_delivery = await record_end(self.session, task_out(task))
         elif task.status == RUNNING:
             task.cancel_requested = True
-            await self._orm.flush()
+            await orm_session(self.session).flush()
         else:
             raise Conflict(f"The task has already {task.status}.")
         return task
@@ -371,7 +363,7 @@ class TaskService:
         task.cancel_requested = False
         task.enqueued_at = utcnow()
         task.run_at = None  # a retry starts at once, whatever time the task first asked for
-        await self._orm.flush()
+        await orm_session(self.session).flush()
         await record_task_event(self.events, task)
         return task, old_artifact
 
@@ -381,8 +373,8 @@ class TaskService:
         if task.status in ACTIVE:
             raise Conflict(f"A {task.status} task cannot be deleted; cancel it first.")
         artifact = task.artifact
-        await self._orm.delete(task)
-        await self._orm.flush()
+        await orm_session(self.session).delete(task)
+        await orm_session(self.session).flush()
         return artifact
 
 

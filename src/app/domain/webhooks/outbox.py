@@ -113,6 +113,11 @@ async def attach(session: Executor, user_id: UUID, task_id: UUID, webhook: Webho
     """
     events = ALL_EVENTS if webhook.events is None else tuple(e for e in ALL_EVENTS if e in webhook.events)
     await session.execute(_ATTACH, {"task_id": task_id, "url": webhook.url, "events": ",".join(events)})
+    await _make_secret(session, user_id)
+
+
+async def _make_secret(session: Executor, user_id: UUID) -> None:
+    """A new secret for the user unless one exists (a concurrent first use keeps whichever was made first)."""
     secret = {"user_id": user_id, "secret": new_secret(), "created_at": utcnow()}
     await session.execute(_NEW_SECRET_POSTGRES if is_postgres(session) else _NEW_SECRET_SQLITE, secret)
 
@@ -268,8 +273,6 @@ async def _secret_row(session: AsyncSession, user_id: UUID, *, lock: bool = Fals
     row = await session.scalar(query.with_for_update() if lock else query)
     if row is not None:
         return row
-    dialect_insert = postgres_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    values = {"user_id": user_id, "secret": new_secret(), "created_at": utcnow()}
-    await session.execute(dialect_insert(WebhookSecret).values(**values).on_conflict_do_nothing())
+    await _make_secret(session, user_id)
     made: WebhookSecret = (await session.scalars(query.with_for_update() if lock else query)).one()
     return made
