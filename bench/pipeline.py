@@ -36,6 +36,7 @@ from bench import Section, percentiles, run_alone, table
 from bench.service_stack import FAST_SIGN_UP, RawHttp, ServiceStack, service_stack
 
 TASKS = int(os.environ.get("BENCH_PIPELINE_TASKS", "5000"))
+SUBMISSIONS_ALONE = min(TASKS, 3000)  # the submissions-alone run, after 500 that warm it up
 USERS = 8
 CONNECTIONS = 32
 WORKER_THREADS = 8
@@ -432,6 +433,27 @@ async def _pipeline(stack: ServiceStack, tokens: list[str]) -> PipelineRun:
         await database.close()
 
 
+@dataclass(frozen=True)
+class SubmissionsAlone:
+    rate: float  # 202s per second
+    create_ms: list[float]
+    web_cpu_ms: float  # the web process's CPU per submission
+
+
+def _submissions_alone() -> SubmissionsAlone:
+    """POST /api/v1/tasks with no worker running: the web process, Postgres and Redis have the machine."""
+    settings = {**FAST_SIGN_UP, "MAX_ACTIVE_TASKS": str(MAX_ACTIVE_TASKS)}
+    with service_stack("submissions", settings) as stack:
+        stack.start_web()
+        tokens = stack.sign_up(USERS)
+        asyncio.run(_submit(stack, tokens, 500, [], Counter()))  # connections, prepared statements, caches
+        create_ms: list[float] = []
+        before, began = _tree_cpu(stack.web.popen.pid), time.monotonic()
+        asyncio.run(_submit(stack, tokens, SUBMISSIONS_ALONE, create_ms, Counter()))
+        elapsed, cpu = time.monotonic() - began, _tree_cpu(stack.web.popen.pid) - before
+    return SubmissionsAlone(SUBMISSIONS_ALONE / elapsed, create_ms, cpu / SUBMISSIONS_ALONE * 1000)
+
+
 def _measure() -> tuple[float, float, PipelineRun, float]:
     settings = {**FAST_SIGN_UP, "MAX_ACTIVE_TASKS": str(MAX_ACTIVE_TASKS)}
     with service_stack("pipeline", settings) as stack:
@@ -446,7 +468,9 @@ def _measure() -> tuple[float, float, PipelineRun, float]:
 
 
 def run() -> Section:
+    alone = _submissions_alone()
     raw_rate, raw_cpu, result, ceiling = _measure()
+    alone_cuts = percentiles(alone.create_ms, (50, 99))
     rate = result.succeeded / result.finished_s
     submit_rate = result.statuses[202] / result.submitted_s
     ratio = rate / raw_rate
@@ -460,6 +484,9 @@ def run() -> Section:
         "create_p50_ms": cuts[50],
         "create_p99_ms": cuts[99],
         "client_ceiling_per_s": ceiling,
+        "submissions_alone_per_s": alone.rate,
+        "submissions_alone_p50_ms": alone_cuts[50],
+        "submissions_alone_web_cpu_ms": alone.web_cpu_ms,
         "transactions_per_task": result.transactions / max(result.succeeded, 1),
         "redis_commands_per_task": result.redis_commands / max(result.succeeded, 1),
         **{f"cpu_ms_per_task_{label}": value for label, value in per_task.items()},
@@ -472,6 +499,15 @@ def run() -> Section:
             ["service: submitted until all succeeded", f"{rate:,.0f}", f"{result.finished_s:.1f}"],
         ],
         align="lrr",
+    )
+    submissions = table(
+        ["POST /api/v1/tasks alone (no worker running)", "Value"],
+        [
+            ["submissions/s (target at least 600)", f"{alone.rate:,.0f}"],
+            ["p50 / p99 (ms)", f"{alone_cuts[50]:.1f} / {alone_cuts[99]:.1f}"],
+            ["CPU of web per submission (ms)", f"{alone.web_cpu_ms:.2f}"],
+        ],
+        align="lr",
     )
     costs = table(
         ["Per task", "Value"],
@@ -513,6 +549,13 @@ streams; the same client on `GET /health/live` reaches {ceiling:,.0f} requests/s
 what limits the submissions. CPU is per process (web server and worker with their child
 processes, the service database's Postgres backends, redis-server, the client) over the
 run, divided by the number of tasks; the machine has two cores for all of them.
+
+The submissions alone, measured first on a stack of their own: the same client, users and
+connections, {SUBMISSIONS_ALONE:,} submissions (after 500 not counted) to one web process with no
+worker running, so that the web process, Postgres and Redis have the machine (in the pipeline the
+worker takes its share of the two cores while the submissions come in).
+
+{submissions}
 
 {results}
 

@@ -88,25 +88,37 @@ def test_open_streams_users_are_renewed_in_one_group(migrated: None, monkeypatch
         # Entries are remembered only once the process hears revocations (its subscription, made as the app
         # starts, clears what came before): in services mode the first user's entry was missing (seen in CI).
         eventually(credentials._trusted, timeout=10, what="the revocation subscription")
-        watched = []
+        watched, headers_of = [], {}
         for _ in range(3):
             identity = new_identity()
             assert client.post("/api/v1/auth/register", json=identity).status_code == 201
             login = client.post("/api/v1/auth/login", json={"username": identity["username"], "password": PASSWORD})
             headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
             me = client.get("/api/v1/users/me", headers=headers).json()
+            headers_of[UUID(me["id"])] = headers
             ended = client.blocking_portal.call(_future)  # a stream's end, on the app's loop
             watched.append(credentials.watch(Credential(user_id=UUID(me["id"]), version=1), ended))
-        assert credentials._due_for_renewal() == []  # all fresh
 
-        # Two entries near the end of their life, one past half of it: all three go in one load.
-        for watch, left in zip(watched, (10.0, 290.0, 290.0), strict=True):
-            state, expires = credentials._entries[watch.credential.user_id]
-            credentials._entries[watch.credential.user_id] = (state, expires - 600.0 + left)
-        due = credentials._due_for_renewal()
-        assert sorted(due) == sorted(watch.credential.user_id for watch in watched)
-        loads = credentials.loads
-        client.blocking_portal.call(credentials._renew)
+        # A load that overlaps any revocation is not remembered (the cache's epoch), and other tests' servers on
+        # this database and namespace revoke at any time (seen in a full run): such a step is taken again.
+        def all_fresh() -> bool:
+            for user_id, headers in headers_of.items():
+                if user_id not in credentials._entries:
+                    assert client.get("/api/v1/users/me", headers=headers).status_code == 200
+            return credentials._due_for_renewal() == []
+
+        for _attempt in range(5):
+            eventually(all_fresh, timeout=10, what="every watched user's entry remembered and fresh")
+            # Two entries near the end of their life, one past half of it: all three go in one load.
+            for watch, left in zip(watched, (10.0, 290.0, 290.0), strict=True):
+                state, expires = credentials._entries[watch.credential.user_id]
+                credentials._entries[watch.credential.user_id] = (state, expires - 600.0 + left)
+            due = credentials._due_for_renewal()
+            assert sorted(due) == sorted(watch.credential.user_id for watch in watched)
+            loads, epoch = credentials.loads, credentials._epoch
+            client.blocking_portal.call(credentials._renew)
+            if credentials._epoch == epoch:
+                break
         assert credentials.loads == loads + 1
         assert credentials._due_for_renewal() == []
         for watch in watched:

@@ -65,6 +65,7 @@ from app.web.api.tasks import TaskKindsController, TasksController
 from app.web.api.webhooks import TaskWebhookDeliveriesController, WebhookSecretController
 from app.web.cli import OperatorCLIPlugin
 from app.web.embedded_workers import EmbeddedWorkersPlugin
+from app.web.http import dependencies
 from app.web.http.access_tokens import TokenIndex
 from app.web.http.assets import StaticAssets, serve_static
 from app.web.http.auth import AccessTokens, AuthMiddleware, session_config
@@ -159,6 +160,9 @@ def _structlog(settings: Settings) -> StructlogPlugin:
                 log_exceptions="debug",
                 pretty_print_tty=False,
             ),
+            # Its lines are INFO: below that level the middleware would only build and drop them (about 5%
+            # of a submission's CPU), so it is left out.
+            enable_middleware_logging=level(settings) <= logging.INFO,
             middleware_logging_config=LoggingMiddlewareConfig(
                 exclude=QUIET_PATHS,
                 exclude_opt_key="skip_logging",
@@ -196,6 +200,7 @@ def store_registry(settings: Settings) -> StoreRegistry:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
+    dependencies.install()  # no task per dependency (see the module)
     # Imported here: it reads the settings and declares the broker for this process.
     from app.workers import broker, heartbeats
     from app.workers.embedded import EmbeddedWorkers
