@@ -353,15 +353,18 @@ async def test_the_page_opens_a_new_stream_after_the_old_one_was_refused(
     await tab.shot("caught-up")
 
 
-async def test_a_rows_link_stays_in_place_when_its_task_starts(open_tab: OpenTab, live_server: LiveServer) -> None:
-    """A task's row is updated in place when the task starts (its buttons stay the same): the link a user may be
-    clicking is not swapped for a copy, which loses a click whose press and release straddle the swap."""
+async def test_a_rows_link_stays_in_place_as_its_task_starts_and_ends(
+    open_tab: OpenTab, live_server: LiveServer
+) -> None:
+    """A task's row is updated in place as the task starts and ends: only its buttons are fetched again when they
+    change, so the link a user may be clicking is never swapped for a copy (a click whose press and release
+    straddle a swap is lost)."""
     tab = await open_tab()
     page = tab.page
     identity = await register(tab)
     token = await api_token(live_server, identity)
     run_at = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
-    body = {"kind": "demo", "title": "Soon", "params": {"steps": 30, "step_ms": 200}, "run_at": run_at}
+    body = {"kind": "demo", "title": "Soon", "params": {"steps": 10, "step_ms": 300}, "run_at": run_at}
     async with httpx.AsyncClient(base_url=live_server.url, timeout=20) as client:
         started = await client.post("/api/v1/tasks", json=body, headers={"Authorization": f"Bearer {token}"})
         assert started.status_code == 202, started.text
@@ -373,6 +376,10 @@ async def test_a_rows_link_stays_in_place_when_its_task_starts(open_tab: OpenTab
     await expect(row.locator(".status")).to_have_text("running", timeout=30_000)
     await expect(row.locator(".task-starts")).to_have_count(0)
     assert await link.get_attribute("data-marked") == "yes", "the row was swapped when its task started"
+    await expect(row.locator(".status")).to_have_text("succeeded", timeout=30_000)
+    await expect(row.get_by_role("button", name="Delete")).to_be_visible()  # the buttons of a finished task
+    await expect(row.get_by_role("button", name="Cancel")).to_have_count(0)
+    assert await link.get_attribute("data-marked") == "yes", "the row was swapped when its task ended"
     await link.click()
     await expect(page.get_by_role("heading", level=1)).to_have_text("Soon")
 
@@ -384,8 +391,9 @@ async def test_the_task_page_shows_its_output_lines_as_they_are_written(open_tab
     await register(tab)
     steps = 16
     row = await start_demo(page, "Talking", steps=steps, step_ms=400)
-    # Opened by its row's link, followed rather than clicked: the row is fetched again when the task starts
-    # (its status changes), and a click that lands while htmx swaps it is lost (seen once in CI).
+    # Opened by its row's link, followed rather than clicked: the whole list may be fetched again while the
+    # task starts (an event for a task the page did not list yet), and a click that lands while htmx swaps it
+    # is lost (seen once in CI).
     href = await row.get_by_role("link", name="Talking", exact=True).get_attribute("href")
     assert href is not None
     assert href.startswith("/tasks/"), href

@@ -123,16 +123,45 @@
     if (message) message.textContent = task.error || (task.progress && task.progress.message) || "";
   }
 
-  function startedRow(element, task) {
-    return element.id !== "task-panel" && element.dataset.status === "queued" && task.status === "running";
+  // The buttons a task's status gives (tasks_macros.html `actions`): queued and running have the same.
+  function sameButtons(before, after) {
+    const active = ["queued", "running"];
+    return before === after || (active.includes(before) && active.includes(after));
   }
 
   function refetch(element, taskId) {
-    const isPanel = element.id === "task-panel";
-    const url = "/tasks/" + taskId + (isPanel ? "/panel" : "/row");
-    // Its own source (see the bell): a refetch asked for while one is under way is dropped with the
-    // element that one replaces, and `catchUp` brings the new element up to date.
-    htmx.ajax("GET", url, { source: element, target: element, swap: "outerHTML" });
+    if (element.id === "task-panel") {
+      // Its own source (see the bell): a refetch asked for while one is under way is dropped with the
+      // element that one replaces, and `catchUp` brings the new element up to date.
+      htmx.ajax("GET", "/tasks/" + taskId + "/panel", { source: element, target: element, swap: "outerHTML" });
+      return;
+    }
+    // A row: only its buttons are fetched again. Its link and text stay the same elements (applyTask
+    // keeps them current), so a click on them is never lost to a swap; `catchUpButtons` fetches the
+    // buttons again if the task moved on while they were on their way.
+    const buttons = element.querySelector(".task-actions");
+    if (!buttons) return;
+    htmx.ajax("GET", "/tasks/" + taskId + "/row", {
+      source: buttons,
+      target: buttons,
+      swap: "outerHTML",
+      select: ".task-actions",
+    });
+  }
+
+  // A task's row or panel shows `task`, as of event `eventId`.
+  function updateTask(element, task, eventId) {
+    const before = element.dataset.status;
+    applyTask(element, task);
+    if (element.id === "task-panel") {
+      if (before !== task.status) refetch(element, task.id);
+      return;
+    }
+    element.dataset.status = task.status;
+    element.dataset.eventId = String(eventId);
+    const starts = element.querySelector(".task-starts");
+    if (starts && task.status !== "queued") starts.remove();
+    if (!sameButtons(before, task.status)) refetch(element, task.id);
   }
 
   let listTimer = 0;
@@ -146,20 +175,7 @@
     const eventId = parseInt(event.lastEventId || "0", 10);
     latest.set(task.id, { eventId, task });
     const elements = document.querySelectorAll('[data-task-id="' + task.id + '"]');
-    elements.forEach((element) => {
-      const changed = element.dataset.status !== task.status;
-      applyTask(element, task);
-      if (changed && startedRow(element, task)) {
-        // A row's buttons are the same for a queued task and a running one: updated in place, not
-        // swapped. A task starts moments after it is created, when its row's link is likely clicked,
-        // and a click whose press and release straddle a swap is lost.
-        element.dataset.status = task.status;
-        const starts = element.querySelector(".task-starts");
-        if (starts) starts.remove();
-      } else if (changed) {
-        refetch(element, task.id);
-      }
-    });
+    elements.forEach((element) => updateTask(element, task, eventId));
     if (!elements.length && document.getElementById("task-list")) refreshTaskList();
     if (FINAL.includes(task.status)) {
       const key = task.id + ":" + task.attempts + ":" + task.status;
@@ -175,11 +191,16 @@
   function catchUp(element) {
     const known = latest.get(element.dataset.taskId);
     const rendered = parseInt(element.dataset.eventId || "0", 10);
-    if (known && known.eventId > rendered && element.dataset.status === known.task.status) {
-      applyTask(element, known.task);
-    } else if (known && known.eventId > rendered) {
-      refetch(element, known.task.id);
-    }
+    if (known && known.eventId > rendered) updateTask(element, known.task, known.eventId);
+  }
+
+  // Buttons rendered before the newest event their row saw, for another status, are fetched again.
+  function catchUpButtons(buttons) {
+    const row = buttons.closest(".task-row");
+    if (!row || !row.dataset.taskId) return;
+    const rendered = parseInt(buttons.dataset.eventId || "0", 10);
+    const seen = parseInt(row.dataset.eventId || "0", 10);
+    if (seen > rendered && !sameButtons(buttons.dataset.status, row.dataset.status)) refetch(row, row.dataset.taskId);
   }
 
   // --- task output ----------------------------------------------------------------------------
@@ -328,6 +349,7 @@
     if (element.classList.contains("toast")) scheduleFade(element);
     if (element.dataset.taskId) catchUp(element);
     element.querySelectorAll("[data-task-id]").forEach(catchUp);
+    if (element.classList.contains("task-actions")) catchUpButtons(element);
   });
 
   // After a form comes back with errors, put the keyboard on its first field to fix (the swap
