@@ -105,8 +105,12 @@ def engine_options(settings: Settings) -> dict[str, Any]:
     return {
         "echo": settings.database_echo,
         **json,
-        "pool_size": settings.database_pool_size,
-        "max_overflow": settings.database_max_overflow,
+        # Up to POOL_SIZE + MAX_OVERFLOW connections, each opened when load first needs it and then kept
+        # (until pool_recycle): an overflow connection was closed as soon as it was given back and opened
+        # again at the next burst, a new backend with its statements prepared again (32 submissions at
+        # once: 5-8% fewer a second than with the connections kept).
+        "pool_size": settings.database_pool_size + settings.database_max_overflow,
+        "max_overflow": 0,
         "pool_recycle": 1800,
     }
 
@@ -182,9 +186,8 @@ def create_read_engine(settings: Settings) -> AsyncEngine:
     options = engine_options(settings)
     options.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     if not settings.is_sqlite:
-        # A fixed set of connections: under load a read waits for one (a read is short) instead of
-        # opening an overflow connection that is closed again as soon as it is returned.
-        options["max_overflow"] = 0
+        # A fixed set of connections: under load a read waits for one (a read is short).
+        options.update(pool_size=settings.database_pool_size, max_overflow=0)
     if settings.is_sqlite:
         settings.var_path.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(settings.sqlalchemy_url, **options)
