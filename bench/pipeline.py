@@ -207,6 +207,37 @@ reach while every task keeps its event rows and locks (Postgres alone is half of
 web serves through Litestar's middleware; what remains to cut without touching a guarantee is
 small per item: the pool's checkout (a pool of raw asyncpg connections), redis-py's publish
 path, middleware that a bearer-authenticated API request does not need (session, CSRF).
+
+**Ninth round (2026-12-06): what Litestar did around a submission.** `py-spy record --gil` on the web
+process under submissions alone (32 connections, no worker). Litestar resolved the handler's six
+app-level dependencies (constants: settings, sessions, channels...) in an anyio task group, a task
+each, on every request (upstream issue litestar-org/litestar#4563): about a tenth of the process's
+CPU. `app.web.http.dependencies` resolves synchronous providers in the request's own task
+(coroutine providers still get a task group when there are several); every route gains. Litestar's
+request-logging middleware built its INFO lines at `LOG_LEVEL=WARNING` only to drop them: it is left
+out above INFO. The driver's transaction takes its connection from the pool itself, without
+`engine.connect()`'s Connection and AsyncConnection. And the write pool no longer closes an overflow
+connection as soon as it is given back: 32 submissions at once held more than its 10 connections, so
+every burst opened new backends and prepared their statements again (py-spy: asyncpg's `connect` in
+the web's samples); connections are now opened as load needs them, up to `DATABASE_POOL_SIZE +
+DATABASE_MAX_OVERFLOW`, and kept. By hand, submissions alone before and after: 2.0 -> 1.75-1.85 ms
+of web CPU a submission, 440 -> 480-540 a second. The `make bench` after (2026-12-06 02:30, on an
+Intel Xeon where the runs before were on an AMD EPYC; raw Dramatiq 2,066 and 2,041 messages/s on
+them): pipeline 195 -> 272 tasks/s end to end (10% -> 13% of raw Dramatiq), web CPU per task 2.92
+-> 1.80 ms, worker 2.19 -> 1.67 ms; the peer benchmark 2.11x -> 2.46x.
+
+**Where the time goes after the ninth round.** Submissions alone: 515 a second at 1.88 ms of the web
+process's CPU each, so the process is at its core's limit (granian runs the app on one thread); 600
+a second would need 1.6 ms. Of its GIL-holding samples: granian and the event loop 20%; the 11
+middleware layers 13% (Prometheus 3.8, authentication 2.4, session 1.7, security headers, request
+id, the NUL guard, CSRF and compression about 1 each: each a feature); Litestar's routing, body
+parsing, signature and answer 23%; the handler 31%, of which the submission's transaction 10% (its
+statements, the user's lock and the cap's count under it), the broker's send 10% (Dramatiq's enqueue
+script and the wake-up PUBLISH, redis-py in a thread) and the live streams' wake-up 3%. A second web
+process serves the rest (web processes scale out; `docs/operations.md`). The pipeline's 25% of raw
+Dramatiq (about 500 tasks/s here, under 4 ms of machine CPU a task on two cores) stays out of reach
+while every task keeps its three transactions, its four event rows and their advisory locks:
+Postgres alone is 2.1-2.4 ms a task, and the web and the worker 1.7-1.8 ms each.
 """
 
 
