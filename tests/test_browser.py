@@ -13,7 +13,6 @@ import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin
 
 import httpx
 from playwright.async_api import Locator, Page, expect
@@ -384,6 +383,30 @@ async def test_a_rows_link_stays_in_place_as_its_task_starts_and_ends(
     await expect(page.get_by_role("heading", level=1)).to_have_text("Soon")
 
 
+async def test_a_list_refresh_keeps_the_rows_already_shown_in_place(open_tab: OpenTab, live_server: LiveServer) -> None:
+    """The dashboard fetches its list again when an event names a task it does not show yet (started elsewhere):
+    the new list is merged into the page (htmx's idiomorph), so the rows already shown, and the link a user may be
+    clicking, stay the same elements."""
+    tab = await open_tab()
+    page = tab.page
+    identity = await register(tab)
+    token = await api_token(live_server, identity)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=20, headers=headers) as client:
+        first = await client.post("/api/v1/tasks", json={"kind": "demo", "title": "First", "params": {"steps": 1}})
+        assert first.status_code == 202, first.text
+        link = page.get_by_role("link", name="First", exact=True)
+        await expect(link).to_be_visible()  # listed when its event came: the list was fetched again
+        # A property of the element, not an attribute: a merge gives an element the attributes of the new list.
+        await link.evaluate("element => { element.keptMark = 'yes'; }")
+        second = await client.post("/api/v1/tasks", json={"kind": "demo", "title": "Second", "params": {"steps": 1}})
+        assert second.status_code == 202, second.text
+    await expect(page.get_by_role("link", name="Second", exact=True)).to_be_visible()
+    assert await link.evaluate("element => element.keptMark") == "yes", "the list refresh replaced the rows shown"
+    await link.click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("First")
+
+
 async def test_the_task_page_shows_its_output_lines_as_they_are_written(open_tab: OpenTab) -> None:
     """The output panel (role=log) gains each line the task writes, in order, while the page stays open."""
     tab = await open_tab()
@@ -391,13 +414,9 @@ async def test_the_task_page_shows_its_output_lines_as_they_are_written(open_tab
     await register(tab)
     steps = 16
     row = await start_demo(page, "Talking", steps=steps, step_ms=400)
-    # Opened by its row's link, followed rather than clicked: the whole list may be fetched again while the
-    # task starts (an event for a task the page did not list yet), and a click that lands while htmx swaps it
-    # is lost (seen once in CI).
-    href = await row.get_by_role("link", name="Talking", exact=True).get_attribute("href")
-    assert href is not None
-    assert href.startswith("/tasks/"), href
-    await page.goto(urljoin(page.url, href))
+    # Opened by a click on its row's link while the task starts: the row's link stays the same element through
+    # its status changes and list refreshes (a click on an element htmx swaps out is lost).
+    await row.get_by_role("link", name="Talking", exact=True).click()
     await expect(page.get_by_role("heading", level=1)).to_have_text("Talking")
     await stream_open(page)
     await page.evaluate(MARK_PAGE)

@@ -145,7 +145,7 @@ def test_scripts_and_styles_are_served_with_their_types(browser: httpx.Client) -
     html = browser.get("/").text
     types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
     urls = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
-    assert len(urls) == 5, urls  # the icon, app.css, htmx, its SSE extension, app.js
+    assert len(urls) == 6, urls  # the icon, app.css, htmx, its SSE and morph extensions, app.js
     for url in urls:
         response = browser.get(url)
         assert response.status_code == 200, url
