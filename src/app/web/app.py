@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import sys
@@ -173,6 +174,12 @@ def _structlog(settings: Settings) -> StructlogPlugin:
     )
 
 
+async def announce_start() -> None:
+    """One line once the app serves: which event loop runs it (uvloop where installed: app.web.serve)."""
+    loop = asyncio.get_running_loop()
+    structlog.get_logger("app.web").info("web.started", event_loop=f"{type(loop).__module__}.{type(loop).__name__}")
+
+
 def tune_garbage_collector() -> None:
     """Fewer, cheaper collections in the web process (once it has started).
 
@@ -340,7 +347,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=_openapi(assets),
         template_config=templates,
         debug=settings.app_env == "development" and settings.log_level.upper() == "DEBUG",
-        on_startup=[tune_garbage_collector],
+        on_startup=[tune_garbage_collector, announce_start],
         # The write engine too: advanced-alchemy's plugin disposes it only under its first state key
         # ("db_engine"); a second app in one process gets "db_engine_1" and kept its connections open.
         on_shutdown=[reads.dispose, alchemy.get_engine().dispose],

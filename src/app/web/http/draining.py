@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -37,6 +39,7 @@ class Draining:
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self._ends: set[asyncio.Future[None]] = set()
+        self._previous: dict[int, Callable[..., Any]] = {}
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -65,34 +68,46 @@ class Draining:
     async def wait(self) -> None:
         await self._event.wait()
 
-    def chain_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Run `begin` before the server's own loop signal handlers; False when there are none to chain.
+    def chain_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[tuple[int, Any]]:
+        """Run `begin` on `loop` at every stop signal, then the process's handler as before.
 
-        asyncio keeps one handler per signal and has no public getter, so the server's
-        handler is read from the loop's table. Servers that do not use loop handlers
-        (the test client, uvicorn) are left alone: their shutdown already reaches the app.
+        Servers stop on SIGTERM and SIGINT through their loop's signal handlers; the loop keeps
+        its table out of reach (asyncio in a private attribute, uvloop in C), but a Python-level
+        handler stands in front of it (asyncio's no-op beside its wake-up fd, uvloop's
+        dispatcher): that handler is wrapped here, so any loop works. Only from the main thread,
+        where signals are handled, and only over a Python handler (not the default or ignored):
+        the test client runs the app in another thread and is left alone. Returns what it
+        replaced, for `unchain_signal_handlers`.
         """
-        handlers = getattr(loop, "_signal_handlers", None)
-        if not isinstance(handlers, dict):
-            return False
-        chained = False
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        replaced: list[tuple[int, Any]] = []
         for sig in STOP_SIGNALS:
-            previous = handlers.get(sig)
-            if previous is None:
+            previous = signal.getsignal(sig)
+            if not callable(previous):
                 continue
 
-            def handle(previous: asyncio.Handle = previous) -> None:
-                self.begin()
-                previous._run()
+            def handle(signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(self.begin)
+                previous(signum, frame)
 
-            loop.add_signal_handler(sig, handle)
-            chained = True
-        return chained
+            signal.signal(sig, handle)
+            replaced.append((sig, handle))
+            self._previous[sig] = previous
+        return replaced
+
+    def unchain_signal_handlers(self, replaced: list[tuple[int, Any]]) -> None:
+        """Put back the handlers `chain_signal_handlers` wrapped, where its own are still in place."""
+        for sig, handle in replaced:
+            if signal.getsignal(sig) is handle:
+                signal.signal(sig, self._previous.pop(sig))
 
     @asynccontextmanager
     async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
-        self.chain_signal_handlers(asyncio.get_running_loop())
+        replaced = self.chain_signal_handlers(asyncio.get_running_loop())
         try:
             yield
         finally:
             self.begin()
+            self.unchain_signal_handlers(replaced)
