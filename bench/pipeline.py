@@ -220,24 +220,32 @@ out above INFO. The driver's transaction takes its connection from the pool itse
 connection as soon as it is given back: 32 submissions at once held more than its 10 connections, so
 every burst opened new backends and prepared their statements again (py-spy: asyncpg's `connect` in
 the web's samples); connections are now opened as load needs them, up to `DATABASE_POOL_SIZE +
-DATABASE_MAX_OVERFLOW`, and kept. By hand, submissions alone before and after: 2.0 -> 1.75-1.85 ms
-of web CPU a submission, 440 -> 480-540 a second. The `make bench` after (2026-12-06 02:30, on an
-Intel Xeon where the runs before were on an AMD EPYC; raw Dramatiq 2,066 and 2,041 messages/s on
-them): pipeline 195 -> 272 tasks/s end to end (10% -> 13% of raw Dramatiq), web CPU per task 2.92
--> 1.80 ms, worker 2.19 -> 1.67 ms; the peer benchmark 2.11x -> 2.46x.
+DATABASE_MAX_OVERFLOW`, and kept. Last, the web process's event loop is uvloop's (granian's `uvloop`
+extra: `litestar run` picks it, `python -m app.web.serve` makes its loop with it): about a tenth less
+CPU a request. (It needed the draining to stop reading asyncio's private table of signal handlers,
+which uvloop keeps in C: streams then held the process until its kill timeout; it now wraps the
+Python-level handler both loops leave in front of theirs.) By hand, submissions alone: 2.0 ms of web
+CPU a submission and 440 a second before the round, 1.66 ms and about 550 after it. The `make bench`
+runs (2026-12-06 02:30 without uvloop, 03:12 with it; an Intel Xeon, where the runs before were on an
+AMD EPYC: raw Dramatiq 2,041 there, 2,066 and 2,156 here): submissions alone 515 and 578 a second at
+1.88 and 1.71 ms of web CPU; pipeline 195 -> 272 -> 308 tasks/s end to end (10% -> 13% -> 14% of raw
+Dramatiq), web CPU per task 2.92 -> 1.80 -> 1.51 ms, worker 2.19 -> 1.67 -> 1.56 ms; the peer
+benchmark 2.11x -> 2.46x -> 2.77x. Tried and not kept: uvloop for the worker's Dramatiq event loop (no
+clear change in two pairs of pipeline runs).
 
-**Where the time goes after the ninth round.** Submissions alone: 515 a second at 1.88 ms of the web
+**Where the time goes after the ninth round.** Submissions alone: 578 a second at 1.71 ms of the web
 process's CPU each, so the process is at its core's limit (granian runs the app on one thread); 600
-a second would need 1.6 ms. Of its GIL-holding samples: granian and the event loop 20%; the 11
+a second would need 1.65 ms, within this machine's run-to-run noise but not measured. Of its
+GIL-holding samples (py-spy, asyncio's loop, before uvloop): granian and the event loop 20%; the 11
 middleware layers 13% (Prometheus 3.8, authentication 2.4, session 1.7, security headers, request
 id, the NUL guard, CSRF and compression about 1 each: each a feature); Litestar's routing, body
 parsing, signature and answer 23%; the handler 31%, of which the submission's transaction 10% (its
 statements, the user's lock and the cap's count under it), the broker's send 10% (Dramatiq's enqueue
-script and the wake-up PUBLISH, redis-py in a thread) and the live streams' wake-up 3%. A second web
-process serves the rest (web processes scale out; `docs/operations.md`). The pipeline's 25% of raw
-Dramatiq (about 500 tasks/s here, under 4 ms of machine CPU a task on two cores) stays out of reach
-while every task keeps its three transactions, its four event rows and their advisory locks:
-Postgres alone is 2.1-2.4 ms a task, and the web and the worker 1.7-1.8 ms each.
+script and the wake-up PUBLISH: two Redis round trips, redis-py in a thread) and the live streams'
+wake-up 3%. A second web process serves the rest (web processes scale out; `docs/operations.md`).
+The pipeline's 25% of raw Dramatiq (about 500 tasks/s here, under 4 ms of machine CPU a task on two
+cores) stays out of reach while every task keeps its three transactions, its four event rows and
+their advisory locks: Postgres alone is 2.1-2.4 ms a task, and the web and the worker 1.5-1.6 ms each.
 """
 
 

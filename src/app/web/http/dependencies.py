@@ -29,9 +29,13 @@ __all__ = ["install"]
 
 
 def _runs_inline(dependency: DependencyContainer) -> bool:
-    """A provider that never awaits: a plain function, a sync generator, or a value already cached."""
+    """A provider that never waits: a plain function or a sync generator, or a value already cached.
+
+    (Litestar counts an async generator function as a plain one: it is not, it goes to the task group.)"""
     provide = dependency.provide
-    return bool(provide.has_sync_callable) or (provide.use_cache and provide.value is not Empty)
+    if provide.use_cache and provide.value is not Empty:
+        return True
+    return bool(provide.has_sync_callable) and not provide.has_async_generator_dependency
 
 
 async def _resolve_dependencies(

@@ -26,6 +26,10 @@ log = structlog.get_logger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+Handler = Callable[[int, FrameType | None], Any]
+#: A stop signal, the handler put in front of it, and the handler that one calls.
+Chained = tuple[int, Handler, Handler]
+
 
 def end_stream(end: asyncio.Future[None]) -> None:
     """Set a stream's end (its one future, set by whichever reason comes first: see app.web.api.events)."""
@@ -39,7 +43,6 @@ class Draining:
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self._ends: set[asyncio.Future[None]] = set()
-        self._previous: dict[int, Callable[..., Any]] = {}
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -68,7 +71,7 @@ class Draining:
     async def wait(self) -> None:
         await self._event.wait()
 
-    def chain_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[tuple[int, Any]]:
+    def chain_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[Chained]:
         """Run `begin` on `loop` at every stop signal, then the process's handler as before.
 
         Servers stop on SIGTERM and SIGINT through their loop's signal handlers; the loop keeps
@@ -76,38 +79,37 @@ class Draining:
         handler stands in front of it (asyncio's no-op beside its wake-up fd, uvloop's
         dispatcher): that handler is wrapped here, so any loop works. Only from the main thread,
         where signals are handled, and only over a Python handler (not the default or ignored):
-        the test client runs the app in another thread and is left alone. Returns what it
-        replaced, for `unchain_signal_handlers`.
+        the test client runs the app in another thread and is left alone.
         """
         if threading.current_thread() is not threading.main_thread():
             return []
-        replaced: list[tuple[int, Any]] = []
+        chained: list[Chained] = []
         for sig in STOP_SIGNALS:
             previous = signal.getsignal(sig)
             if not callable(previous):
                 continue
 
-            def handle(signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
+            def handle(signum: int, frame: FrameType | None, previous: Handler = previous) -> None:
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(self.begin)
                 previous(signum, frame)
 
             signal.signal(sig, handle)
-            replaced.append((sig, handle))
-            self._previous[sig] = previous
-        return replaced
+            chained.append((sig, handle, previous))
+        return chained
 
-    def unchain_signal_handlers(self, replaced: list[tuple[int, Any]]) -> None:
+    @staticmethod
+    def unchain_signal_handlers(chained: list[Chained]) -> None:
         """Put back the handlers `chain_signal_handlers` wrapped, where its own are still in place."""
-        for sig, handle in replaced:
+        for sig, handle, previous in chained:
             if signal.getsignal(sig) is handle:
-                signal.signal(sig, self._previous.pop(sig))
+                signal.signal(sig, previous)
 
     @asynccontextmanager
     async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
-        replaced = self.chain_signal_handlers(asyncio.get_running_loop())
+        chained = self.chain_signal_handlers(asyncio.get_running_loop())
         try:
             yield
         finally:
             self.begin()
-            self.unchain_signal_handlers(replaced)
+            self.unchain_signal_handlers(chained)
