@@ -22,8 +22,6 @@ from app.web.http import dependencies
 
 pytestmark = pytest.mark.embedded
 
-LITESTARS_OWN = KwargsModel.resolve_dependencies  # what it was when this module was imported
-
 
 @pytest.fixture(autouse=True)
 def installed() -> None:
@@ -46,7 +44,7 @@ def test_plain_dependencies_are_resolved_in_the_requests_own_task() -> None:
 
         return Provide(provide, sync_to_thread=False)
 
-    @get("/", sync_to_thread=False)
+    @get("/")
     async def handler(
         first: NamedDependency[str],
         second: NamedDependency[str],
@@ -143,6 +141,9 @@ def test_a_dependencys_error_is_the_answer_and_generator_dependencies_are_cleane
 def test_the_service_resolves_dependencies_this_way(monkeypatch: pytest.MonkeyPatch) -> None:
     from app.web.app import create_app
 
-    monkeypatch.setattr(KwargsModel, "resolve_dependencies", LITESTARS_OWN)
+    async def another(self: KwargsModel, connection: object, kwargs: dict[str, Any]) -> None:
+        raise AssertionError("not the service's")
+
+    monkeypatch.setattr(KwargsModel, "resolve_dependencies", another)  # put back after the test
     create_app()
     assert KwargsModel.resolve_dependencies is dependencies._resolve_dependencies
