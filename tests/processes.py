@@ -190,7 +190,7 @@ def send_message(redis_url: str, actor_name: str, *args: Any) -> None:
     from app.workers.brokers import WakingRedisBroker
 
     queue = declared.get_actor(actor_name).queue_name
-    broker = WakingRedisBroker(url=redis_url, namespace=get_settings().redis_namespace)  # type: ignore[no-untyped-call]
+    broker = WakingRedisBroker(url=redis_url, namespace=get_settings().redis_namespace)
     try:
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=queue, actor_name=actor_name, args=args, kwargs={}, options={}

@@ -84,7 +84,7 @@ class Housekeeper:
         self.process = process
         self.metrics_url = metrics_url
         self.namespace = namespace
-        self.broker = WakingRedisBroker(url=os.environ["REDIS_URL"], namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
+        self.broker = WakingRedisBroker(url=os.environ["REDIS_URL"], namespace=namespace, middleware=[])
         self.heartbeats = RedisHeartbeats.of(os.environ["REDIS_URL"], namespace)
 
     def metrics(self) -> str:

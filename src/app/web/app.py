@@ -210,6 +210,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     dependencies.install()  # no task per dependency (see the module)
     # Imported here: it reads the settings and declares the broker for this process.
     from app.workers import broker, heartbeats
+    from app.workers.brokers import WakingRedisBroker
     from app.workers.embedded import EmbeddedWorkers
 
     assets = StaticAssets()
@@ -230,6 +231,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if settings.oidc_issuer
         else None
     )
+    broker_clients = [broker.close_loop_client] if isinstance(broker, WakingRedisBroker) else []
     embedded = [EmbeddedWorkersPlugin(EmbeddedWorkers(broker, settings), channels)] if settings.embedded_workers else []
 
     templates = TemplateConfig(
@@ -350,7 +352,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         on_startup=[tune_garbage_collector, announce_start],
         # The write engine too: advanced-alchemy's plugin disposes it only under its first state key
         # ("db_engine"); a second app in one process gets "db_engine_1" and kept its connections open.
-        on_shutdown=[reads.dispose, alchemy.get_engine().dispose],
+        # And the broker's asyncio Redis client of this loop (app.workers.brokers.enqueue_from_loop).
+        on_shutdown=[reads.dispose, alchemy.get_engine().dispose, *broker_clients],
     )
     # Not at start-up: `litestar schema openapi` builds the app without starting it (app.web.api.openapi).
     complete_when_built(app)

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import time
+import weakref
+from concurrent.futures import Executor
 from typing import Any
+from uuid import uuid4
 
 import dramatiq
 import redis
+import redis.asyncio
 import structlog
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.common import compute_backoff
+from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, Middleware
 from periodiq import PeriodiqMiddleware
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from app.config import Settings
@@ -57,7 +66,19 @@ class WakingRedisBroker(RedisBroker):
     While it waits, the consumer hands control back to Dramatiq's loop at least every worker
     timeout, and at most 0.1 s apart (LOOP_SECONDS): that loop enqueues the delayed messages
     whose time has come and sees a stop, both without a Redis command.
+
+    From an asyncio loop, `enqueue_from_loop` sends without a thread (see `enqueue_async`).
     """
+
+    def __init__(self, *, url: str | None = None, client: redis.Redis | None = None, **options: Any) -> None:
+        if client is None and url is not None:
+            client = _redis_client(url)
+        super().__init__(client=client, **options)  # type: ignore[no-untyped-call]
+        self.url = url  # for the asyncio clients; a broker made from a client alone sends from threads only
+        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._unpack_size: int | None = None
 
     @property
     def consumer_class(self) -> type[Consumer]:
@@ -73,6 +94,94 @@ class WakingRedisBroker(RedisBroker):
         except redis.RedisError as exc:  # the message is in Redis: the worker's next poll finds it
             log.warning("broker.wake_failed", queue=enqueued.queue_name, error=str(exc))
         return enqueued
+
+    async def enqueue_async(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        """`enqueue` for a caller on an asyncio loop: the same message in Redis, one round trip, no thread.
+
+        Dramatiq's brokers block, so a send from the web's loop went to a thread: with its two
+        Redis round trips and the hand-over of the GIL between the loop and the sending thread,
+        it was half of a task submission's CPU (docs/benchmarks.md). This does what
+        `RedisBroker.enqueue` does (a Redis message id of its own, the delay queue and the eta,
+        the middleware's enqueue hooks, Dramatiq's dispatch script with its arguments) on an
+        asyncio client of this loop, and sends the wake-up in the same pipeline.
+        tests/test_workers.py checks that a worker runs what it sends, now and delayed.
+        """
+        message = message.copy(options={"redis_message_id": str(uuid4())})
+        queue_name = message.queue_name
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+        if self._unpack_size is None:  # Dramatiq asks Redis once per process (a blocking call): not on the loop
+            self._unpack_size = await asyncio.get_running_loop().run_in_executor(None, self._max_unpack_size)
+        self.emit_before("enqueue", message, delay)
+        # The arguments of Dramatiq's `RedisBroker._dispatch` for its "enqueue" command.
+        arguments = [
+            "enqueue",
+            current_millis(),
+            queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            self._should_do_maintenance("enqueue"),
+            self._unpack_size,
+            message.options["redis_message_id"],
+            message.encode(),
+        ]
+        script = self.scripts["dispatch"]
+        client = self.loop_client()
+        for attempt in (1, 2):
+            async with client.pipeline(transaction=False) as pipeline:
+                pipeline.evalsha(script.sha, 1, self.namespace, *arguments)
+                pipeline.publish(self.wake_channel(queue_name), b"")
+                sent, woke = await pipeline.execute(raise_on_error=False)
+            if not isinstance(sent, NoScriptError) or attempt == 2:
+                break
+            await client.script_load(script.script)  # a Redis that restarted has forgotten it
+        if isinstance(sent, Exception):
+            raise sent
+        if isinstance(woke, Exception):  # the message is in Redis: the worker's next poll finds it
+            log.warning("broker.wake_failed", queue=queue_name, error=str(woke))
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def loop_client(self) -> redis.asyncio.Redis:
+        """This loop's asyncio Redis client (a client belongs to the loop it was made on)."""
+        loop = asyncio.get_running_loop()
+        client = self._loop_clients.get(loop)
+        if client is None:
+            if self.url is None:
+                raise RuntimeError("WakingRedisBroker(url=...) is needed to send from an asyncio loop")
+            client = self._loop_clients[loop] = _async_redis_client(self.url)
+        return client
+
+    async def close_loop_client(self) -> None:
+        """Close this loop's client, if it made one: call before the loop ends."""
+        client = self._loop_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+
+async def enqueue_from_loop(
+    broker: dramatiq.Broker,
+    message: dramatiq.Message[Any],
+    *,
+    delay: int | None = None,
+    executor: Executor | None = None,
+) -> dramatiq.Message[Any]:
+    """Send `message` on `broker` from an asyncio loop without blocking it.
+
+    On Redis without a thread (`WakingRedisBroker.enqueue_async`); in memory (embedded) at once,
+    which blocks nothing; on RabbitMQ, whose client blocks, in a thread of `executor` with the
+    caller's context variables (its log context). A caller that is cancelled stops waiting, but
+    the send runs to its end: a message sent after its task's commit is still sent.
+    """
+    if isinstance(broker, WakingRedisBroker) and broker.url is not None:
+        return await asyncio.shield(broker.enqueue_async(message, delay=delay))
+    if isinstance(broker, StubBroker):
+        enqueued: dramatiq.Message[Any] = broker.enqueue(message, delay=delay)
+        return enqueued
+    call = functools.partial(contextvars.copy_context().run, broker.enqueue, message, delay=delay)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
 
 
 class _WakingConsumer(_RedisConsumer):
@@ -185,7 +294,7 @@ def build_broker(settings: Settings, heartbeats: HeartbeatStore) -> dramatiq.Bro
     elif url.startswith(("amqp://", "amqps://")):
         broker = RabbitmqBroker(url=url, confirm_delivery=True)
     else:
-        broker = WakingRedisBroker(client=_redis_client(url), namespace=settings.redis_namespace)  # type: ignore[no-untyped-call]
+        broker = WakingRedisBroker(url=url, namespace=settings.redis_namespace)
     for middleware in extra:
         broker.add_middleware(middleware)
     # A consumer that lost the broker tries again after this long (Dramatiq: 3 s): with Redis back,
@@ -203,6 +312,17 @@ def _redis_client(url: str) -> redis.Redis:
         socket_timeout=10,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+    )
+
+
+def _async_redis_client(url: str) -> redis.asyncio.Redis:
+    """`_redis_client` for an asyncio loop."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
     )
 
 

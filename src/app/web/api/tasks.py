@@ -32,12 +32,12 @@ from app.web.api.openapi import ResultDownload
 from app.web.api.task_waits import requested_wait, wait_for_end
 from app.web.http.audit import audit_context
 from app.web.http.auth import requires_user
-from app.web.http.blocking import in_thread
+from app.web.http.blocking import in_thread, threads
 from app.web.http.downloads import task_result
 from app.web.http.draining import Draining
 from app.web.http.errors import BreaksARule, Conflicting, TooMany
 from app.web.http.task_filters import TASK_QUERY
-from app.workers.actors.tasks import send_new_task, send_task
+from app.workers.actors.tasks import send_new_task_from_loop, send_task_from_loop
 from app.workers.actors.webhooks import queue_delivery
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
@@ -122,9 +122,9 @@ class TasksController(Controller):
             body, created = await service.create(request.user, data, idempotency_key)
         # Committed: the task exists before its message does.
         if created:
-            # The message first (the broker client blocks: in a thread), so the worker can start on
-            # the task while this process wakes the task's live streams.
-            await in_thread(send_new_task, body)
+            # The message first, so the worker can start on the task while this process wakes the
+            # task's live streams.
+            await send_new_task_from_loop(body, threads)
             await service.events.publish(publisher)
         headers = {"Location": f"/api/v1/tasks/{body.id}"}
         if seconds := requested_wait(prefer):
@@ -242,7 +242,7 @@ class TasksController(Controller):
         await service.events.publish(publisher)
         if old_artifact:
             await artifacts.delete(old_artifact)
-        await in_thread(send_task, *task_message_args(task))
+        await send_task_from_loop(*task_message_args(task), executor=threads)
         return body
 
     @delete(

@@ -30,11 +30,11 @@ from app.domain.tasks.schemas import task_out
 from app.domain.tasks.services import TaskService, task_message_args
 from app.domain.tasks.stats import count_by_status, list_tasks, load_by_user, task_owner
 from app.web.http.audit import audit_context
-from app.web.http.blocking import in_thread
+from app.web.http.blocking import in_thread, threads
 from app.web.http.metrics import queue_depth
 from app.web.pages.rendering import field_errors, form_data, fragment, go, is_htmx, page, requires_admin, say
 from app.workers.actors.notifications import send_broadcast
-from app.workers.actors.tasks import send_task
+from app.workers.actors.tasks import send_task_from_loop
 from app.workers.heartbeat import HeartbeatStore
 
 USERS_SHOWN = 50
@@ -172,7 +172,7 @@ class AdminPages(Controller):
         await service.events.publish(publisher)
         if old_artifact:
             await artifacts.delete(old_artifact)
-        await in_thread(send_task, *message_args)
+        await send_task_from_loop(*message_args, executor=threads)
         if is_htmx(request):
             return Response(content="", media_type="text/html", status_code=200)  # the failed task's row goes away
         return go(request, "/admin", f"Trying “{title}” again.")

@@ -26,7 +26,7 @@ from app.domain.tasks.models import Task
 from app.domain.tasks.schemas import TaskRequest, task_out
 from app.domain.tasks.services import TaskService, task_message_args
 from app.web.http.audit import audit_context
-from app.web.http.blocking import in_thread
+from app.web.http.blocking import threads
 from app.web.http.downloads import task_result
 from app.web.pages.rendering import (
     field_errors,
@@ -42,7 +42,7 @@ from app.web.pages.rendering import (
 from app.web.pages.task_forms import param_fields, read_params, read_run_at
 from app.web.pages.task_list import filter_form, task_list
 from app.web.pages.task_webhooks import webhook_context
-from app.workers.actors.tasks import send_new_task, send_task
+from app.workers.actors.tasks import send_new_task_from_loop, send_task_from_loop
 
 #: The task page shows this many of a task's newest output lines (and keeps as many as they come live).
 LOG_LINES_SHOWN = 200
@@ -141,7 +141,7 @@ class TaskPages(Controller):
                 await db_session.commit()  # the task exists before its message does
                 if created:
                     await service.events.publish(publisher)
-                    await in_thread(send_new_task, task)
+                    await send_new_task_from_loop(task, threads)
                 message = f"Started “{task.title}”."
                 if task.run_at is not None:
                     message = f"“{task.title}” starts at {task.run_at:%Y-%m-%d %H:%M:%S} UTC."
@@ -283,7 +283,7 @@ class TaskPages(Controller):
         await service.events.publish(publisher)
         if old_artifact:
             await artifacts.delete(old_artifact)
-        await in_thread(send_task, *message_args)
+        await send_task_from_loop(*message_args, executor=threads)
         return await self._after_action(request, task_id, db_session, settings, view, f"Trying “{title}” again.")
 
     @post("/tasks/{task_id:uuid}/delete")

@@ -12,6 +12,7 @@ nothing: the worker that ends one of that owner's tasks claims the next.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor
 from datetime import timedelta
 
 import anyio
@@ -29,6 +30,7 @@ from app.domain.tasks.schemas import TaskOut
 from app.domain.tasks.services import task_message_args
 from app.workers.actors.mail import queue_notification_email
 from app.workers.actors.webhooks import queue_delivery
+from app.workers.brokers import enqueue_from_loop
 from app.workers.context import async_actor
 from app.workers.errors import BROKER_DOWN
 from app.workers.heartbeat import current_worker_id
@@ -88,27 +90,49 @@ async def run_task(task_id: str | None = None, attempt: int | None = None) -> No
 def send_task(task_id: str | None, attempt: int | None = None, *, delay: timedelta | None = None) -> bool:
     """Send a turn (for a committed task, if named); False when the broker is unreachable (the sweeper re-sends)."""
     try:
-        run_task.send_with_options(
-            args=(task_id, attempt), delay=int(delay.total_seconds() * 1000) if delay is not None else None
-        )
+        run_task.send_with_options(args=(task_id, attempt), delay=_milliseconds(delay))
     except BROKER_DOWN:  # the Redis broker raises redis' own errors
         log.warning("task.send_failed", task_id=task_id, attempt=attempt)
         return False
     return True
 
 
-def send_new_task(task: TaskOut) -> bool:
+async def send_task_from_loop(
+    task_id: str | None, attempt: int | None = None, *, delay: timedelta | None = None, executor: Executor | None = None
+) -> bool:
+    """`send_task` for a caller on an asyncio loop (the web's): no thread on Redis (`enqueue_from_loop`)."""
+    try:
+        await enqueue_from_loop(
+            run_task.broker, run_task.message(task_id, attempt), delay=_milliseconds(delay), executor=executor
+        )
+    except BROKER_DOWN:
+        log.warning("task.send_failed", task_id=task_id, attempt=attempt)
+        return False
+    return True
+
+
+async def send_new_task_from_loop(task: TaskOut, executor: Executor | None = None) -> bool:
     """The turn of a task just submitted: now, or at its `run_at` when that is within DELAY_HORIZON.
 
     A later one gets its turn from the sweep as its time comes (`TaskKeeper.coming_due`), so no
     message waits on the broker for days; a turn lost meanwhile is made up by the sweep as for any task.
     """
+    due, delay = _first_turn(task)
+    return await send_task_from_loop(*task_message_args(task), delay=delay, executor=executor) if due else True
+
+
+def _first_turn(task: TaskOut) -> tuple[bool, timedelta | None]:
+    """Whether a new task's turn is sent now, and its delay (to its `run_at`)."""
     if task.run_at is None:
-        return send_task(*task_message_args(task))
+        return True, None
     wait = task.run_at - utcnow()  # a claim may take it from then on, on the claimer's clock
     if wait > DELAY_HORIZON:
-        return True
-    return send_task(*task_message_args(task), delay=max(wait, timedelta(0)))
+        return False, None
+    return True, max(wait, timedelta(0))
+
+
+def _milliseconds(delay: timedelta | None) -> int | None:
+    return int(delay.total_seconds() * 1000) if delay is not None else None
 
 
 def send_turns(count: int) -> int:
