@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from app.config import get_settings
 from app.domain.database import create_engine
 from app.domain.driver import Transaction, transaction, writing
+from app.domain.notifications import events as events_module
 from app.domain.notifications.events import EventLog
 
 pytestmark = pytest.mark.services
@@ -145,3 +146,51 @@ async def _count_events(engine: AsyncEngine, user_id: uuid.UUID) -> int:
     async with engine.connect() as connection:
         count = await connection.scalar(text("SELECT count(*) FROM event WHERE user_id = :u"), {"u": user_id})
     return int(count or 0)
+
+
+async def test_locks_taken_with_the_begin_hold_until_the_end_and_a_failure_after_them_writes_nothing(
+    engine: AsyncEngine,
+) -> None:
+    """`EventLog.lock` on a driver transaction sends BEGIN and the user's locks in one round trip: the
+    transaction is one (what follows is rolled back with it), and the locks are held until it ends."""
+    user_id = await _new_user(engine)
+    others = create_engine(get_settings())
+
+    async def lock_is_free() -> bool:
+        async with others.connect() as connection:
+            keys = events_module._lock_keys(user_id)
+            taken = await connection.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:space, :key)"), {"space": keys["space"], "key": keys["key"]}
+            )
+            await connection.rollback()
+        return bool(taken)
+
+    try:
+        async with transaction(engine) as tx:
+            await EventLog(tx).lock(user_id)
+            assert not await lock_is_free()
+            await EventLog(tx).record("probe.locked", {}, user_id=user_id)
+            assert not await lock_is_free()
+        assert await lock_is_free()
+        assert await _count_events(engine, user_id) == 1
+
+        async def failing() -> None:
+            async with transaction(engine) as tx:
+                await EventLog(tx).lock(user_id)
+                await EventLog(tx).record("probe.undone", {}, user_id=user_id)
+                raise RuntimeError("the block fails after the locks and an event")
+
+        with pytest.raises(RuntimeError):
+            await failing()
+        assert await lock_is_free()
+        assert await _count_events(engine, user_id) == 1
+
+        async with transaction(engine):  # a block that runs nothing sends nothing, and ends cleanly
+            pass
+        async with transaction(engine) as tx:  # the locks after a statement: BEGIN went with the statement
+            await tx.execute(text("SELECT 1"))
+            await EventLog(tx).lock(user_id)
+            assert not await lock_is_free()
+        assert await lock_is_free()
+    finally:
+        await others.dispose()

@@ -7,7 +7,8 @@ client CPU through an AsyncSession and 0.55 ms straight through asyncpg (docs/be
 issue 19). Every task costs three: its submission, its claim and its end.
 
 `transaction(engine)` takes a connection from the engine's pool (checked as any checkout
-is) and runs an asyncpg transaction on it; `Transaction.execute` runs the same Core
+is) and runs a transaction on it (BEGIN in the round trip of its first statement where it
+can: `Transaction.begin_with`); `Transaction.execute` runs the same Core
 statements a session would, compiled once per statement object: the SQL SQLAlchemy would
 send (`$n` parameters with their casts), the parameters' order, and the bind and result
 processors of their types (JSON, GUID, DateTimeUTC...), so values go in and come out as
@@ -112,11 +113,28 @@ class Transaction:
         self._driver: Any = connection.driver_connection
         self._dialect = dialect
         self.rolled_back = False
+        self._begun = False  # BEGIN goes with the first statement's round trip where it can (`begin_with`)
+
+    async def begin_with(self, sql: str) -> None:
+        """Run `sql`, statements without parameters (such as taking advisory locks); when the transaction
+        has not begun yet, BEGIN goes in the same round trip (Postgres' simple query protocol: a round trip
+        was a tenth of a task submission's CPU). `sql` is the caller's own text: no value from outside."""
+        if self._begun:
+            await self._run(sql, (), self._driver.execute(sql))
+            return
+        self._begun = True
+        await self._run(sql, (), self._driver.execute(f"BEGIN; {sql}"))
+
+    async def _begin(self) -> None:
+        self._begun = True
+        await self._run("BEGIN", (), self._driver.execute("BEGIN"))
 
     async def execute(
         self, statement: Executable, parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] = _NO_PARAMETERS
     ) -> Rows:
         """Run `statement` with `parameters` (a mapping; a list of them: once per item, no rows returned)."""
+        if not self._begun:
+            await self._begin()
         if isinstance(parameters, Mapping):
             compiled = _compile(statement, self._dialect, ())
             arguments = self._arguments(compiled, parameters)
@@ -197,23 +215,22 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Transaction]:
     """
     # From the pool itself: the checkout's events and checks run, without the Connection and
     # AsyncConnection that `engine.connect()` wraps around it (3% of a submission's CPU).
+    # BEGIN is sent with the block's first statement (`Transaction.begin_with`) or before it.
     connection = await greenlet_spawn(engine.sync_engine.pool.connect)
     try:
         tx = Transaction(connection, engine.dialect)
         driver = tx._driver
-        started = driver.transaction()
         try:
-            await tx._run("BEGIN", (), started.start())
             try:
                 yield tx
             except BaseException:
-                with contextlib.suppress(BaseException):  # the block's error is the one raised
-                    await started.rollback()
+                if driver.is_in_transaction():
+                    with contextlib.suppress(BaseException):  # the block's error is the one raised
+                        await driver.execute("ROLLBACK")
                 raise
-            if tx.rolled_back:
-                await tx._run("ROLLBACK", (), started.rollback())
-            else:
-                await tx._run("COMMIT", (), started.commit())
+            if driver.is_in_transaction():
+                end = "ROLLBACK" if tx.rolled_back else "COMMIT"
+                await tx._run(end, (), driver.execute(end))
         finally:
             if driver.is_in_transaction() and connection.is_valid:
                 await greenlet_spawn(connection.invalidate)

@@ -44,7 +44,7 @@ from sqlalchemy.dialects.postgresql import BIT
 from sqlalchemy.sql.dml import ReturningInsert
 
 from app.domain.clock import utcnow
-from app.domain.driver import Executor, is_postgres, orm_session
+from app.domain.driver import Executor, Transaction, is_postgres, orm_session
 from app.domain.notifications.models import Event
 
 #: Arbitrary constant naming the advisory lock that orders events for everyone against all others.
@@ -62,6 +62,17 @@ def _lock_keys(user_id: UUID | None) -> dict[str, int]:
     if user_id is None:
         return {"everyone": EVENT_ORDER_LOCK}
     return {"everyone": EVENT_ORDER_LOCK, "space": USER_EVENT_LOCKS, "key": _user_lock_key(user_id)}
+
+
+def _locks_sql(user_id: UUID | None) -> str:
+    """`_USER_LOCKS` (or `_EVERYONE_LOCK`) with its keys written in: integers of this module, no outside value."""
+    everyone = int(EVENT_ORDER_LOCK)
+    if user_id is None:
+        return f"SELECT pg_advisory_xact_lock({everyone}::bigint)"
+    return (
+        f"SELECT pg_advisory_xact_lock_shared({everyone}::bigint), "
+        f"pg_advisory_xact_lock({int(USER_EVENT_LOCKS)}, {int(_user_lock_key(user_id))})"
+    )
 
 
 def user_lock_expressions(user_id: Any) -> tuple[Any, Any]:
@@ -358,7 +369,9 @@ class EventLog:
         SQLite has one writer at a time: there, this begins the transaction's write now, so
         the check and the writes go together before any other writer's.
         """
-        if self.postgres:
+        if isinstance(self.session, Transaction):  # with the transaction's BEGIN, in one round trip
+            await self.session.begin_with(_locks_sql(user_id))
+        elif self.postgres:
             locks = _TAKE_EVERYONE_LOCK if user_id is None else _TAKE_USER_LOCKS
             await self.session.execute(locks, _lock_keys(user_id))
         else:
