@@ -233,19 +233,36 @@ Dramatiq), web CPU per task 2.92 -> 1.80 -> 1.51 ms, worker 2.19 -> 1.67 -> 1.56
 benchmark 2.11x -> 2.46x -> 2.77x. Tried and not kept: uvloop for the worker's Dramatiq event loop (no
 clear change in two pairs of pipeline runs).
 
-**Where the time goes after the ninth round.** Submissions alone: 578 a second at 1.71 ms of the web
-process's CPU each, so the process is at its core's limit (granian runs the app on one thread); 600
-a second would need 1.65 ms, within this machine's run-to-run noise but not measured. Of its
-GIL-holding samples (py-spy, asyncio's loop, before uvloop): granian and the event loop 20%; the 11
-middleware layers 13% (Prometheus 3.8, authentication 2.4, session 1.7, security headers, request
-id, the NUL guard, CSRF and compression about 1 each: each a feature); Litestar's routing, body
-parsing, signature and answer 23%; the handler 31%, of which the submission's transaction 10% (its
-statements, the user's lock and the cap's count under it), the broker's send 10% (Dramatiq's enqueue
-script and the wake-up PUBLISH: two Redis round trips, redis-py in a thread) and the live streams'
-wake-up 3%. A second web process serves the rest (web processes scale out; `docs/operations.md`).
-The pipeline's 25% of raw Dramatiq (about 500 tasks/s here, under 4 ms of machine CPU a task on two
-cores) stays out of reach while every task keeps its three transactions, its four event rows and
-their advisory locks: Postgres alone is 2.1-2.4 ms a task, and the web and the worker 1.5-1.6 ms each.
+**Tenth round (2026-12-06, an AMD EPYC again): the broker send's thread.** py-spy's `--gil` view
+had put the send at a tenth of the web's samples, but it ran in a thread whose time is mostly spent
+without the GIL: taken out altogether (a trial, not a change), a submission cost 0.88-1.07 ms of web
+CPU instead of 1.93-2.08 ms, and run blocking on the loop itself 1.34-1.70 ms. So about half of a
+submission was the send: its two Redis round trips (Dramatiq's enqueue script, then the wake-up
+PUBLISH), the executor's hand-over to a thread and back, and the GIL passed between that thread and
+the busy loop. The web now sends from its loop without a thread (`enqueue_from_loop`,
+`WakingRedisBroker.enqueue_async`): the message is built and passed through the middleware's enqueue
+hooks as Dramatiq's `enqueue` does, and Dramatiq's dispatch script and the wake-up go in one pipeline
+on an asyncio Redis client (a script that Redis forgot, after a restart, is loaded again; the send
+runs to its end if the request is cancelled; RabbitMQ's blocking client still gets a thread). Second,
+`py-spy --native` showed where asyncpg's own time went: the socket write of each statement (on this
+virtual machine a round trip costs more CPU than its statement's encoding), so a driver transaction
+now sends BEGIN together with the user's advisory locks, one simple query instead of two round trips
+(measured A/B in one process: 312-350 -> 250-302 us of client CPU for a transaction of the locks and
+one statement). By hand, submissions alone: 1.75-2.1 ms of web CPU a submission and 470-625 a second
+before the round, 1.22-1.44 ms and 646-771 a second after it (this machine's runs vary by a fifth).
+
+**Where the time goes after the tenth round.** Submissions alone: the process is at its core's limit
+(granian runs the app on one thread). Of its GIL-holding samples (py-spy, uvloop): granian and the
+event loop a third; the middleware layers about a fifth (each a feature: Prometheus, sessions,
+authentication, CSRF, compression, security headers, request ids, the NUL guard); Litestar's
+routing, body parsing, signature and answer about a tenth; the handler 40%, of which the
+submission's transaction 25% (three round trips: BEGIN with the user's locks, the statement that
+counts under the cap and writes the task and its event, COMMIT), the broker's send 9% (one round
+trip) and the live streams' wake-up 4%. A second web process serves more (web processes scale out;
+`docs/operations.md`). The pipeline's 25% of raw Dramatiq (about 500 tasks/s here, under 4 ms of
+machine CPU a task on two cores) stays out of reach while every task keeps its three transactions,
+its four event rows and their advisory locks: Postgres alone is 2-3 ms a task, and the web and the
+worker about 1.5-2 ms each.
 """
 
 
