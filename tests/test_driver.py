@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
-from sqlalchemy import text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from app.config import get_settings
-from app.domain.database import create_engine
+from app.domain.accounts.models import User
+from app.domain.database import create_engine, create_read_engine, read
 from app.domain.driver import Transaction, transaction, writing
 from app.domain.notifications import events as events_module
 from app.domain.notifications.events import EventLog
@@ -194,3 +195,36 @@ async def test_locks_taken_with_the_begin_hold_until_the_end_and_a_failure_after
         assert await lock_is_free()
     finally:
         await others.dispose()
+
+
+async def test_a_read_after_the_servers_connections_were_cut_runs_again_on_a_new_one(migrated: None) -> None:
+    """`read` goes straight through asyncpg where it can: when every pooled connection was cut (a server
+    restart), the first read's failure discards them all and it runs once more on a new one; reads give the
+    values a session would, and a statement whose SQL changes with its values (an expanding IN) still reads."""
+    settings = msgspec.structs.replace(get_settings(), database_pool_size=3)
+    reads = create_read_engine(settings)
+    admin = create_engine(get_settings())
+    try:
+        user_id = await _new_user(admin)
+        by_id = select(User.id, User.created_at).where(User.id == bindparam("user_id"))
+        expanding = select(User.id).where(User.id.in_(bindparam("ids", expanding=True)))
+
+        async def pooled_pids() -> set[int]:
+            rows = await asyncio.gather(
+                *(read(reads, text("SELECT pg_backend_pid(), pg_sleep(0.2)")) for _ in range(3))
+            )
+            return {int(row[0][0]) for row in rows}
+
+        pids = await pooled_pids()
+        assert len(pids) == 3
+        async with admin.connect() as connection:
+            for pid in pids:
+                await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        ((found, created_at),) = await read(reads, by_id, {"user_id": user_id})
+        assert found == user_id
+        assert created_at.tzinfo is not None
+        assert not (await pooled_pids()) & pids  # none of the cut connections was handed out again
+        assert [row[0] for row in await read(reads, expanding, {"ids": [user_id, uuid.uuid4()]})] == [user_id]
+    finally:
+        await reads.dispose()
+        await admin.dispose()

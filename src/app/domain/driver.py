@@ -57,14 +57,32 @@ _compiled: dict[tuple[int, tuple[str, ...]], _Compiled] = {}
 
 
 def _compile(statement: Any, dialect: Dialect, keys: tuple[str, ...]) -> _Compiled:
+    compiled = _compile_or_none(statement, dialect, keys)
+    if compiled is None:
+        raise ValueError(f"not a statement for the driver (expanding or Python-side defaults): {statement}")
+    return compiled
+
+
+#: Statements that are not for the driver, by id (kept, so that the id is not reused meanwhile).
+_refused: dict[int, Any] = {}
+
+
+def _compile_or_none(statement: Any, dialect: Dialect, keys: tuple[str, ...]) -> _Compiled | None:
+    """The compiled form, or None for a statement whose SQL changes with its values (an expanding IN) or
+    that needs Python-side defaults: those go through SQLAlchemy."""
     key = (id(statement), keys)
     found = _compiled.get(key)
     if found is not None and found.statement is statement:
         return found
+    if _refused.get(id(statement)) is statement:
+        return None
     compiled = statement.compile(dialect=dialect, column_keys=list(keys) or None)
     sql = compiled.string
     if "POSTCOMPILE" in sql or getattr(compiled, "insert_prefetch", None):
-        raise ValueError(f"not a statement for the driver (expanding or Python-side defaults): {sql[:200]}")
+        if len(_refused) >= _CACHE_SIZE:
+            _refused.clear()
+        _refused[id(statement)] = statement
+        return None
     names = tuple(compiled.positiontup or ())
     binds = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
     results = tuple(
@@ -139,18 +157,7 @@ class Transaction:
             compiled = _compile(statement, self._dialect, ())
             arguments = self._arguments(compiled, parameters)
             records = await self._run(compiled.sql, arguments, self._driver.fetch(compiled.sql, *arguments))
-            results = compiled.results
-            if results and len(results) == (len(records[0]) if records else 0):
-                rows = [
-                    tuple(
-                        value if process is None else process(value)
-                        for process, value in zip(results, record, strict=True)
-                    )
-                    for record in records
-                ]
-            else:
-                rows = [tuple(record) for record in records]
-            return Rows(rows)
+            return Rows(_processed(compiled, records))
         if not parameters:
             return Rows([])
         compiled = _compile(statement, self._dialect, tuple(parameters[0]))
@@ -170,17 +177,70 @@ class Transaction:
 
     @staticmethod
     def _arguments(compiled: _Compiled, parameters: Mapping[str, Any]) -> list[Any]:
-        values = {**compiled.defaults, **parameters} if compiled.defaults else parameters
-        return [
-            values[name] if process is None else process(values[name])
-            for name, process in zip(compiled.names, compiled.binds, strict=True)
-        ]
+        return _arguments(compiled, parameters)
 
     async def _run(self, sql: str, arguments: Any, call: Any) -> Any:
         try:
             return await call
         except Exception as exc:
             raise await _translated(self._connection, self._dialect, sql, arguments, exc) from exc
+
+
+def _arguments(compiled: _Compiled, parameters: Mapping[str, Any]) -> list[Any]:
+    values = {**compiled.defaults, **parameters} if compiled.defaults else parameters
+    return [
+        values[name] if process is None else process(values[name])
+        for name, process in zip(compiled.names, compiled.binds, strict=True)
+    ]
+
+
+def _processed(compiled: _Compiled, records: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """asyncpg's records as tuples of the values a session would give (its types' result processors)."""
+    results = compiled.results
+    if results and len(results) == (len(records[0]) if records else 0):
+        return [
+            tuple(value if process is None else process(value) for process, value in zip(results, record, strict=True))
+            for record in records
+        ]
+    return [tuple(record) for record in records]
+
+
+async def fetch(
+    engine: AsyncEngine, statement: Executable, parameters: Mapping[str, Any] | None
+) -> list[tuple[Any, ...]] | None:
+    """The rows of one statement on a connection of `engine`'s pool, outside any transaction (for an
+    autocommit read engine: app.domain.database.read); None when the statement is not for the driver.
+
+    A connection that broke raises SQLAlchemy's error marked `connection_invalidated`, and the pool
+    then discards every connection it made before (as SQLAlchemy's own execution does), so a read run
+    again gets a new one. A read cut off mid-statement (a cancel) does not give its connection back.
+    """
+    if _refused.get(id(statement)) is statement:
+        return None
+    connection = await greenlet_spawn(engine.sync_engine.pool.connect)
+    finished = False
+    try:
+        # Compiled once a connection is out: the first one sets the dialect from the server's settings
+        # (how a string literal is escaped, as in LIKE ... ESCAPE '\').
+        compiled = _compile_or_none(statement, engine.dialect, ())
+        if compiled is None:
+            finished = True
+            return None
+        arguments = _arguments(compiled, parameters or _NO_PARAMETERS)
+        try:
+            records = await connection.driver_connection.fetch(compiled.sql, *arguments)  # type: ignore[union-attr]
+        except Exception as exc:
+            finished = True
+            error = await _translated(connection, engine.dialect, compiled.sql, arguments, exc)
+            if isinstance(error, DBAPIError) and error.connection_invalidated:
+                engine.sync_engine.pool._invalidate(connection, exc)  # and every connection made before it
+            raise error from exc
+        finished = True
+    finally:
+        if not finished and connection.is_valid:  # cancelled mid-statement: its connection is not reused
+            await _to_completion(greenlet_spawn(connection.invalidate))
+        await _to_completion(greenlet_spawn(connection.close))
+    return _processed(compiled, records)
 
 
 async def _translated(
