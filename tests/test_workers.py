@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.domain.notifications.events import EventLog
 from app.domain.notifications.models import Event
 from app.workers import broker
-from app.workers.brokers import WakingRedisBroker, enqueue_from_loop
+from app.workers.brokers import LOOP_CONNECTIONS, WakingRedisBroker, enqueue_from_loop
 from app.workers.schedules import periodic_actors, run_schedules
 
 
@@ -121,6 +121,34 @@ def test_a_delayed_message_starts_on_time_whatever_the_poll(how: str) -> None:
                 time.sleep(0.005)
             lateness.append(started[-1] - due)
         assert max(lateness) < 0.5, f"started {lateness} s after their time"
+
+
+@pytest.mark.services
+def test_a_burst_of_sends_from_a_loop_shares_a_few_connections_and_loses_none() -> None:
+    """500 sends at once from one event loop (a burst of submissions) reach Redis over at most LOOP_CONNECTIONS
+    connections, waiting for one when all are busy, and every message is in the queue."""
+    from tests.processes import redis_server
+
+    with redis_server() as server:
+        client = redis.Redis.from_url(server.url)
+        broker = WakingRedisBroker(url=server.url, namespace="burst")
+        actor = dramatiq.actor(lambda: None, actor_name="burst_test", queue_name="burst-test", broker=broker)
+
+        async def burst() -> int:
+            before = len(client.client_list())  # this test's client and the broker's own
+            try:
+                await asyncio.gather(*(enqueue_from_loop(broker, actor.message()) for _ in range(500)))
+                return len(client.client_list()) - before  # the loop's connections, still open in its pool
+            finally:
+                await broker.close_loop_client()
+
+        try:
+            actor.send()  # the broker's blocking client connects, as in a web process
+            connections = asyncio.run(burst())
+            assert 1 <= connections <= LOOP_CONNECTIONS
+            assert client.llen("burst:burst-test") == 501
+        finally:
+            broker.close()
 
 
 @pytest.mark.services

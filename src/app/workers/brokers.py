@@ -50,6 +50,11 @@ CONSUMER_RESTART_SECONDS = 1.0
 IDLE_FETCH_MIN_SECONDS = 1.0
 #: The longest an idle consumer waits before Dramatiq's loop runs again (delayed messages come due, a stop).
 LOOP_SECONDS = 0.1
+#: Connections of one event loop's broker client (sends from the web's loop: `enqueue_from_loop`); a send
+#: is one round trip, so a few serve hundreds of submissions a second. As many as the web's blocking threads
+#: that sent before (app.web.http.blocking).
+LOOP_CONNECTIONS = 40
+LOOP_CONNECTION_WAIT_SECONDS = 10.0
 
 
 class WakingRedisBroker(RedisBroker):
@@ -316,14 +321,19 @@ def _redis_client(url: str) -> redis.Redis:
 
 
 def _async_redis_client(url: str) -> redis.asyncio.Redis:
-    """`_redis_client` for an asyncio loop."""
-    return redis.asyncio.Redis.from_url(
+    """`_redis_client` for an asyncio loop, with at most LOOP_CONNECTIONS connections: a send waits up to
+    LOOP_CONNECTION_WAIT_SECONDS for one (then fails as a broker out of reach does), so a burst of
+    submissions, or a Redis that answers slowly, is not met with a new connection per request."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
+        max_connections=LOOP_CONNECTIONS,
+        timeout=LOOP_CONNECTION_WAIT_SECONDS,
         socket_connect_timeout=2,
         socket_timeout=10,
         health_check_interval=30,
         retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
     )
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 def _worker_metrics(settings: Settings) -> WorkerMetrics | None:
