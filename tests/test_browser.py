@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import httpx
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import Locator, Page, Route, expect
 
 from tests.accounts import PASSWORD, new_identity, operator_cli
 from tests.servers import LiveServer
@@ -405,6 +405,52 @@ async def test_a_list_refresh_keeps_the_rows_already_shown_in_place(open_tab: Op
     assert await link.evaluate("element => element.keptMark") == "yes", "the list refresh replaced the rows shown"
     await link.click()
     await expect(page.get_by_role("heading", level=1)).to_have_text("First")
+
+
+async def test_a_list_refresh_rendered_before_what_a_row_shows_does_not_step_it_back(open_tab: OpenTab) -> None:
+    """A list refresh can be rendered before an event that its row has already shown (the refresh was on its way
+    when the event came): merged into the page, it leaves that row as it is, so the bar never steps back. The
+    late refresh is made here by serving the list as it was rendered at the task's start."""
+    tab = await open_tab()
+    page = tab.page
+    await register(tab)
+    row = await start_demo(page, "Steady", steps=40, step_ms=250)
+    progress = bar(row)
+    await expect(row.locator(".status")).to_have_text("running")
+    await expect(progress).not_to_have_attribute("aria-valuenow", "0")
+    list_url = await page.locator("#tasks .live-fragment").get_attribute("hx-get")
+    assert list_url
+    fresh = await page.request.get(list_url)
+    # The same list rendered before the task's first event: progress 0, at an event id before all of its own.
+    stale = re.sub(r'data-event-id="\d+"', 'data-event-id="1"', await fresh.text())
+    stale = re.sub(r'aria-valuenow="\d+"', 'aria-valuenow="0"', stale)
+    assert 'aria-valuenow="0"' in stale
+
+    async def serve_stale(route: Route) -> None:
+        await route.fulfill(status=200, content_type="text/html; charset=utf-8", body=stale)
+
+    await page.evaluate(
+        """() => {
+          const bar = document.querySelector("#tasks [role=progressbar]");
+          window.__shown = [Number(bar.getAttribute("aria-valuenow"))];
+          new MutationObserver((changes) => {
+            for (const change of changes) window.__shown.push(Number(change.target.getAttribute("aria-valuenow")));
+          }).observe(document.getElementById("tasks"), {
+            subtree: true, attributes: true, attributeFilter: ["aria-valuenow"],
+          });
+        }"""
+    )
+
+    def the_list(url: str) -> bool:
+        return url.endswith(list_url)
+
+    await page.route(the_list, serve_stale)
+    async with page.expect_response(lambda response: the_list(response.url)):
+        await page.evaluate("htmx.trigger(document.body, 'tasks-changed')")
+    await page.unroute(the_list)
+    await expect(row.locator(".status")).to_have_text("succeeded", timeout=30_000)
+    shown = await page.evaluate("window.__shown")
+    assert shown == sorted(shown), f"the bar stepped back: {shown}"
 
 
 async def test_the_task_page_shows_its_output_lines_as_they_are_written(open_tab: OpenTab) -> None:

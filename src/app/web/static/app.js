@@ -194,6 +194,16 @@
     if (known && known.eventId > rendered) updateTask(element, known.task, known.eventId);
   }
 
+  // A list refresh merged into the page (idiomorph) leaves a row alone when the row already shows a
+  // newer event than the one the refresh was rendered at: its bar never steps back (then forward
+  // again with `catchUp`), and the events still to come bring it on.
+  if (window.Idiomorph) {
+    window.Idiomorph.defaults.callbacks.beforeNodeMorphed = (shown, rendered) => {
+      if (!(shown instanceof Element) || !(rendered instanceof Element) || !shown.dataset.taskId) return true;
+      return parseInt(shown.dataset.eventId || "0", 10) <= parseInt(rendered.dataset.eventId || "0", 10);
+    };
+  }
+
   // Buttons rendered before the newest event their row saw, for another status, are fetched again.
   function catchUpButtons(buttons) {
     const row = buttons.closest(".task-row");
