@@ -145,6 +145,7 @@ def test_a_burst_of_sends_from_a_loop_shares_a_few_connections_and_loses_none() 
         try:
             actor.send()  # the broker's blocking client connects, as in a web process
             connections = asyncio.run(burst())
+            # Can fail: with an unbounded pool the burst opened 500 connections (checked).
             assert 1 <= connections <= LOOP_CONNECTIONS
             assert client.llen("burst:burst-test") == 501
         finally:

@@ -213,23 +213,23 @@ async def read(
     """
     if (sqlite_reads := _sqlite_reads.get(engine.sync_engine)) is not None:
         return await sqlite_reads.read(statement, parameters)
-    if engine.dialect.name == "postgresql":
-        # Straight through asyncpg where the statement allows (app.domain.driver: SQLAlchemy's
-        # execution and result were a sixth of a list request's CPU).
-        try:
-            rows = await fetch(engine, statement, parameters)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            rows = await fetch(engine, statement, parameters)
-        if rows is not None:
-            return rows
     try:
-        async with engine.connect() as connection:
-            return (await connection.execute(statement, parameters)).all()
+        return await _read_once(engine, statement, parameters)
     except DBAPIError as exc:
         if not exc.connection_invalidated:
             raise
+    return await _read_once(engine, statement, parameters)
+
+
+async def _read_once(
+    engine: AsyncEngine, statement: Executable, parameters: Mapping[str, Any] | None
+) -> Sequence[Sequence[Any]]:
+    if engine.dialect.name == "postgresql":
+        # Straight through asyncpg where the statement allows (app.domain.driver: SQLAlchemy's
+        # execution and result were a sixth of a list request's CPU).
+        rows = await fetch(engine, statement, parameters)
+        if rows is not None:
+            return rows
     async with engine.connect() as connection:
         return (await connection.execute(statement, parameters)).all()
 

@@ -131,28 +131,20 @@ class Transaction:
         self._driver: Any = connection.driver_connection
         self._dialect = dialect
         self.rolled_back = False
-        self._begun = False  # BEGIN goes with the first statement's round trip where it can (`begin_with`)
 
     async def begin_with(self, sql: str) -> None:
         """Run `sql`, statements without parameters (such as taking advisory locks); when the transaction
         has not begun yet, BEGIN goes in the same round trip (Postgres' simple query protocol: a round trip
         was a tenth of a task submission's CPU). `sql` is the caller's own text: no value from outside."""
-        if self._begun:
-            await self._run(sql, (), self._driver.execute(sql))
-            return
-        self._begun = True
-        await self._run(sql, (), self._driver.execute(f"BEGIN; {sql}"))
-
-    async def _begin(self) -> None:
-        self._begun = True
-        await self._run("BEGIN", (), self._driver.execute("BEGIN"))
+        text = sql if self._driver.is_in_transaction() else f"BEGIN; {sql}"
+        await self._run(sql, (), self._driver.execute(text))
 
     async def execute(
         self, statement: Executable, parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] = _NO_PARAMETERS
     ) -> Rows:
         """Run `statement` with `parameters` (a mapping; a list of them: once per item, no rows returned)."""
-        if not self._begun:
-            await self._begin()
+        if not self._driver.is_in_transaction():  # BEGIN has not gone with an earlier statement
+            await self._run("BEGIN", (), self._driver.execute("BEGIN"))
         if isinstance(parameters, Mapping):
             compiled = _compile(statement, self._dialect, ())
             arguments = self._arguments(compiled, parameters)
@@ -218,27 +210,25 @@ async def fetch(
     if _refused.get(id(statement)) is statement:
         return None
     connection = await greenlet_spawn(engine.sync_engine.pool.connect)
-    finished = False
     try:
         # Compiled once a connection is out: the first one sets the dialect from the server's settings
         # (how a string literal is escaped, as in LIKE ... ESCAPE '\').
         compiled = _compile_or_none(statement, engine.dialect, ())
         if compiled is None:
-            finished = True
             return None
         arguments = _arguments(compiled, parameters or _NO_PARAMETERS)
         try:
             records = await connection.driver_connection.fetch(compiled.sql, *arguments)  # type: ignore[union-attr]
         except Exception as exc:
-            finished = True
             error = await _translated(connection, engine.dialect, compiled.sql, arguments, exc)
             if isinstance(error, DBAPIError) and error.connection_invalidated:
                 engine.sync_engine.pool._invalidate(connection, exc)  # and every connection made before it
             raise error from exc
-        finished = True
+        except BaseException:  # cancelled mid-statement: the connection is not used again
+            if connection.is_valid:
+                await _to_completion(greenlet_spawn(connection.invalidate))
+            raise
     finally:
-        if not finished and connection.is_valid:  # cancelled mid-statement: its connection is not reused
-            await _to_completion(greenlet_spawn(connection.invalidate))
         await _to_completion(greenlet_spawn(connection.close))
     return _processed(compiled, records)
 

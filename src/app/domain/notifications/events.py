@@ -66,13 +66,8 @@ def _lock_keys(user_id: UUID | None) -> dict[str, int]:
 
 def _locks_sql(user_id: UUID | None) -> str:
     """`_USER_LOCKS` (or `_EVERYONE_LOCK`) with its keys written in: integers of this module, no outside value."""
-    everyone = int(EVENT_ORDER_LOCK)
-    if user_id is None:
-        return f"SELECT pg_advisory_xact_lock({everyone}::bigint)"
-    return (
-        f"SELECT pg_advisory_xact_lock_shared({everyone}::bigint), "
-        f"pg_advisory_xact_lock({int(USER_EVENT_LOCKS)}, {int(_user_lock_key(user_id))})"
-    )
+    keys = {name: int(value) for name, value in _lock_keys(user_id).items()}
+    return (_EVERYONE_LOCK_SQL if user_id is None else _USER_LOCKS_SQL).format(**keys)
 
 
 def user_lock_expressions(user_id: Any) -> tuple[Any, Any]:
@@ -92,11 +87,14 @@ def user_lock_expressions(user_id: Any) -> tuple[Any, Any]:
 
 #: The locks an event takes (see above). A select list is evaluated in order, so the
 #: "everyone" lock always comes before the user's.
-_USER_LOCKS = (
-    "SELECT pg_advisory_xact_lock_shared(CAST(:everyone AS bigint)) AS everyone, "
-    "pg_advisory_xact_lock(:space, :key) AS mine"
+#: (As format strings, for `_locks_sql`; with bound parameters below.)
+_USER_LOCKS_SQL = (
+    "SELECT pg_advisory_xact_lock_shared(CAST({everyone} AS bigint)) AS everyone, "
+    "pg_advisory_xact_lock({space}, {key}) AS mine"
 )
-_EVERYONE_LOCK = "SELECT pg_advisory_xact_lock(CAST(:everyone AS bigint)) AS everyone"
+_EVERYONE_LOCK_SQL = "SELECT pg_advisory_xact_lock(CAST({everyone} AS bigint)) AS everyone"
+_USER_LOCKS = _USER_LOCKS_SQL.format(everyone=":everyone", space=":space", key=":key")
+_EVERYONE_LOCK = _EVERYONE_LOCK_SQL.format(everyone=":everyone")
 #: An event insert fed by the one row of a CTE that takes those locks: the id is drawn once they are held.
 _USER_INSERT = (
     "WITH locks AS (SELECT pg_advisory_xact_lock_shared(CAST(:everyone AS bigint)) AS everyone, "
